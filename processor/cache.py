@@ -1,0 +1,394 @@
+"""StateCache: device-resident per-stream state tables with a host map stream id -> slot.
+
+One pre-allocated table per state tensor, ``[capacity + 1, *shape]`` in the storage dtype, on
+one device; the last row is a scratch slot that padded batch rows read and write. The host
+side keeps, per cached stream, its slot, the last applied ``seq`` and when it was last seen,
+in an ``OrderedDict`` kept in least-recently-used order.
+
+Every per-step operation is O(batch): admission takes a free slot or evicts the least
+recently used stream (whose state is copied to a bounded host-side spill store, never
+silently lost); idle eviction pops from the LRU end. Nothing here walks the whole table or
+the whole map per step.
+
+Threading: a StateCache belongs to one thread (the engine's worker); it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import processor  # noqa: F401  (TF environment defaults)
+from processor.errors import CapacityError, ConfigError
+from processor.model import StateSpec
+
+import tensorflow as tf  # noqa: E402  isort: skip
+
+log = logging.getLogger(__name__)
+
+STORAGE_DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
+
+
+def resolve_device(device: str | None) -> str:
+    """Map ``--device`` to a TensorFlow device name.
+
+    ``None``/``"auto"``: the first GPU TensorFlow sees, else the CPU. ``"cpu"``/``"gpu"``
+    (optionally ``gpu:N``) or a full name such as ``/GPU:1``. Raises ConfigError for a device
+    TensorFlow does not have.
+    """
+    if device is None or device == "auto":
+        return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+    name = device if device.startswith("/") else "/" + device.upper()
+    if ":" not in name:
+        name += ":0"
+    kind, _, index = name[1:].partition(":")
+    available = [d.name for d in tf.config.list_logical_devices()]
+    if not any(d.endswith(f"device:{kind.upper()}:{index}") for d in available):
+        raise ConfigError(f"device {device!r} not found; TensorFlow sees {available}")
+    return f"/{kind.upper()}:{index}"
+
+
+@dataclass(slots=True)
+class StreamState:
+    """A stream's state on the host: one float32 array per state tensor, and its last seq."""
+
+    arrays: tuple[np.ndarray, ...]
+    seq: int
+
+
+@dataclass(slots=True)
+class Entry:
+    """Host record of a cached stream. Mutated by the engine (``seq``) and the cache."""
+
+    slot: int
+    seq: int = -1
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """Slots for a batch of distinct streams, in the order they were asked for.
+
+    ``fresh[i]`` is True when stream i has no state (new, or its spilled state was dropped)
+    and must start from the initial state.
+    """
+
+    entries: list[Entry]
+    slots: np.ndarray
+    fresh: np.ndarray
+
+
+@dataclass
+class CacheStats:
+    """Monotonic counters (read by the metrics layer) and current sizes."""
+
+    admitted: int = 0
+    evicted_lru: int = 0
+    evicted_idle: int = 0
+    ended: int = 0
+    spilled: int = 0
+    restored_from_spill: int = 0
+    spill_dropped: int = 0
+
+
+def _bucket(n: int) -> int:
+    """Next power of two >= n: bounds the number of traced shapes of the helper functions."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class StateCache:
+    """Resident state tables plus the host map. See the module docstring.
+
+    Args:
+        spec: the model's state tensors.
+        capacity: streams held on the device at once.
+        device: TensorFlow device name (see :func:`resolve_device`).
+        storage_dtype: ``float32`` (default), ``float16`` or ``bfloat16``; computation is
+            always float32 (the engine casts on gather and scatter).
+        spill_capacity: streams whose evicted state is kept on the host; beyond it the oldest
+            spilled state is dropped (logged and counted in ``stats.spill_dropped``).
+        idle_timeout_s: streams not seen for this long are evicted (to the spill store) by
+            :meth:`evict_idle`; ``None`` disables idle eviction.
+        clock: monotonic seconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        spec: Sequence[StateSpec],
+        capacity: int,
+        *,
+        device: str = "/CPU:0",
+        storage_dtype: str = "float32",
+        spill_capacity: int = 100_000,
+        idle_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1:
+            raise ConfigError(f"cache capacity must be >= 1, got {capacity}")
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ConfigError(
+                f"state dtype {storage_dtype!r} not supported; choose one of "
+                f"{sorted(STORAGE_DTYPES)}"
+            )
+        if spill_capacity < 0:
+            raise ConfigError(f"spill capacity must be >= 0, got {spill_capacity}")
+        if idle_timeout_s is not None and idle_timeout_s <= 0:
+            raise ConfigError(f"idle timeout must be > 0 seconds, got {idle_timeout_s}")
+        self.spec = tuple(spec)
+        self.capacity = capacity
+        self.device = device
+        self.storage_dtype = STORAGE_DTYPES[storage_dtype]
+        self.spill_capacity = spill_capacity
+        self.idle_timeout_s = idle_timeout_s
+        self._clock = clock
+        self.scratch_slot = capacity
+        with tf.device(device):
+            self.tables = [
+                tf.Variable(
+                    tf.zeros((capacity + 1, *s.shape), dtype=self.storage_dtype),
+                    trainable=False,
+                    name=f"state_{i}",
+                )
+                for i, s in enumerate(self.spec)
+            ]
+        self._map: OrderedDict[str, Entry] = OrderedDict()
+        # Pop from the end: slots are handed out in increasing order at first.
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._spill: OrderedDict[str, StreamState] = OrderedDict()
+        self.stats = CacheStats()
+        self._gather_fn = tf.function(self._gather_impl)
+        self._write_fn = tf.function(self._write_impl)
+
+    # ---- sizes ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __contains__(self, stream: str) -> bool:
+        return stream in self._map
+
+    @property
+    def spilled_count(self) -> int:
+        return len(self._spill)
+
+    @property
+    def bytes_per_stream(self) -> int:
+        item = self.storage_dtype.size
+        return sum(int(np.prod(s.shape)) * item for s in self.spec)
+
+    def last_seq(self, stream: str) -> int:
+        """Last applied seq of a cached or spilled stream, -1 for an unknown one."""
+        entry = self._map.get(stream)
+        if entry is not None:
+            return entry.seq
+        spilled = self._spill.get(stream)
+        return spilled.seq if spilled is not None else -1
+
+    # ---- per-step path ----------------------------------------------------------------------
+
+    def acquire(self, streams: Sequence[str]) -> Acquired:
+        """Slots for ``streams`` (distinct ids, at most ``capacity``), admitting new ones.
+
+        Cached streams are marked most recently used. A new stream takes a free slot, or the
+        slot of the least recently used stream not in ``streams`` (its state is spilled to the
+        host first). A stream found in the spill store gets its state written back into its
+        new slot; any other new stream is returned with ``fresh`` True. Cost: O(len(streams)).
+        """
+        n = len(streams)
+        if n > self.capacity:
+            raise CapacityError(
+                f"a step needs {n} distinct streams but the cache holds {self.capacity}; "
+                "raise --cache-capacity or lower --max-batch"
+            )
+        now = self._clock()
+        cached = self._map
+        entries: list[Entry | None] = [None] * n
+        missing: list[int] = []
+        # First pass: touch the cached ones, so that they all sit at the MRU end and the
+        # eviction below can only pick streams outside this batch.
+        for i, stream in enumerate(streams):
+            entry = cached.get(stream)
+            if entry is None:
+                missing.append(i)
+            else:
+                cached.move_to_end(stream)
+                entry.last_seen = now
+                entries[i] = entry
+        fresh = np.zeros(n, dtype=bool)
+        if missing:
+            # Take the returning streams' states out of the spill store before evicting:
+            # the eviction below may overflow the store and drop its oldest entries.
+            returning = [self._spill.pop(streams[i], None) for i in missing]
+            need = len(missing) - len(self._free)
+            if need > 0:
+                self._evict_lru(need)
+            restore_slots: list[int] = []
+            restore_states: list[StreamState] = []
+            for i, spilled in zip(missing, returning, strict=True):
+                stream = streams[i]
+                slot = self._free.pop()
+                entry = Entry(slot, -1 if spilled is None else spilled.seq, now)
+                cached[stream] = entry
+                entries[i] = entry
+                self.stats.admitted += 1
+                if spilled is None:
+                    fresh[i] = True
+                else:
+                    restore_slots.append(slot)
+                    restore_states.append(spilled)
+            if restore_slots:
+                self._write_rows(restore_slots, restore_states)
+                self.stats.restored_from_spill += len(restore_slots)
+        done = [e for e in entries if e is not None]
+        slots = np.fromiter((e.slot for e in done), dtype=np.int32, count=n)
+        return Acquired(done, slots, fresh)
+
+    def release(self, streams: Iterable[str]) -> None:
+        """Forget ``streams`` entirely (after their ``end`` record was applied): free the
+        slot, drop any spilled copy and the last seq."""
+        for stream in streams:
+            entry = self._map.pop(stream, None)
+            if entry is not None:
+                self._free.append(entry.slot)
+                self.stats.ended += 1
+            self._spill.pop(stream, None)
+
+    def evict_idle(self, max_evictions: int = 4096) -> int:
+        """Spill streams not seen for ``idle_timeout_s``; at most ``max_evictions`` per call
+        (so one call's cost stays bounded). Returns how many were evicted."""
+        if self.idle_timeout_s is None or not self._map:
+            return 0
+        deadline = self._clock() - self.idle_timeout_s
+        victims: list[tuple[str, Entry]] = []
+        # The map is in last-seen order, so idle streams are all at the front.
+        for stream, entry in self._map.items():
+            if entry.last_seen >= deadline or len(victims) >= max_evictions:
+                break
+            victims.append((stream, entry))
+        if victims:
+            self._spill_out(victims)
+            self.stats.evicted_idle += len(victims)
+        return len(victims)
+
+    def _evict_lru(self, count: int) -> None:
+        victims: list[tuple[str, Entry]] = []
+        for stream, entry in self._map.items():
+            if len(victims) >= count:
+                break
+            victims.append((stream, entry))
+        self._spill_out(victims)
+        self.stats.evicted_lru += len(victims)
+
+    def _spill_out(self, victims: list[tuple[str, Entry]]) -> None:
+        """Copy the victims' states to the spill store and free their slots."""
+        rows = self._read_rows([e.slot for _, e in victims])
+        for i, (stream, entry) in enumerate(victims):
+            del self._map[stream]
+            self._free.append(entry.slot)
+            self._spill_put(stream, StreamState(tuple(r[i] for r in rows), entry.seq))
+        self.stats.spilled += len(victims)
+
+    def _spill_put(self, stream: str, state: StreamState) -> None:
+        self._spill[stream] = state
+        self._spill.move_to_end(stream)
+        while len(self._spill) > self.spill_capacity:
+            dropped, _ = self._spill.popitem(last=False)
+            self.stats.spill_dropped += 1
+            log.warning(
+                "spill store full (%d streams): dropped the state of stream %r; it restarts "
+                "from its initial state if it returns (raise --spill-capacity)",
+                self.spill_capacity,
+                dropped,
+            )
+
+    # ---- snapshot / restore (durability layer) ----------------------------------------------
+
+    def snapshot(self, streams: Iterable[str]) -> dict[str, StreamState]:
+        """Current states of the given streams (cached or spilled; unknown ones are left
+        out), as float32 host arrays. Does not change LRU order."""
+        out: dict[str, StreamState] = {}
+        cached: list[tuple[str, Entry]] = []
+        for stream in streams:
+            entry = self._map.get(stream)
+            if entry is not None:
+                cached.append((stream, entry))
+            elif stream in self._spill:
+                s = self._spill[stream]
+                out[stream] = StreamState(tuple(a.astype(np.float32) for a in s.arrays), s.seq)
+        if cached:
+            rows = self._read_rows([e.slot for _, e in cached])
+            for i, (stream, entry) in enumerate(cached):
+                out[stream] = StreamState(tuple(r[i] for r in rows), entry.seq)
+        return out
+
+    def restore(self, states: Mapping[str, StreamState]) -> None:
+        """Make ``states`` the streams' current states (admitting them, which may evict
+        others to the spill store). Shapes are checked against the spec."""
+        items = list(states.items())
+        for stream, state in items:
+            self._check_state(stream, state)
+        for start in range(0, len(items), self.capacity):
+            chunk = items[start : start + self.capacity]
+            acquired = self.acquire([s for s, _ in chunk])
+            for entry, (_, state) in zip(acquired.entries, chunk, strict=True):
+                entry.seq = state.seq
+            self._write_rows([int(s) for s in acquired.slots], [st for _, st in chunk])
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop streams without counting them as ended (e.g. their partition moved away)."""
+        for stream in streams:
+            entry = self._map.pop(stream, None)
+            if entry is not None:
+                self._free.append(entry.slot)
+            self._spill.pop(stream, None)
+
+    def _check_state(self, stream: str, state: StreamState) -> None:
+        if len(state.arrays) != len(self.spec):
+            raise ValueError(
+                f"state of stream {stream!r} has {len(state.arrays)} tensors, expected "
+                f"{len(self.spec)}"
+            )
+        for a, s in zip(state.arrays, self.spec, strict=True):
+            if tuple(a.shape) != s.shape:
+                raise ValueError(
+                    f"state {s.name} of stream {stream!r}: expected shape {s.shape}, got "
+                    f"{tuple(a.shape)}"
+                )
+
+    # ---- device helpers (bucketed so their traces stay few) ---------------------------------
+
+    def _gather_impl(self, slots: Any) -> list[Any]:
+        return [tf.cast(tf.gather(t, slots), tf.float32) for t in self.tables]
+
+    def _write_impl(self, slots: Any, values: list[Any]) -> None:
+        for t, v in zip(self.tables, values, strict=True):
+            t.scatter_nd_update(tf.expand_dims(slots, 1), tf.cast(v, t.dtype))
+
+    def _padded_slots(self, slots: Sequence[int]) -> np.ndarray:
+        padded = np.full(_bucket(len(slots)), self.scratch_slot, dtype=np.int32)
+        padded[: len(slots)] = slots
+        return padded
+
+    def _read_rows(self, slots: Sequence[int]) -> list[np.ndarray]:
+        if not slots:
+            return [np.zeros((0, *s.shape), np.float32) for s in self.spec]
+        with tf.device(self.device):
+            rows = self._gather_fn(tf.constant(self._padded_slots(slots)))
+        return [r.numpy()[: len(slots)] for r in rows]
+
+    def _write_rows(self, slots: Sequence[int], states: Sequence[StreamState]) -> None:
+        padded = self._padded_slots(slots)
+        values = []
+        for k, s in enumerate(self.spec):
+            v = np.zeros((len(padded), *s.shape), np.float32)
+            for i, st in enumerate(states):
+                v[i] = st.arrays[k]
+            values.append(tf.constant(v))
+        with tf.device(self.device):
+            self._write_fn(tf.constant(padded), values)

@@ -1,0 +1,389 @@
+"""Engine: compiled gather -> step -> scatter over a batch of streams.
+
+:meth:`Engine.process` takes any list of decoded records (many per stream allowed, in
+arrival order) and returns one output per applied record. Per stream, records are applied
+strictly in order and at most one per step:
+
+* a record whose ``seq`` is not greater than the stream's last applied ``seq`` is a
+  duplicate: it is skipped and returned in ``duplicates`` (never applied twice);
+* streams with fewer than ``scan_min_steps`` pending records go through *waves*: wave ``t``
+  is one compiled step over the ``t``-th pending record of every such stream;
+* streams with more pending records (catching up) go through one multi-step *scan*: a
+  compiled loop over ``[T, B]`` records with masks, one call for ``T`` steps.
+
+Both paths give identical results. Batches are padded to power-of-two bucket sizes (padded
+rows read and write the cache's scratch slot and start from the initial state), so the
+compiled functions are traced once per bucket and never again in steady state
+(:attr:`Engine.trace_count`).
+
+Threading: an Engine and its cache belong to one thread (the runtime's worker thread);
+TensorFlow releases the GIL while the step runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import processor  # noqa: F401  (TF environment defaults)
+from processor.cache import StateCache
+from processor.errors import ConfigError
+from processor.model import StepModel
+from processor.records import Output, Record
+
+import tensorflow as tf  # noqa: E402  isort: skip
+
+log = logging.getLogger(__name__)
+
+
+def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
+    """Size TensorFlow's thread pools; must run before TensorFlow executes anything.
+
+    On a small machine the two default pools oversubscribe the cores (see DESIGN.md).
+    ``None`` leaves a pool at TensorFlow's default.
+    """
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as exc:  # TF already initialised: keep going with what it has
+        log.warning("cannot change TensorFlow thread pools now: %s", exc)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def bucket_sizes(max_batch: int, smallest: int = 8) -> tuple[int, ...]:
+    """Powers of two from ``smallest`` up to and including ``max_batch``."""
+    if max_batch < 1:
+        raise ConfigError(f"max batch must be >= 1, got {max_batch}")
+    sizes = []
+    b = 1
+    while b < max_batch:
+        if b >= smallest:
+            sizes.append(b)
+        b *= 2
+    sizes.append(max_batch)
+    return tuple(sorted(set(sizes)))
+
+
+@dataclass
+class EngineStats:
+    """Monotonic counters, read by metrics and benchmarks."""
+
+    records_applied: int = 0
+    duplicates: int = 0
+    wave_calls: int = 0
+    scan_calls: int = 0
+    padded_rows: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # last call's real sizes, for metrics
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What :meth:`Engine.process` did: ``outputs`` (per stream in record order) and the
+    ``duplicates`` it skipped."""
+
+    outputs: list[Output]
+    duplicates: list[Record]
+
+
+class _Plan:
+    """Per-stream pending records of one group, with fresh flags (reset / after end)."""
+
+    __slots__ = ("ends", "fresh", "records", "streams")
+
+    def __init__(self) -> None:
+        self.streams: list[str] = []
+        self.records: list[list[Record]] = []
+        self.fresh: list[list[bool]] = []
+        self.ends: list[bool] = []
+
+
+class Engine:
+    """See the module docstring.
+
+    Args:
+        model: the StepModel.
+        cache: the StateCache (its device is the engine's device).
+        max_batch: the most streams in one compiled step (also the largest bucket); must not
+            exceed the cache capacity.
+        scan_min_steps: a stream with at least this many pending records is caught up with
+            the multi-step scan; ``0`` disables the scan.
+        max_scan_steps: the most steps in one scan call (longer backlogs take several).
+        jit_compile: compile the step with XLA.
+    """
+
+    def __init__(
+        self,
+        model: StepModel,
+        cache: StateCache,
+        *,
+        max_batch: int = 1024,
+        scan_min_steps: int = 4,
+        max_scan_steps: int = 64,
+        jit_compile: bool = False,
+    ) -> None:
+        if max_batch > cache.capacity:
+            raise ConfigError(
+                f"max batch {max_batch} exceeds the cache capacity {cache.capacity}: a step "
+                "needs a slot for every stream in it"
+            )
+        if scan_min_steps < 0 or (scan_min_steps and scan_min_steps < 2):
+            raise ConfigError(f"scan_min_steps must be 0 (off) or >= 2, got {scan_min_steps}")
+        if max_scan_steps < 2:
+            raise ConfigError(f"max_scan_steps must be >= 2, got {max_scan_steps}")
+        self.model = model
+        self.cache = cache
+        self.max_batch = max_batch
+        self.buckets = bucket_sizes(max_batch)
+        # Scan lengths: powers of two from the first >= scan_min_steps to the first >=
+        # max_scan_steps; a shorter backlog (e.g. the tail of a long one) is padded up.
+        self.scan_buckets: tuple[int, ...] = ()
+        if scan_min_steps:
+            t = _pow2(scan_min_steps)
+            self.scan_buckets = (t,)
+            while self.scan_buckets[-1] < max_scan_steps:
+                self.scan_buckets += (self.scan_buckets[-1] * 2,)
+        self.scan_min_steps = scan_min_steps
+        self.max_scan_steps = max_scan_steps
+        self.stats = EngineStats()
+        self.trace_count = 0
+        self._x_shape = tuple(model.input_shape)
+        self._x_dtype = np.dtype(model.input_dtype)
+        self._y_shape = tuple(model.output_shape)
+        self._state_ranks = [len(s.shape) for s in model.state_spec]
+        self._step_fn = tf.function(self._step_impl, jit_compile=jit_compile)
+        self._scan_fn = tf.function(self._scan_impl, jit_compile=jit_compile)
+
+    # ---- compiled functions -----------------------------------------------------------------
+
+    def _fresh_states(self, x: Any, states: list[Any], fresh: Any) -> list[Any]:
+        """Replace the states of rows with ``fresh`` set by the model's initial states."""
+        if self.model.has_init_model:
+            init = tf.cond(
+                tf.reduce_any(fresh),
+                lambda: self.model.initial_state(x),
+                lambda: [tf.zeros_like(s) for s in states],
+            )
+        else:
+            init = [tf.zeros_like(s) for s in states]
+        out = []
+        for s, i, rank in zip(states, init, self._state_ranks, strict=True):
+            mask = tf.reshape(fresh, [-1] + [1] * rank)
+            out.append(tf.where(mask, i, s))
+        return out
+
+    def _step_impl(self, x: Any, slots: Any, fresh: Any) -> Any:
+        self.trace_count += 1  # runs only while tracing: counts traces
+        tables = self.cache.tables
+        states = [tf.cast(tf.gather(t, slots), tf.float32) for t in tables]
+        states = self._fresh_states(x, states, fresh)
+        y, new = self.model.step(x, states)
+        idx = tf.expand_dims(slots, 1)
+        for t, s in zip(tables, new, strict=True):
+            t.scatter_nd_update(idx, tf.cast(s, t.dtype))
+        return y
+
+    def _scan_impl(self, x: Any, slots: Any, fresh: Any, valid: Any) -> Any:
+        """``x`` ``[T, B, ...]``; ``fresh``/``valid`` ``[T, B]``; a row with ``valid`` False
+        at step t keeps its state unchanged (its output is garbage and discarded)."""
+        self.trace_count += 1
+        tables = self.cache.tables
+        states = [tf.cast(tf.gather(t, slots), tf.float32) for t in tables]
+        steps = tf.shape(x)[0]
+        ys = tf.TensorArray(tf.float32, size=steps, element_shape=[None, *self._y_shape])
+
+        def body(t: Any, states: list[Any], ys: Any) -> tuple[Any, list[Any], Any]:
+            xt = x[t]
+            start = self._fresh_states(xt, states, fresh[t])
+            y, new = self.model.step(xt, start)
+            keep = []
+            for old, s, rank in zip(states, new, self._state_ranks, strict=True):
+                mask = tf.reshape(valid[t], [-1] + [1] * rank)
+                keep.append(tf.where(mask, s, old))
+            return t + 1, keep, ys.write(t, y)
+
+        _, states, ys = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), states, ys)
+        )
+        idx = tf.expand_dims(slots, 1)
+        for t, s in zip(tables, states, strict=True):
+            t.scatter_nd_update(idx, tf.cast(s, t.dtype))
+        return ys.stack()
+
+    # ---- planning ---------------------------------------------------------------------------
+
+    def _bucket(self, n: int) -> int:
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise AssertionError(f"batch of {n} exceeds max_batch {self.max_batch}")
+
+    def process(self, records: Sequence[Record]) -> StepResult:
+        """Apply ``records`` (any number, any streams, arrival order) and return the outputs.
+
+        Every record is either applied exactly once (one Output) or returned as a duplicate.
+        Outputs of one stream are in seq order. Raises only on engine failure (device error);
+        bad records must have been rejected by the codec before.
+        """
+        self.stats.batch_sizes = []
+        by_stream: dict[str, list[Record]] = {}
+        for r in records:
+            lst = by_stream.get(r.stream)
+            if lst is None:
+                by_stream[r.stream] = [r]
+            else:
+                lst.append(r)
+        outputs: list[Output] = []
+        duplicates: list[Record] = []
+        # Groups of at most max_batch streams, so that every stream of a group has a slot
+        # for the whole group (the cache cannot evict a stream the group still needs).
+        items = list(by_stream.items())
+        for start in range(0, len(items), self.max_batch):
+            self._process_group(items[start : start + self.max_batch], outputs, duplicates)
+        self.stats.duplicates += len(duplicates)
+        if self.cache.idle_timeout_s is not None:
+            self.cache.evict_idle()
+        return StepResult(outputs, duplicates)
+
+    def _process_group(
+        self,
+        items: list[tuple[str, list[Record]]],
+        outputs: list[Output],
+        duplicates: list[Record],
+    ) -> None:
+        cache = self.cache
+        plan = _Plan()
+        for stream, recs in items:
+            last = cache.last_seq(stream)
+            kept: list[Record] = []
+            fresh: list[bool] = []
+            after_end = False
+            for r in recs:
+                if after_end:
+                    last = -1  # `end` forgot the stream: a new life starts with any seq
+                if r.seq <= last:
+                    duplicates.append(r)
+                    continue
+                kept.append(r)
+                fresh.append(r.reset or after_end)
+                after_end = r.end
+                last = r.seq
+            if kept:
+                plan.streams.append(stream)
+                plan.records.append(kept)
+                plan.fresh.append(fresh)
+                plan.ends.append(kept[-1].end)
+        if not plan.streams:
+            return
+        acquired = cache.acquire(plan.streams)
+        for i in np.flatnonzero(acquired.fresh):
+            plan.fresh[i][0] = True
+        scan_rows: list[int] = []
+        wave_rows: list[int] = []
+        for i, recs in enumerate(plan.records):
+            if self.scan_min_steps and len(recs) >= self.scan_min_steps:
+                scan_rows.append(i)
+            else:
+                wave_rows.append(i)
+        if wave_rows:
+            self._run_waves(plan, acquired.slots, wave_rows, outputs)
+        if scan_rows:
+            self._run_scan(plan, acquired.slots, scan_rows, outputs)
+        for entry, recs in zip(acquired.entries, plan.records, strict=True):
+            entry.seq = recs[-1].seq
+        self.stats.records_applied += sum(len(r) for r in plan.records)
+        ended = [s for s, e in zip(plan.streams, plan.ends, strict=True) if e]
+        if ended:
+            cache.release(ended)
+
+    def _run_waves(
+        self, plan: _Plan, slots: np.ndarray, rows: list[int], outputs: list[Output]
+    ) -> None:
+        depth = max(len(plan.records[i]) for i in rows)
+        active = rows
+        for t in range(depth):
+            if t:
+                active = [i for i in active if len(plan.records[i]) > t]
+            recs = [plan.records[i][t] for i in active]
+            fresh = [plan.fresh[i][t] for i in active]
+            y = self._call_step(recs, slots[active], fresh)
+            outputs.extend(
+                Output(r.stream, r.seq, y[k], r.ts) for k, r in enumerate(recs)
+            )
+
+    def _call_step(self, recs: list[Record], slots: np.ndarray, fresh: list[bool]) -> np.ndarray:
+        n = len(recs)
+        b = self._bucket(n)
+        x = np.zeros((b, *self._x_shape), self._x_dtype)
+        for k, r in enumerate(recs):
+            x[k] = r.x
+        s = np.full(b, self.cache.scratch_slot, np.int32)
+        s[:n] = slots
+        f = np.ones(b, bool)  # padded rows restart from the initial state every time
+        f[:n] = fresh
+        with tf.device(self.cache.device):
+            y = self._step_fn(tf.constant(x), tf.constant(s), tf.constant(f))
+        self.stats.wave_calls += 1
+        self.stats.padded_rows += b - n
+        self.stats.batch_sizes.append(n)
+        return y.numpy()[:n]
+
+    def _run_scan(
+        self, plan: _Plan, slots: np.ndarray, rows: list[int], outputs: list[Output]
+    ) -> None:
+        # A backlog longer than max_scan_steps takes several calls, each starting where the
+        # previous one left the states.
+        depth = max(len(plan.records[i]) for i in rows)
+        for t0 in range(0, depth, self.max_scan_steps):
+            active = [i for i in rows if len(plan.records[i]) > t0]
+            steps = min(self.max_scan_steps, depth - t0)
+            t_pad = next(t for t in self.scan_buckets if t >= steps)
+            n = len(active)
+            b = self._bucket(n)
+            x = np.zeros((t_pad, b, *self._x_shape), self._x_dtype)
+            fresh = np.zeros((t_pad, b), bool)
+            valid = np.zeros((t_pad, b), bool)
+            for k, i in enumerate(active):
+                recs = plan.records[i][t0 : t0 + steps]
+                fl = plan.fresh[i][t0 : t0 + steps]
+                for t, r in enumerate(recs):
+                    x[t, k] = r.x
+                fresh[: len(fl), k] = fl
+                valid[: len(recs), k] = True
+            s = np.full(b, self.cache.scratch_slot, np.int32)
+            s[:n] = slots[active]
+            with tf.device(self.cache.device):
+                y = self._scan_fn(
+                    tf.constant(x), tf.constant(s), tf.constant(fresh), tf.constant(valid)
+                ).numpy()
+            self.stats.scan_calls += 1
+            self.stats.padded_rows += t_pad * b - int(valid.sum())
+            self.stats.batch_sizes.append(n)
+            for k, i in enumerate(active):
+                for t, r in enumerate(plan.records[i][t0 : t0 + steps]):
+                    outputs.append(Output(r.stream, r.seq, y[t, k], r.ts))
+
+    # ---- warm-up ----------------------------------------------------------------------------
+
+    def warmup(self, scan: bool = False) -> None:
+        """Trace every wave bucket (and, with ``scan``, the scan buckets) up front, so the
+        first real batches do not pay for tracing. Touches only the scratch slot."""
+        with tf.device(self.cache.device):
+            for b in self.buckets:
+                x = tf.zeros((b, *self._x_shape), self._x_dtype)
+                s = tf.fill([b], self.cache.scratch_slot)
+                self._step_fn(x, s, tf.ones([b], tf.bool))
+            for t in self.scan_buckets if scan else ():
+                for b in self.buckets:
+                    x = tf.zeros((t, b, *self._x_shape), self._x_dtype)
+                    s = tf.fill([b], self.cache.scratch_slot)
+                    self._scan_fn(x, s, tf.ones([t, b], tf.bool), tf.zeros([t, b], tf.bool))

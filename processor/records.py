@@ -1,0 +1,35 @@
+"""Decoded records flowing between codec, engine and transports (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One validated input record for one stream at one time step.
+
+    ``x`` has exactly the model's per-step input shape and the model's input dtype
+    (the codec converts); ``seq`` is strictly increasing per stream.
+    ``reset``: start from the initial state before this step. ``end``: free the
+    stream's state after this step.
+    """
+
+    stream: str
+    seq: int
+    x: np.ndarray
+    ts: int | None = None
+    reset: bool = False
+    end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """The model's output for one input record (``y``: float32, the model's per-step output shape)."""
+
+    stream: str
+    seq: int
+    y: np.ndarray
+    ts: int | None = None

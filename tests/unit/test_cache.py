@@ -1,0 +1,187 @@
+"""StateCache: admission, LRU and idle eviction, spill store, snapshot/restore, O(batch)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from processor.cache import StateCache, StreamState, resolve_device
+from processor.errors import CapacityError, ConfigError
+from processor.model import StateSpec
+
+SPEC = (StateSpec("l/h", (3,)), StateSpec("l/c", (3,)))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state(value: float, seq: int = 0) -> StreamState:
+    return StreamState((np.full(3, value, np.float32), np.full(3, -value, np.float32)), seq)
+
+
+def test_admission_marks_new_streams_fresh_and_reuses_slots() -> None:
+    cache = StateCache(SPEC, 4)
+    a = cache.acquire(["a", "b"])
+    assert a.fresh.tolist() == [True, True]
+    assert len(set(a.slots.tolist())) == 2
+    b = cache.acquire(["b", "c"])
+    assert b.fresh.tolist() == [False, True]
+    assert b.slots[0] == a.slots[1]
+    assert len(cache) == 3
+    assert cache.stats.admitted == 3
+
+
+def test_batch_larger_than_capacity_is_refused() -> None:
+    cache = StateCache(SPEC, 2)
+    with pytest.raises(CapacityError, match="3 distinct streams but the cache holds 2"):
+        cache.acquire(["a", "b", "c"])
+
+
+def test_lru_eviction_spills_and_restores_state() -> None:
+    cache = StateCache(SPEC, 2)
+    cache.restore({"a": state(1.0, seq=5), "b": state(2.0, seq=7)})
+    cache.acquire(["b"])  # a is now least recently used
+    acq = cache.acquire(["c"])
+    assert acq.fresh.tolist() == [True]
+    assert "a" not in cache and "b" in cache
+    assert cache.stats.evicted_lru == 1 and cache.spilled_count == 1
+    assert cache.last_seq("a") == 5  # the spilled stream keeps its seq
+    back = cache.acquire(["a"])  # evicts b (LRU), restores a
+    assert back.fresh.tolist() == [False]
+    assert cache.stats.restored_from_spill == 1
+    snap = cache.snapshot(["a", "b"])
+    np.testing.assert_array_equal(snap["a"].arrays[0], np.full(3, 1.0))
+    np.testing.assert_array_equal(snap["a"].arrays[1], np.full(3, -1.0))
+    assert snap["a"].seq == 5
+    np.testing.assert_array_equal(snap["b"].arrays[0], np.full(3, 2.0))  # from the spill store
+    assert snap["b"].seq == 7
+
+
+def test_eviction_never_picks_a_stream_of_the_same_batch() -> None:
+    cache = StateCache(SPEC, 3)
+    cache.acquire(["a", "b", "c"])
+    # a and b are the two LRU streams but are in this batch: only c may be evicted.
+    acq = cache.acquire(["a", "b", "d"])
+    assert "c" not in cache
+    assert all(s in cache for s in ("a", "b", "d"))
+    assert acq.fresh.tolist() == [False, False, True]
+
+
+def test_spill_bound_drops_oldest_with_log_and_counter(caplog: pytest.LogCaptureFixture) -> None:
+    cache = StateCache(SPEC, 1, spill_capacity=1)
+    cache.restore({"a": state(1.0)})
+    with caplog.at_level(logging.WARNING):
+        cache.acquire(["b"])  # a spilled
+        cache.acquire(["c"])  # b spilled, spill full: a dropped
+    assert cache.stats.spill_dropped == 1
+    assert "dropped the state of stream 'a'" in caplog.text
+    assert cache.last_seq("a") == -1
+    assert cache.acquire(["a"]).fresh.tolist() == [True]  # restarts from the initial state
+
+
+def test_returning_stream_is_not_dropped_by_its_own_eviction() -> None:
+    # The spill store is full with "a"; admitting "a" evicts "b" into the spill store. The
+    # store must not drop "a" (which is being restored) to make room.
+    cache = StateCache(SPEC, 1, spill_capacity=1)
+    cache.restore({"a": state(1.0, seq=3)})
+    cache.acquire(["b"])
+    acq = cache.acquire(["a"])
+    assert acq.fresh.tolist() == [False]
+    assert cache.stats.spill_dropped == 0
+    assert cache.snapshot(["a"])["a"].seq == 3
+
+
+def test_idle_eviction_only_touches_idle_streams() -> None:
+    clock = FakeClock()
+    cache = StateCache(SPEC, 8, idle_timeout_s=10.0, clock=clock)
+    cache.acquire(["a", "b"])
+    clock.now = 5.0
+    cache.acquire(["c"])
+    clock.now = 12.0
+    cache.acquire(["b"])
+    assert cache.evict_idle() == 1  # only a: last seen at 0 < 12 - 10
+    assert "a" not in cache
+    assert "b" in cache and "c" in cache
+    assert cache.stats.evicted_idle == 1 and cache.spilled_count == 1
+    clock.now = 100.0
+    assert cache.evict_idle(max_evictions=1) == 1  # bounded per call
+    assert cache.evict_idle() == 1
+
+
+def test_release_forgets_stream_and_frees_slot() -> None:
+    cache = StateCache(SPEC, 1)
+    cache.restore({"a": state(1.0, seq=9)})
+    cache.release(["a"])
+    assert len(cache) == 0 and cache.last_seq("a") == -1
+    assert cache.stats.ended == 1
+    assert cache.acquire(["b"]).fresh.tolist() == [True]
+    assert cache.stats.evicted_lru == 0  # the freed slot was reused, nothing evicted
+
+
+def test_snapshot_restore_round_trip_in_reduced_precision() -> None:
+    for dtype, tol in (("float16", 1e-3), ("bfloat16", 1e-2)):
+        cache = StateCache(SPEC, 4, storage_dtype=dtype)
+        cache.restore({"a": state(0.123456, seq=1)})
+        got = cache.snapshot(["a"])["a"]
+        assert got.arrays[0].dtype == np.float32
+        np.testing.assert_allclose(got.arrays[0], 0.123456, rtol=tol)
+
+
+def test_restore_checks_shapes() -> None:
+    cache = StateCache(SPEC, 4)
+    bad = StreamState((np.zeros(3, np.float32), np.zeros(4, np.float32)), 0)
+    with pytest.raises(ValueError, match=r"expected shape \(3,\), got \(4,\)"):
+        cache.restore({"a": bad})
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="capacity"):
+        StateCache(SPEC, 0)
+    with pytest.raises(ConfigError, match="state dtype 'int8'"):
+        StateCache(SPEC, 4, storage_dtype="int8")
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_device("gpu:7")
+    assert resolve_device("cpu") == "/CPU:0"
+    assert resolve_device("auto") in ("/CPU:0", "/GPU:0")
+
+
+def test_per_step_host_work_does_not_grow_with_cached_streams() -> None:
+    # Count the OrderedDict operations touched by one acquire(): they must not depend on
+    # how many streams are cached. A proxy for O(batch) that cannot be fooled by timing noise.
+    calls: dict[str, int] = {}
+    for cached in (100, 20_000):
+        cache = StateCache(SPEC, cached + 64)
+        cache.restore({f"s{i}": state(0.0) for i in range(cached)})
+        ops = {"get": 0, "move_to_end": 0, "items": 0}
+        real = cache._map
+
+        class Spy:
+            def get(self, k):  # type: ignore[no-untyped-def]
+                ops["get"] += 1
+                return real.get(k)
+
+            def move_to_end(self, k):  # type: ignore[no-untyped-def]
+                ops["move_to_end"] += 1
+                real.move_to_end(k)
+
+            def items(self):  # type: ignore[no-untyped-def]
+                ops["items"] += 1
+                return real.items()
+
+            def __setitem__(self, k, v):  # type: ignore[no-untyped-def]
+                real[k] = v
+
+            def __len__(self) -> int:
+                return len(real)
+
+        cache._map = Spy()  # type: ignore[assignment]
+        cache.acquire([f"s{i}" for i in range(32)] + [f"new{i}" for i in range(32)])
+        calls[str(cached)] = sum(ops.values())
+    assert calls["100"] == calls["20000"]
