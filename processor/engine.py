@@ -95,18 +95,6 @@ class StepResult:
     duplicates: list[Record]
 
 
-class _Plan:
-    """Per-stream pending records of one group, with fresh flags (reset / after end)."""
-
-    __slots__ = ("ends", "fresh", "records", "streams")
-
-    def __init__(self) -> None:
-        self.streams: list[str] = []
-        self.records: list[list[Record]] = []
-        self.fresh: list[list[bool]] = []
-        self.ends: list[bool] = []
-
-
 class Engine:
     """See the module docstring.
 
@@ -211,9 +199,7 @@ class Engine:
                 keep.append(tf.where(mask, s, old))
             return t + 1, keep, ys.write(t, y)
 
-        _, states, ys = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), states, ys)
-        )
+        _, states, ys = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), states, ys))
         idx = tf.expand_dims(slots, 1)
         for t, s in zip(tables, states, strict=True):
             t.scatter_nd_update(idx, tf.cast(s, t.dtype))
@@ -260,72 +246,97 @@ class Engine:
         outputs: list[Output],
         duplicates: list[Record],
     ) -> None:
+        # Hot path (every record passes here): kept to a few list operations per record.
         cache = self.cache
-        plan = _Plan()
-        for stream, recs in items:
-            last = cache.last_seq(stream)
-            kept: list[Record] = []
-            fresh: list[bool] = []
-            after_end = False
-            for r in recs:
-                if after_end:
-                    last = -1  # `end` forgot the stream: a new life starts with any seq
+        acquired = cache.acquire([stream for stream, _ in items])
+        streams: list[str] = []
+        records: list[list[Record]] = []
+        fresh: list[list[bool]] = []
+        entries = []
+        slot_rows: list[int] = []
+        for row, ((stream, recs), entry, new) in enumerate(
+            zip(items, acquired.entries, acquired.fresh.tolist(), strict=True)
+        ):
+            last = entry.seq
+            if len(recs) == 1:  # the steady-state case: one record per stream
+                r = recs[0]
                 if r.seq <= last:
                     duplicates.append(r)
                     continue
-                kept.append(r)
-                fresh.append(r.reset or after_end)
-                after_end = r.end
-                last = r.seq
-            if kept:
-                plan.streams.append(stream)
-                plan.records.append(kept)
-                plan.fresh.append(fresh)
-                plan.ends.append(kept[-1].end)
-        if not plan.streams:
-            return
-        acquired = cache.acquire(plan.streams)
-        for i in np.flatnonzero(acquired.fresh):
-            plan.fresh[i][0] = True
-        scan_rows: list[int] = []
-        wave_rows: list[int] = []
-        for i, recs in enumerate(plan.records):
-            if self.scan_min_steps and len(recs) >= self.scan_min_steps:
-                scan_rows.append(i)
+                kept = recs
+                flags = [new or r.reset]
             else:
-                wave_rows.append(i)
+                kept = []
+                flags = []
+                after_end = False
+                for r in recs:
+                    if after_end:
+                        last = -1  # `end` forgot the stream: a new life starts with any seq
+                    if r.seq <= last:
+                        duplicates.append(r)
+                        continue
+                    flags.append(r.reset or after_end or (new and not kept))
+                    kept.append(r)
+                    after_end = r.end
+                    last = r.seq
+                if not kept:
+                    continue
+            streams.append(stream)
+            records.append(kept)
+            fresh.append(flags)
+            entries.append(entry)
+            slot_rows.append(row)
+        if not streams:
+            return
+        slots = acquired.slots if len(slot_rows) == len(items) else acquired.slots[slot_rows]
+        scan_min = self.scan_min_steps
+        if scan_min and max(map(len, records)) >= scan_min:
+            scan_rows = [i for i, recs in enumerate(records) if len(recs) >= scan_min]
+            wave_rows = [i for i, recs in enumerate(records) if len(recs) < scan_min]
+        else:
+            scan_rows, wave_rows = [], list(range(len(records)))
         if wave_rows:
-            self._run_waves(plan, acquired.slots, wave_rows, outputs)
+            self._run_waves(records, fresh, slots, wave_rows, outputs)
         if scan_rows:
-            self._run_scan(plan, acquired.slots, scan_rows, outputs)
-        for entry, recs in zip(acquired.entries, plan.records, strict=True):
+            self._run_scan(records, fresh, slots, scan_rows, outputs)
+        applied = 0
+        ended = []
+        for stream, entry, recs in zip(streams, entries, records, strict=True):
             entry.seq = recs[-1].seq
-        self.stats.records_applied += sum(len(r) for r in plan.records)
-        ended = [s for s, e in zip(plan.streams, plan.ends, strict=True) if e]
+            applied += len(recs)
+            if recs[-1].end:
+                ended.append(stream)
+        self.stats.records_applied += applied
         if ended:
             cache.release(ended)
 
     def _run_waves(
-        self, plan: _Plan, slots: np.ndarray, rows: list[int], outputs: list[Output]
+        self,
+        records: list[list[Record]],
+        fresh: list[list[bool]],
+        slots: np.ndarray,
+        rows: list[int],
+        outputs: list[Output],
     ) -> None:
-        depth = max(len(plan.records[i]) for i in rows)
+        depth = max(len(records[i]) for i in rows)
         active = rows
         for t in range(depth):
             if t:
-                active = [i for i in active if len(plan.records[i]) > t]
-            recs = [plan.records[i][t] for i in active]
-            fresh = [plan.fresh[i][t] for i in active]
-            y = self._call_step(recs, slots[active], fresh)
+                active = [i for i in active if len(records[i]) > t]
+            recs = [records[i][t] for i in active]
+            y = self._call_step(recs, slots[active], [fresh[i][t] for i in active])
             outputs.extend(
-                Output(r.stream, r.seq, y[k], r.ts) for k, r in enumerate(recs)
+                map(
+                    Output, [r.stream for r in recs], [r.seq for r in recs], y, [r.ts for r in recs]
+                )
             )
 
     def _call_step(self, recs: list[Record], slots: np.ndarray, fresh: list[bool]) -> np.ndarray:
         n = len(recs)
         b = self._bucket(n)
-        x = np.zeros((b, *self._x_shape), self._x_dtype)
-        for k, r in enumerate(recs):
-            x[k] = r.x
+        x = np.empty((b, *self._x_shape), self._x_dtype)
+        np.stack([r.x for r in recs], out=x[:n])
+        x[n:] = 0
         s = np.full(b, self.cache.scratch_slot, np.int32)
         s[:n] = slots
         f = np.ones(b, bool)  # padded rows restart from the initial state every time
@@ -338,38 +349,43 @@ class Engine:
         return y.numpy()[:n]
 
     def _run_scan(
-        self, plan: _Plan, slots: np.ndarray, rows: list[int], outputs: list[Output]
+        self,
+        records: list[list[Record]],
+        fresh: list[list[bool]],
+        slots: np.ndarray,
+        rows: list[int],
+        outputs: list[Output],
     ) -> None:
         # A backlog longer than max_scan_steps takes several calls, each starting where the
         # previous one left the states.
-        depth = max(len(plan.records[i]) for i in rows)
+        depth = max(len(records[i]) for i in rows)
         for t0 in range(0, depth, self.max_scan_steps):
-            active = [i for i in rows if len(plan.records[i]) > t0]
+            active = [i for i in rows if len(records[i]) > t0]
             steps = min(self.max_scan_steps, depth - t0)
             t_pad = next(t for t in self.scan_buckets if t >= steps)
             n = len(active)
             b = self._bucket(n)
             x = np.zeros((t_pad, b, *self._x_shape), self._x_dtype)
-            fresh = np.zeros((t_pad, b), bool)
+            fresh_mask = np.zeros((t_pad, b), bool)
             valid = np.zeros((t_pad, b), bool)
             for k, i in enumerate(active):
-                recs = plan.records[i][t0 : t0 + steps]
-                fl = plan.fresh[i][t0 : t0 + steps]
+                recs = records[i][t0 : t0 + steps]
+                fl = fresh[i][t0 : t0 + steps]
                 for t, r in enumerate(recs):
                     x[t, k] = r.x
-                fresh[: len(fl), k] = fl
+                fresh_mask[: len(fl), k] = fl
                 valid[: len(recs), k] = True
             s = np.full(b, self.cache.scratch_slot, np.int32)
             s[:n] = slots[active]
             with tf.device(self.cache.device):
                 y = self._scan_fn(
-                    tf.constant(x), tf.constant(s), tf.constant(fresh), tf.constant(valid)
+                    tf.constant(x), tf.constant(s), tf.constant(fresh_mask), tf.constant(valid)
                 ).numpy()
             self.stats.scan_calls += 1
             self.stats.padded_rows += t_pad * b - int(valid.sum())
             self.stats.batch_sizes.append(n)
             for k, i in enumerate(active):
-                for t, r in enumerate(plan.records[i][t0 : t0 + steps]):
+                for t, r in enumerate(records[i][t0 : t0 + steps]):
                     outputs.append(Output(r.stream, r.seq, y[t, k], r.ts))
 
     # ---- warm-up ----------------------------------------------------------------------------

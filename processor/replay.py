@@ -1,0 +1,206 @@
+"""Replay: a file of concatenated msgpack input records through the engine into a file of
+output records (``lstm-stream replay``), the embedded twin of the Kafka runtime.
+
+Contract: exactly one output record per valid input record, per-stream order kept; every
+invalid record (undecodable, schema violation, shape/dtype mismatch, non-finite values,
+oversize, a ``seq`` not greater than the stream's last applied one) goes to the dead-letter
+file with its reason, index and byte offset, or to stderr as a text line when no
+dead-letter file is given. Memory is bounded: input is read in chunks and applied in groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, TextIO
+
+from processor.codec import (
+    RecordDecoder,
+    encode_dead_letter,
+    encode_output,
+    iter_framed,
+)
+from processor.engine import Engine
+from processor.errors import BadRecord, LstmStreamError
+from processor.options import EngineOptions, add_engine_arguments, build_engine
+from processor.records import Record
+
+log = logging.getLogger(__name__)
+
+DUPLICATE = "non_increasing_seq"
+# How many decoded records are applied at once: large enough that a catch-up backlog of a
+# stream becomes one scan, small enough to bound memory.
+GROUP_RECORDS = 16_384
+
+
+@dataclass
+class ReplayStats:
+    """Counts of one replay run; ``framing_error`` is set when the input could not be read
+    to its end (records after that point were not read)."""
+
+    records_in: int = 0
+    outputs: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    framing_error: str | None = None
+
+
+def _stops_framing(error: str) -> bool:
+    """True for the frame errors after which :func:`iter_framed` cannot go on: corrupt bytes,
+    or a header declaring an oversize payload (a plain ``oversize`` is skipped and
+    ``truncated`` is the last bytes of the input anyway)."""
+    return error.startswith("undecodable") or error.startswith("oversize:")
+
+
+class _DeadLetters:
+    def __init__(self, fp: BinaryIO | None, text: TextIO, source: str | None) -> None:
+        self._fp = fp
+        self._text = text
+        self._source = source
+        self.count = 0
+
+    def put(self, raw: bytes, reason: str, detail: str, offset: int, index: int) -> None:
+        self.count += 1
+        if self._fp is not None:
+            self._fp.write(
+                encode_dead_letter(
+                    raw, reason, detail, source=self._source, offset=offset, index=index
+                )
+            )
+        else:
+            self._text.write(f"dead-letter index={index} offset={offset} {reason}: {detail}\n")
+
+
+def replay(
+    engine: Engine,
+    input: BinaryIO,
+    output: BinaryIO,
+    dlq: BinaryIO | None = None,
+    *,
+    dlq_text: TextIO | None = None,
+    source: str | None = None,
+    max_record_bytes: int = 4 * 1024 * 1024,
+    group_records: int = GROUP_RECORDS,
+) -> ReplayStats:
+    """Run every record of ``input`` through ``engine``; see the module docstring."""
+    model = engine.model
+    decoder = RecordDecoder(model.input_shape, model.input_dtype, max_record_bytes)
+    dead = _DeadLetters(dlq, dlq_text or sys.stderr, source)
+    stats = ReplayStats()
+    started = time.perf_counter()
+    pending: list[Record] = []
+    # Where each pending record came from, for dead-lettering the duplicates verbatim.
+    origin: dict[int, tuple[bytes, int, int]] = {}
+
+    def flush() -> None:
+        if not pending:
+            return
+        result = engine.process(pending)
+        output.write(b"".join(encode_output(o) for o in result.outputs))
+        stats.outputs += len(result.outputs)
+        for r in result.duplicates:
+            raw, offset, index = origin[id(r)]
+            dead.put(
+                raw,
+                DUPLICATE,
+                f"seq {r.seq} of stream {r.stream!r} is not greater than its last applied seq",
+                offset,
+                index,
+            )
+        stats.duplicates += len(result.duplicates)
+        pending.clear()
+        origin.clear()
+
+    index = -1
+    for index, frame in enumerate(iter_framed(input, max_record_bytes)):
+        stats.records_in += 1
+        if frame.error is not None:
+            reason = frame.reason or "undecodable"
+            dead.put(frame.raw or b"", reason, frame.error, frame.offset, index)
+            if _stops_framing(frame.error):
+                stats.framing_error = f"{frame.error} at byte {frame.offset}"
+            continue
+        raw = frame.raw or b""
+        try:
+            record = decoder.decode(raw)
+        except BadRecord as exc:
+            dead.put(raw, exc.reason, exc.detail, frame.offset, index)
+            continue
+        pending.append(record)
+        origin[id(record)] = (raw, frame.offset, index)
+        if len(pending) >= group_records:
+            flush()
+    flush()
+    stats.dead_letters = dead.count
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``lstm-stream replay``."""
+    parser.add_argument(
+        "--input", required=True, help="file of concatenated msgpack input records, or - (stdin)"
+    )
+    parser.add_argument(
+        "--output", required=True, help="file for the output records, or - (stdout)"
+    )
+    parser.add_argument(
+        "--dlq",
+        default=None,
+        help="file for dead-letter records (msgpack maps: reason, detail, record, offset, "
+        "index); default: one text line per bad record on stderr",
+    )
+    parser.add_argument(
+        "--max-record-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="larger input records are dead-lettered as oversize",
+    )
+    add_engine_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``lstm-stream replay``; 0 on success, 1 when the run fails (model, device, I/O),
+    2 when the input's framing is corrupt so that records after it could not be read."""
+    try:
+        engine = build_engine(EngineOptions.from_args(args))
+    except LstmStreamError as exc:
+        print(f"lstm-stream replay: {exc}", file=sys.stderr)
+        return 1
+    in_fp = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
+    out_fp = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    dlq_fp = open(args.dlq, "wb") if args.dlq else None  # noqa: SIM115
+    try:
+        stats = replay(
+            engine,
+            in_fp,
+            out_fp,
+            dlq_fp,
+            source=None if args.input == "-" else args.input,
+            max_record_bytes=args.max_record_bytes,
+        )
+    finally:
+        for fp in (in_fp, out_fp, dlq_fp):
+            if fp is not None and fp not in (sys.stdin.buffer, sys.stdout.buffer):
+                fp.close()
+        if args.output == "-":
+            sys.stdout.buffer.flush()
+    rate = stats.outputs / stats.seconds if stats.seconds > 0 else 0.0
+    print(
+        f"replay: {stats.records_in} records in, {stats.outputs} outputs, "
+        f"{stats.dead_letters} dead letters ({stats.duplicates} duplicates) in "
+        f"{stats.seconds:.2f} s ({rate:,.0f} msg/s)",
+        file=sys.stderr,
+    )
+    if stats.framing_error is not None:
+        print(
+            f"lstm-stream replay: input framing is corrupt ({stats.framing_error}); the rest of "
+            "the input could not be read",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
