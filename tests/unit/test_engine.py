@@ -31,8 +31,8 @@ def make_engine(model: KerasStepModel, capacity: int = 256, **kw: int) -> Engine
 
 
 def sequences(n_streams: int, steps: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n_streams, steps, FEATURES)).astype(
-        np.float32
+    return (
+        np.random.default_rng(seed).standard_normal((n_streams, steps, FEATURES)).astype(np.float32)
     )
 
 
@@ -89,7 +89,9 @@ def test_interleaved_streams_match_the_offline_model(
     for o in outputs:
         assert o.seq > last.get(o.stream, -1)
         last[o.stream] = o.seq
-    np.testing.assert_allclose(collect(outputs, n, steps), reference(model, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        collect(outputs, n, steps), reference(model, x), rtol=1e-4, atol=1e-5
+    )
     if scan_min_steps:
         assert engine.stats.scan_calls > 0
     else:
@@ -166,7 +168,9 @@ def test_more_streams_than_max_batch_and_than_capacity(model: KerasStepModel) ->
     for t in range(steps):
         outputs += engine.process([Record(f"s{s}", t, x[s, t]) for s in range(n)]).outputs
     assert engine.cache.stats.evicted_lru > 0 and engine.cache.stats.restored_from_spill > 0
-    np.testing.assert_allclose(collect(outputs, n, steps), reference(model, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        collect(outputs, n, steps), reference(model, x), rtol=1e-4, atol=1e-5
+    )
     assert max(engine.stats.batch_sizes) <= 16
 
 
@@ -184,7 +188,9 @@ def test_no_retracing_in_steady_state(model: KerasStepModel) -> None:
         for s in rng.choice(500, n, replace=False):
             for _ in range(depth):
                 seq[s] = seq.get(s, -1) + 1
-                recs.append(Record(f"s{s}", seq[s], rng.standard_normal(FEATURES).astype(np.float32)))
+                recs.append(
+                    Record(f"s{s}", seq[s], rng.standard_normal(FEATURES).astype(np.float32))
+                )
         engine.process(recs)
     assert engine.stats.scan_calls > 0 and engine.stats.wave_calls > 0
     assert engine.trace_count == traced

@@ -56,8 +56,21 @@ def test_replay_outputs_equal_the_model_and_bad_records_go_to_the_dlq(
     inp, out, dlq = tmp_path / "in.msgpack", tmp_path / "out.msgpack", tmp_path / "dlq.msgpack"
     inp.write_bytes(stream)
     code = cli_main(
-        ["replay", "--model", str(model_path), "--input", str(inp), "--output", str(out),
-         "--dlq", str(dlq), "--max-batch", "8", "--cache-capacity", "16"]
+        [
+            "replay",
+            "--model",
+            str(model_path),
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--dlq",
+            str(dlq),
+            "--max-batch",
+            "8",
+            "--cache-capacity",
+            "16",
+        ]
     )
     assert code == 0
     outputs = [decode_output(o) for o in iter_records(out.read_bytes())]
@@ -116,8 +129,17 @@ def test_corrupt_framing_is_reported_with_exit_code_2(model_path: Path, tmp_path
     inp, out, dlq = tmp_path / "in", tmp_path / "out", tmp_path / "dlq"
     inp.write_bytes(data)
     code = cli_main(
-        ["replay", "--model", str(model_path), "--input", str(inp), "--output", str(out),
-         "--dlq", str(dlq)]
+        [
+            "replay",
+            "--model",
+            str(model_path),
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--dlq",
+            str(dlq),
+        ]
     )
     assert code == 2
     assert len(iter_records(out.read_bytes())) == 1  # the record before the corruption
@@ -125,7 +147,9 @@ def test_corrupt_framing_is_reported_with_exit_code_2(model_path: Path, tmp_path
     assert [d["reason"] for d in dead] == ["undecodable"]
 
 
-def test_unsupported_model_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unsupported_model_fails_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     inp = keras.Input((None, FEATURES))
     h = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True))(inp)
     h = keras.layers.LSTM(4)(h)
@@ -133,8 +157,15 @@ def test_unsupported_model_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureF
     keras.Model(inp, h).save(path)
     (tmp_path / "in").write_bytes(b"")
     code = cli_main(
-        ["replay", "--model", str(path), "--input", str(tmp_path / "in"), "--output",
-         str(tmp_path / "out")]
+        [
+            "replay",
+            "--model",
+            str(path),
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
     )
     assert code == 1
     assert "Bidirectional" in capsys.readouterr().err
