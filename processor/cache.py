@@ -32,6 +32,10 @@ import tensorflow as tf  # noqa: E402  isort: skip
 
 log = logging.getLogger(__name__)
 
+# Rows moved host <-> device in one helper call (evictions, restores, snapshots); larger
+# requests are chunked, so the helpers have at most log2(this) + 1 traced shapes.
+MAX_ROWS_PER_CALL = 4096
+
 STORAGE_DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
 
 
@@ -375,20 +379,39 @@ class StateCache:
         padded[: len(slots)] = slots
         return padded
 
+    def warmup(self) -> None:
+        """Trace the row helpers for every bucket (1 … MAX_ROWS_PER_CALL rows), so that the
+        first evictions and restores under traffic do not stall on tracing. Touches only
+        the scratch slot."""
+        n = 1
+        while n <= MAX_ROWS_PER_CALL:
+            slots = tf.constant(np.full(n, self.scratch_slot, np.int32))
+            with tf.device(self.device):
+                self._write_fn(slots, self._gather_fn(slots))
+            n *= 2
+
     def _read_rows(self, slots: Sequence[int]) -> list[np.ndarray]:
-        if not slots:
-            return [np.zeros((0, *s.shape), np.float32) for s in self.spec]
-        with tf.device(self.device):
-            rows = self._gather_fn(tf.constant(self._padded_slots(slots)))
-        return [r.numpy()[: len(slots)] for r in rows]
+        parts: list[list[np.ndarray]] = [[] for _ in self.spec]
+        for start in range(0, len(slots), MAX_ROWS_PER_CALL):
+            chunk = slots[start : start + MAX_ROWS_PER_CALL]
+            with tf.device(self.device):
+                rows = self._gather_fn(tf.constant(self._padded_slots(chunk)))
+            for k, r in enumerate(rows):
+                parts[k].append(r.numpy()[: len(chunk)])
+        return [
+            np.concatenate(p) if p else np.zeros((0, *s.shape), np.float32)
+            for p, s in zip(parts, self.spec, strict=True)
+        ]
 
     def _write_rows(self, slots: Sequence[int], states: Sequence[StreamState]) -> None:
-        padded = self._padded_slots(slots)
-        values = []
-        for k, s in enumerate(self.spec):
-            v = np.zeros((len(padded), *s.shape), np.float32)
-            for i, st in enumerate(states):
-                v[i] = st.arrays[k]
-            values.append(tf.constant(v))
-        with tf.device(self.device):
-            self._write_fn(tf.constant(padded), values)
+        for start in range(0, len(slots), MAX_ROWS_PER_CALL):
+            chunk = slots[start : start + MAX_ROWS_PER_CALL]
+            padded = self._padded_slots(chunk)
+            values = []
+            for k, s in enumerate(self.spec):
+                v = np.zeros((len(padded), *s.shape), np.float32)
+                for i, st in enumerate(states[start : start + len(chunk)]):
+                    v[i] = st.arrays[k]
+                values.append(tf.constant(v))
+            with tf.device(self.device):
+                self._write_fn(tf.constant(padded), values)

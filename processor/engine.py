@@ -40,6 +40,18 @@ import tensorflow as tf  # noqa: E402  isort: skip
 log = logging.getLogger(__name__)
 
 
+class _DropRetracingWarnings(logging.Filter):
+    """TF warns when a function is traced several times in a row. The engine and cache
+    trace once per bucket by design (counted in ``trace_count`` and tested), so for them the
+    warning is noise that would alarm operators."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_DropRetracingWarnings())
+
+
 def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
     """Size TensorFlow's thread pools; must run before TensorFlow executes anything.
 
@@ -393,6 +405,17 @@ class Engine:
     def warmup(self, scan: bool = False) -> None:
         """Trace every wave bucket (and, with ``scan``, the scan buckets) up front, so the
         first real batches do not pay for tracing. Touches only the scratch slot."""
+        # Tracing every bucket back to back is intended here; TF would warn about it.
+        tf_log = tf.get_logger()
+        level = tf_log.level
+        tf_log.setLevel(logging.ERROR)
+        try:
+            self.cache.warmup()
+            self._warmup_buckets(scan)
+        finally:
+            tf_log.setLevel(level)
+
+    def _warmup_buckets(self, scan: bool) -> None:
         with tf.device(self.cache.device):
             for b in self.buckets:
                 x = tf.zeros((b, *self._x_shape), self._x_dtype)
