@@ -27,8 +27,8 @@ import numpy as np
 import processor  # noqa: F401  (sets TF/Keras environment defaults before the import below)
 from processor.errors import ModelLoadError
 
-import keras  # noqa: E402  isort: skip
-import tensorflow as tf  # noqa: E402  isort: skip
+import keras  # isort: skip
+import tensorflow as tf  # isort: skip
 
 Tensor = Any  # a tf.Tensor; TensorFlow ships no usable static types
 
@@ -179,16 +179,42 @@ def _check_per_step(layer: Any, in_rank: int, has_time: bool) -> None:
                 f"of its {in_rank}-D input: that mixes time steps and cannot be stepped"
             )
     if isinstance(layer, keras.layers.Conv1D):
+        if layer.data_format == "channels_first":
+            raise ModelLoadError(
+                f"{name} has data_format='channels_first': on [batch, time, features] its "
+                "channel axis is the time axis, so it mixes time steps"
+            )
         if tuple(layer.kernel_size) != (1,) or tuple(layer.strides) != (1,):
             raise ModelLoadError(
                 f"{name} is a convolution over time with kernel {tuple(layer.kernel_size)} and "
                 f"strides {tuple(layer.strides)}: it mixes time steps (only kernel 1, stride 1 "
                 "can be stepped)"
             )
+    if isinstance(layer, keras.layers.EinsumDense) and not _einsum_keeps_time(layer.equation):
+        raise ModelLoadError(
+            f"{name} has equation {layer.equation!r}: it does not keep the batch and time "
+            "axes (the first two input axes, or a leading '...') as the first two output axes "
+            "untouched by the kernel, so it may mix time steps"
+        )
     if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
         raise ModelLoadError(f"{name} has mask_zero=True: masks change which steps are applied")
     if isinstance(layer, keras.layers.TimeDistributed) and in_rank < 3:
         raise ModelLoadError(f"{name} needs an input with a time axis")
+
+
+def _einsum_keeps_time(equation: str) -> bool:
+    """True if an EinsumDense ``equation`` maps input axes 0 and 1 (batch, time) straight to
+    output axes 0 and 1 without touching the kernel (or both start with ``...``)."""
+    try:
+        lhs, out = equation.replace(" ", "").split("->")
+        inp, kernel = lhs.split(",")
+    except ValueError:
+        return False
+    if inp.startswith("..."):
+        return out.startswith("...")
+    if len(inp) < 2 or "." in inp[:2]:
+        return False
+    return out[:2] == inp[:2] and not set(inp[:2]) & set(kernel)
 
 
 def _check_recurrent(layer: Any, is_last_chain_rnn: bool) -> None:
@@ -203,26 +229,61 @@ def _check_recurrent(layer: Any, is_last_chain_rnn: bool) -> None:
         )
 
 
+def _check_single_io(model: Any) -> None:
+    """ModelLoadError unless ``model`` is built with exactly one input and one output."""
+    try:
+        inputs, outputs = list(model.inputs), list(model.outputs)
+    except (AttributeError, ValueError) as exc:  # an unbuilt Sequential has neither
+        raise ModelLoadError(
+            f"model {getattr(model, 'name', model)!r} is not built (give it an Input): {exc}"
+        ) from exc
+    if len(inputs) != 1 or len(outputs) != 1:
+        producers = ", ".join(
+            dict.fromkeys(
+                f"'{t._keras_history.operation.name}'"
+                for t in outputs
+                if hasattr(t, "_keras_history")
+            )
+        )
+        raise ModelLoadError(
+            f"model has {len(inputs)} inputs and {len(outputs)} outputs (outputs from "
+            f"layers {producers}); lstm-stream steps models with exactly one input and one "
+            "output (a recurrent layer with return_state=True must not feed the outputs)"
+        )
+
+
 def _layer_chain(model: Any) -> list[Any]:
     """The model's layers as a linear chain, or ModelLoadError if it is not one."""
     if isinstance(model, keras.Sequential):
         return list(model.layers)
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelLoadError(
-            f"model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-            "lstm-stream steps models with exactly one input and one output"
-        )
+    _check_single_io(model)
+    # Only this model's nodes count: a layer shared with another in-memory model (e.g. a
+    # training model) has inbound nodes there too.
+    own = {id(n) for nodes in model._nodes_by_depth.values() for n in nodes}
+    inbound = {
+        id(layer): [n for n in layer._inbound_nodes if id(n) in own] for layer in model.layers
+    }
+    for layer in model.layers:
+        nodes = inbound[id(layer)]
+        if len(nodes) > 1:
+            raise ModelLoadError(
+                f"layer '{layer.name}' ({type(layer).__name__}) is used {len(nodes)} times; "
+                "only a linear chain of layers can be stepped"
+            )
+        # A layer fed the same tensor twice (self-attention's query and value) still has one
+        # parent; it is then refused for what it does, not for its wiring.
+        parents = list(dict.fromkeys(p.operation for p in nodes[0].parent_nodes))
+        if len(parents) > 1:
+            names = ", ".join(f"'{p.name}'" for p in parents)
+            raise ModelLoadError(
+                f"layer '{layer.name}' ({type(layer).__name__}) merges the outputs of layers "
+                f"{names}: only a linear chain of layers (no branches or merges) can be stepped"
+            )
     chain: list[Any] = []
     previous = None
     for layer in model.layers:
-        nodes = layer._inbound_nodes
-        if len(nodes) != 1:
-            raise ModelLoadError(
-                f"layer '{layer.name}' is used {len(nodes)} times; only a linear chain of "
-                "layers can be stepped"
-            )
-        parents = [p.operation for p in nodes[0].parent_nodes]
-        expected = [] if previous is None else [previous]
+        parents = list(dict.fromkeys(p.operation for p in inbound[id(layer)][0].parent_nodes))
+        expected: list[Any] = [] if previous is None else [previous]
         if parents != expected:
             got = ", ".join(p.name for p in parents) or "the model input"
             want = previous.name if previous is not None else "the model input"
@@ -262,6 +323,19 @@ def _file_digest(*paths: str | os.PathLike[str] | None) -> str:
     return h.hexdigest()[:16]
 
 
+def _model_digest(*models: Any) -> str:
+    """Digest of in-memory Keras models: architecture *and* weights (two models with the same
+    layers but different weights must not continue each other's states)."""
+    h = hashlib.sha256()
+    for model in models:
+        if model is None:
+            continue
+        h.update(model.to_json().encode())
+        for w in model.weights:
+            h.update(np.ascontiguousarray(np.asarray(w)).tobytes())
+    return h.hexdigest()[:16]
+
+
 class KerasStepModel:
     """A Keras model stepped one time step at a time (see the module docstring).
 
@@ -271,6 +345,7 @@ class KerasStepModel:
     """
 
     def __init__(self, model: Any, init_model: Any = None, identity: str = "") -> None:
+        _check_single_io(model)
         input_shape = tuple(model.input_shape)
         if len(input_shape) < 2:
             raise ModelLoadError(
@@ -284,18 +359,19 @@ class KerasStepModel:
         self._model = model
         self._input_shape: tuple[int, ...] = tuple(int(d) for d in features)
         self._input_dtype = str(model.inputs[0].dtype)
-        self._stages, specs, self._flops = self._analyse(model)
+        self._stages, specs, self._flops, out_has_time = self._analyse(model)
         self._state_spec = tuple(specs)
         y_shape = tuple(model.output_shape)
-        last_has_time = self._stages[-1].has_time if self._stages else True
-        per_step = y_shape[2:] if last_has_time else y_shape[1:]
+        # The time axis is gone after a return_sequences=False recurrent layer (whether or
+        # not a head follows it).
+        per_step = y_shape[2:] if out_has_time else y_shape[1:]
         if any(d is None for d in per_step):
             raise ModelLoadError(f"model per-step output shape {per_step} must be fully defined")
         self._output_shape: tuple[int, ...] = tuple(int(d) for d in per_step)
         self._init_model = init_model
         if init_model is not None:
             self._check_init_model(init_model)
-        self._identity = identity or hashlib.sha256(model.to_json().encode()).hexdigest()[:16]
+        self._identity = identity or _model_digest(model, init_model)
 
     @classmethod
     def from_model(cls, model: Any, init_model: Any = None) -> KerasStepModel:
@@ -304,17 +380,18 @@ class KerasStepModel:
 
     # ---- analysis ---------------------------------------------------------------------------
 
-    def _analyse(self, model: Any) -> tuple[list[_Stage], list[StateSpec], int]:
+    def _analyse(self, model: Any) -> tuple[list[_Stage], list[StateSpec], int, bool]:
+        """Stages, state specs, FLOPs per step and whether the model's output still has
+        its time axis (False when the last recurrent layer has return_sequences=False)."""
         chain = _layer_chain(model)
         rnn_positions = [i for i, layer in enumerate(chain) if isinstance(layer, _RECURRENT)]
-        if not rnn_positions:
-            raise ModelLoadError(
-                "model has no LSTM, GRU or SimpleRNN layer: nothing carries state between steps"
-            )
+        last_rnn = rnn_positions[-1] if rnn_positions else -1
         stages: list[_Stage] = []
         specs: list[StateSpec] = []
         flops = 0
         has_time = True
+        # Every layer is checked before "no recurrent layer" is reported, so that a model
+        # built around e.g. Bidirectional or a generic RNN gets an error naming that layer.
         for i, layer in enumerate(chain):
             name = f"layer '{layer.name}' ({type(layer).__name__})"
             in_shape = self._layer_input_shape(layer)
@@ -328,7 +405,7 @@ class KerasStepModel:
                         f"{name} comes after a recurrent layer with return_sequences=False: "
                         "there is no time axis left to step"
                     )
-                _check_recurrent(layer, i == rnn_positions[-1])
+                _check_recurrent(layer, i == last_rnn)
                 sizes = layer.cell.state_size
                 sizes = list(sizes) if isinstance(sizes, list | tuple) else [sizes]
                 kinds = ["h", "c"] if len(sizes) == 2 else ["h"]
@@ -341,6 +418,13 @@ class KerasStepModel:
             mixing = next((r for t, r in _TIME_MIXING.items() if isinstance(layer, t)), None)
             if has_time and mixing is not None:
                 raise ModelLoadError(f"{name} mixes time steps: {mixing}")
+            if isinstance(layer, keras.layers.RNN):
+                # A generic RNN wrapper (custom or stacked cells): its cell API and state
+                # layout are not known well enough to step it.
+                raise ModelLoadError(
+                    f"{name} is a recurrent layer lstm-stream cannot step: only LSTM, GRU and "
+                    "SimpleRNN layers are supported (not RNN wrappers around other cells)"
+                )
             if has_time and not isinstance(layer, _PER_STEP):
                 raise ModelLoadError(
                     f"{name} is not a layer lstm-stream knows to act on each time step "
@@ -353,7 +437,11 @@ class KerasStepModel:
             _check_per_step(layer, in_rank, has_time)
             stages.append(_Stage(layer, False, has_time))
             flops += _matmul_flops(layer, in_dim)
-        return stages, specs, flops
+        if not rnn_positions:
+            raise ModelLoadError(
+                "model has no LSTM, GRU or SimpleRNN layer: nothing carries state between steps"
+            )
+        return stages, specs, flops, has_time
 
     @staticmethod
     def _layer_input_shape(layer: Any) -> tuple[Any, ...]:
@@ -450,6 +538,26 @@ class KerasStepModel:
 # --------------------------------------------------------------------------------------------
 
 
+def _per_stream_shape(what: str, spec: Any) -> tuple[int, ...]:
+    """The shape after the batch axis of a signature TensorSpec; ModelLoadError unless it is
+    fully defined."""
+    shape = spec.shape
+    if shape.rank is None or shape.rank < 1 or any(d is None for d in shape[1:]):
+        raise ModelLoadError(
+            f"{what} has shape {shape}; expected [batch, ...] with a fully defined per-stream shape"
+        )
+    return tuple(int(d) for d in shape[1:])
+
+
+def _expect_state(what: str, spec: Any, state: StateSpec) -> None:
+    shape = _per_stream_shape(what, spec)
+    if shape != state.shape or not spec.dtype.is_floating:
+        raise ModelLoadError(
+            f"{what} is {spec.dtype.name}{list(shape)}; expected a float tensor of "
+            f"per-stream shape {list(state.shape)} like input {state.name}"
+        )
+
+
 class SavedModelStep:
     """A TensorFlow SavedModel that exports its own step function.
 
@@ -489,32 +597,58 @@ class SavedModelStep:
                 "'state_0'..'state_<n-1>'"
             )
         x_spec = kwargs["x"]
-        if any(d is None for d in x_spec.shape[1:]):
-            raise ModelLoadError(f"'step' input x shape {x_spec.shape} must be fully defined")
-        self._input_shape = tuple(int(d) for d in x_spec.shape[1:])
+        self._input_shape = _per_stream_shape("'step' input x", x_spec)
         self._input_dtype = x_spec.dtype.name
         specs = []
         for i in range(n):
             s = kwargs[f"state_{i}"]
-            if s.dtype != tf.float32 or any(d is None for d in s.shape[1:]):
+            if s.dtype != tf.float32:
                 raise ModelLoadError(
-                    f"'step' input state_{i} is {s.dtype.name}{s.shape}; states must be float32 "
-                    "with fully defined per-stream shapes"
+                    f"'step' input state_{i} is {s.dtype.name}; states must be float32"
                 )
-            specs.append(StateSpec(f"state_{i}", tuple(int(d) for d in s.shape[1:])))
+            shape = _per_stream_shape(f"'step' input state_{i}", s)
+            specs.append(StateSpec(f"state_{i}", shape))
         self._state_spec = tuple(specs)
         outs = self._step_fn.structured_outputs
-        if set(outs) != {"y"} | {f"state_{i}" for i in range(n)}:
+        if not isinstance(outs, dict) or set(outs) != {"y"} | {f"state_{i}" for i in range(n)}:
+            got = sorted(outs) if isinstance(outs, dict) else type(outs).__name__
             raise ModelLoadError(
-                f"'step' signature outputs are {sorted(outs)}; expected 'y' and the same "
+                f"'step' signature outputs are {got}; expected 'y' and the same "
                 "'state_i' as its inputs"
             )
-        y_shape = outs["y"].shape
-        if any(d is None for d in y_shape[1:]):
-            raise ModelLoadError(f"'step' output y shape {y_shape} must be fully defined")
-        self._output_shape = tuple(int(d) for d in y_shape[1:])
+        self._output_shape = _per_stream_shape("'step' output y", outs["y"])
+        for spec in specs:
+            # A new state of another shape would only fail (or be broadcast) at the scatter.
+            _expect_state(f"'step' output {spec.name}", outs[spec.name], spec)
         self._init_fn = obj.signatures.get("initial_state")
+        if self._init_fn is not None:
+            self._check_init_signature(self._init_fn, x_spec)
         self._identity = identity or _file_digest(path)
+
+    def _check_init_signature(self, fn: Any, x_spec: Any) -> None:
+        """The optional ``initial_state`` signature: input ``x`` like ``step``'s, outputs
+        ``state_0``..``state_{n-1}`` with the state shapes (checked now, not at the first
+        fresh stream inside the compiled step)."""
+        _, kwargs = fn.structured_input_signature
+        if set(kwargs) != {"x"}:
+            raise ModelLoadError(
+                f"'initial_state' signature inputs are {sorted(kwargs)}; expected only 'x'"
+            )
+        got = _per_stream_shape("'initial_state' input x", kwargs["x"])
+        if got != self._input_shape or kwargs["x"].dtype != x_spec.dtype:
+            raise ModelLoadError(
+                f"'initial_state' input x is {kwargs['x'].dtype.name}{list(got)}; expected "
+                f"{x_spec.dtype.name}{list(self._input_shape)} like the 'step' input x"
+            )
+        outs = fn.structured_outputs
+        want = {spec.name for spec in self._state_spec}
+        if not isinstance(outs, dict) or set(outs) != want:
+            names = sorted(outs) if isinstance(outs, dict) else type(outs).__name__
+            raise ModelLoadError(
+                f"'initial_state' signature outputs are {names}; expected {sorted(want)}"
+            )
+        for spec in self._state_spec:
+            _expect_state(f"'initial_state' output {spec.name}", outs[spec.name], spec)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -567,7 +701,24 @@ def _load_keras(path: Path) -> Any:
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError... for bad files
-        raise ModelLoadError(f"cannot load Keras model {str(path)!r}: {exc}") from exc
+        hint = ""
+        if "safe_mode" in str(exc):
+            # Keras suggests safe_mode=False; lstm-stream never loads untrusted code.
+            hint = (
+                " (lstm-stream loads models in Keras safe mode only: replace Lambda layers "
+                "with built-in or registered layers)"
+            )
+        raise ModelLoadError(
+            f"cannot load Keras model {str(path)!r}: {_short_keras_error(exc)}{hint}"
+        ) from exc
+
+
+def _short_keras_error(exc: Exception, limit: int = 1000) -> str:
+    """Keras deserialization errors embed whole model configs (tens of KB); keep the
+    sentences that say what failed."""
+    parts = [p for p in str(exc).split("\n\n") if not p.startswith("config=")]
+    text = " ".join(p.split(" Full object config:")[0].strip() for p in parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_step_model(path: str | os.PathLike[str], init_model: str | None = None) -> StepModel:
@@ -601,4 +752,3 @@ def load_step_model(path: str | os.PathLike[str], init_model: str | None = None)
             raise ModelLoadError(f"init model {init_model!r} must be an existing '.keras' file")
         init = _load_keras(ip)
     return KerasStepModel(model, init, identity=_file_digest(p, init_model))
-
