@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 import processor  # noqa: F401  (TF environment defaults)
 from processor.errors import CapacityError, ConfigError
 from processor.model import StateSpec
-
-import tensorflow as tf  # noqa: E402  isort: skip
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "processor.example",
         "build and train the small example forecasting model the demo uses",
     ),
-    "run": ("processor.kafka.command", "the Kafka stream processor (consumer group in, topics out)"),
+    "run": (
+        "processor.kafka.command",
+        "the Kafka stream processor (consumer group in, topics out)",
+    ),
     "produce": ("processor.tools", "load generator: synthetic sensor or frame streams to Kafka"),
     "tail": ("processor.tools", "decode and print output or dead-letter records from Kafka"),
     "bench": ("processor.bench", "benchmarks: the engine against baselines, side by side"),

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 import processor  # noqa: F401  (TF environment defaults)
 from processor.cache import StateCache
 from processor.errors import ConfigError
 from processor.model import StepModel
 from processor.records import Output, Record
-
-import tensorflow as tf  # noqa: E402  isort: skip
 
 log = logging.getLogger(__name__)
 

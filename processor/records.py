@@ -27,7 +27,10 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """The model's output for one input record (``y``: float32, the model's per-step output shape)."""
+    """The model's output for one input record.
+
+    ``y`` is float32 with the model's per-step output shape.
+    """
 
     stream: str
     seq: int
