@@ -1,0 +1,158 @@
+"""Pure batching and flow-control logic of the Kafka runtime (no I/O, no clock of its own).
+
+* :class:`Batcher` -- a FIFO of fetched items across partitions and streams; a batch is cut
+  when it holds ``max_batch`` items or its oldest item has waited ``max_delay_s``, whichever
+  comes first. FIFO keeps every partition's (and so every stream's) order.
+* :class:`FlowControl` -- counts records between fetch and acknowledgement and says when to
+  pause and resume the partitions (high/low water marks with hysteresis).
+
+Both are used from the event loop only; they are plain objects so that tests drive them with
+an explicit ``now``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+__all__ = ["Batcher", "FlowControl", "Queued"]
+
+
+class Queued(Protocol):
+    """What the batcher needs of an item: its partition and when it arrived (monotonic s)."""
+
+    @property
+    def tp(self) -> Hashable: ...
+
+    @property
+    def arrived(self) -> float: ...
+
+
+T = TypeVar("T", bound=Queued)
+
+
+class Batcher(Generic[T]):
+    """FIFO of items; see the module docstring.
+
+    Args:
+        max_batch: the most items in one batch (>= 1).
+        max_delay_s: the longest the oldest item waits before a partial batch is due (>= 0).
+    """
+
+    def __init__(self, max_batch: int, max_delay_s: float) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_delay_s < 0:
+            raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._items: deque[T] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: Iterable[T]) -> None:
+        """Append items in arrival order (callers add one partition's records in offset
+        order, so per-partition order is kept)."""
+        self._items.extend(items)
+
+    def due(self, now: float) -> bool:
+        """True when a batch should be cut now: a full batch is waiting, or the oldest item
+        has waited at least ``max_delay_s``."""
+        if not self._items:
+            return False
+        return (
+            len(self._items) >= self.max_batch or now - self._items[0].arrived >= self.max_delay_s
+        )
+
+    def time_until_due(self, now: float) -> float | None:
+        """Seconds until :meth:`due` becomes true without new items (0 if it already is),
+        or ``None`` when empty (nothing will ever be due)."""
+        if not self._items:
+            return None
+        if len(self._items) >= self.max_batch:
+            return 0.0
+        return max(0.0, self._items[0].arrived + self.max_delay_s - now)
+
+    def take(self) -> list[T]:
+        """Remove and return the oldest ``max_batch`` items (fewer if fewer are queued),
+        whether or not a batch is due (the caller decides; a drain takes everything)."""
+        n = min(self.max_batch, len(self._items))
+        return [self._items.popleft() for _ in range(n)]
+
+    def drop(self, partitions: Collection[Hashable]) -> list[T]:
+        """Remove and return every queued item of ``partitions`` (revoked partitions: their
+        records will be fetched again by the new owner from the committed offset)."""
+        if not partitions or not self._items:
+            return []
+        kept: deque[T] = deque()
+        dropped: list[T] = []
+        for item in self._items:
+            (dropped if item.tp in partitions else kept).append(item)
+        self._items = kept
+        return dropped
+
+
+Decision = Literal["pause", "resume"] | None
+
+
+@dataclass
+class FlowControl:
+    """High/low-water backpressure over the records in the pipeline.
+
+    A record counts from the moment it is fetched until its output (or dead letter) is
+    acknowledged by the broker, or until it is dropped (revoked partition). At ``high`` or
+    more the caller pauses fetching; once paused, it resumes only at ``low`` or fewer
+    (hysteresis, so the consumer does not flap around one threshold).
+    """
+
+    high: int
+    low: int
+    in_flight: int = 0
+    paused: bool = False
+    peak: int = 0  # the most records ever in flight (for stats and tests)
+    pauses: int = 0  # how many times fetching was paused
+
+    def __post_init__(self) -> None:
+        if self.high < 1 or not 0 <= self.low < max(self.high, 2):
+            raise ValueError(f"need high >= 1 and 0 <= low < high, got {self.high}/{self.low}")
+
+    def acquire(self, n: int) -> None:
+        """``n`` records entered the pipeline."""
+        self.in_flight += n
+        self.peak = max(self.peak, self.in_flight)
+
+    def release(self, n: int) -> None:
+        """``n`` records left it (acknowledged or dropped)."""
+        if n > self.in_flight:
+            raise ValueError(f"releasing {n} records but only {self.in_flight} are in flight")
+        self.in_flight -= n
+
+    @property
+    def headroom(self) -> int:
+        """Records that may still be fetched before the high-water mark (>= 0); the fetch
+        asks for at most this many so the bound is never overshot."""
+        return max(0, self.high - self.in_flight)
+
+    def decide(self) -> Decision:
+        """The transition to apply now, if any, and record it: ``"pause"`` when at or above
+        the high-water mark and not paused, ``"resume"`` when paused and at or below the
+        low-water mark, else ``None``."""
+        if not self.paused and self.in_flight >= self.high:
+            self.paused = True
+            self.pauses += 1
+            return "pause"
+        if self.paused and self.in_flight <= self.low:
+            self.paused = False
+            return "resume"
+        return None
+
+
+def describe(items: Iterable[Any]) -> dict[Hashable, int]:
+    """Items per partition (for logs and tests)."""
+    counts: dict[Hashable, int] = {}
+    for item in items:
+        counts[item.tp] = counts.get(item.tp, 0) + 1
+    return counts

@@ -1,0 +1,121 @@
+"""``lstm-stream run``: the Kafka stream processor's command (``add_arguments``, ``main``).
+
+Exit codes: 0 after a graceful stop (SIGTERM/SIGINT: stop fetching, drain, produce,
+commit), 1 when the processor failed, 2 for invalid settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from processor.errors import ConfigError, LstmStreamError
+from processor.settings import (
+    Settings,
+    add_settings_arguments,
+    configure_logging,
+    settings_from_args,
+)
+
+__all__ = ["EPILOG", "add_arguments", "main"]
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+What it does:
+  Consumes the input topics as a consumer group (message key = stream id; a 'stream' field
+  in the value is then optional and must equal the key if present), decodes and validates
+  each record, batches across partitions and streams (--max-batch records or --max-delay-ms,
+  whichever comes first), steps the model on a dedicated engine thread, and produces one
+  output per valid input to --output-topic with the stream id as key.
+
+Bad records (undecodable, schema violations, wrong shape/dtype, non-finite values, key and
+  'stream' disagreeing, oversize, no key and no 'stream', ...) go to --dlq-topic with their
+  original key and value; headers lstm-stream.reason / .detail / .source.topic /
+  .source.partition / .source.offset say why and where from. The processor keeps running.
+
+Duplicates: a record whose seq is not greater than its stream's last applied seq (an input
+  record sent twice, or an at-least-once re-delivery while the stream's state is cached) is
+  skipped and counted in the lstm_stream_duplicates_skipped_total metric; it gets no output
+  and is NOT dead-lettered.
+
+Delivery: at-least-once. Offsets are committed only after the outputs and dead letters of
+  the records they cover are acknowledged by the broker; after a crash, records since the
+  last commit are processed again (duplicate outputs downstream are possible).
+
+Limitation (no state topic yet): stream states live in this process only. When a partition
+  moves to another member (rebalance, crash, scale-out) its streams restart from the initial
+  state there, and after a restart every stream restarts from its initial state (records
+  re-delivered since the last commit are then processed again, not skipped). Partitions
+  that stay with a member across a rebalance keep their states.
+
+Backpressure: at --queue-max-records records in flight every partition is paused; fetching
+  resumes at --queue-low-records. SIGTERM/SIGINT: stop fetching, drain, produce, commit,
+  exit 0 (a second signal aborts without the final commit).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every ``run`` option (each help text states its default and env variable)."""
+    add_settings_arguments(parser)
+    parser.epilog = EPILOG
+    if parser.formatter_class is argparse.HelpFormatter:  # keep the epilog's line breaks
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+async def _run_until_signalled(settings: Settings) -> int:
+    from processor.kafka.runtime import Processor  # heavy imports only when running
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("%s received: draining (send again to abort)", signal.Signals(signum).name)
+            stop.set()
+        elif main_task is not None:
+            log.warning("second signal: aborting without the final commit")
+            main_task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        processor = Processor(settings)
+        stats = await processor.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped cleanly: %s", stats)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the processor until SIGTERM/SIGINT; returns the exit code (see module doc)."""
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"lstm-stream run: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    log.info("settings: %r", settings)
+    try:
+        return asyncio.run(_run_until_signalled(settings))
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    except LstmStreamError as exc:
+        log.error("processor failed: %s", exc)
+        return 1
+    except asyncio.CancelledError:
+        log.error("aborted")
+        return 1
+    except Exception:
+        log.exception("processor failed")
+        return 1

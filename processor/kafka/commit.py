@@ -1,0 +1,98 @@
+"""At-least-once commit loop: commit what the ledger says is acknowledged, periodically.
+
+Offsets reach the ledger only after the outputs and dead letters of every record before
+them were acknowledged by the broker, so a commit never covers an unproduced output. A
+crash between produce and commit re-delivers records (duplicates downstream; the engine
+skips those it already applied while their stream is still cached).
+
+Replaceable: an exactly-once mode would commit offsets inside the producer's transaction
+(``send_offsets_to_transaction``) from the same ledger instead of running this loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Hashable
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from processor.kafka.ledger import OffsetLedger
+from processor.metrics import Metrics
+
+__all__ = ["CommitLoop"]
+
+log = logging.getLogger(__name__)
+
+
+class CommitLoop:
+    """Commits acknowledged offsets every ``interval_s`` and on demand.
+
+    Args:
+        consumer: the group consumer (commits go through its coordinator).
+        ledger: the source of acknowledged offsets.
+        owned: returns the partitions whose offsets may be committed now.
+        interval_s: seconds between periodic commits.
+        metrics: commit counters.
+        on_tick: called after every periodic commit attempt (the runtime refreshes lag
+            gauges there).
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        ledger: OffsetLedger,
+        owned: Callable[[], Collection[Hashable]],
+        interval_s: float,
+        metrics: Metrics,
+        on_tick: Callable[[], object] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._ledger = ledger
+        self._owned = owned
+        self._interval_s = interval_s
+        self._metrics = metrics
+        self._on_tick = on_tick
+        self.commits = 0
+
+    async def commit_now(self, partitions: Collection[Hashable] | None = None) -> bool:
+        """Commit the acknowledged offsets of ``partitions`` (default: all owned ones) that
+        are still assigned to the consumer. Returns True when nothing was left uncommitted.
+
+        A ``CommitFailedError`` (the group moved on: another member may own the partitions
+        now) returns False; other retriable errors are logged and return False (the next
+        attempt retries); non-retriable errors (authorisation...) raise.
+        """
+        scope = set(self._owned() if partitions is None else partitions)
+        assigned = self._consumer.assignment()
+        offsets = self._ledger.committable([tp for tp in scope if tp in assigned])
+        if not offsets:
+            return True
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self._metrics.commit_failures.inc()
+            log.warning("offset commit failed (group rebalanced): %s", exc)
+            return False
+        except KafkaError as exc:
+            self._metrics.commit_failures.inc()
+            if not exc.retriable:
+                raise
+            log.warning("offset commit failed, will retry: %r", exc)
+            return False
+        self._ledger.mark_committed(offsets)
+        self._metrics.commits.inc()
+        self.commits += 1
+        log.debug("committed %s", {str(tp): off for tp, off in offsets.items()})
+        return True
+
+    async def run(self) -> None:
+        """Commit periodically until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.commit_now()
+            if self._on_tick is not None:
+                result = self._on_tick()
+                if asyncio.iscoroutine(result):
+                    await result

@@ -1,0 +1,60 @@
+"""The consumer-group rebalance listener: a thin adapter from aiokafka to the runtime.
+
+aiokafka awaits the listener's coroutines inside its group coordinator and *swallows*
+(logs) any exception they raise, after which the group goes on as if all was well. This
+adapter therefore catches everything and reports it to the runtime (which then fails loudly
+instead of running with a half-handled rebalance). The handler must not take a lock that is
+held across ``consumer.getmany()`` (the coordinator may wait for that call -- deadlock).
+
+aiokafka does not call the listener on ``consumer.stop()``: the runtime commits before it
+stops the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from typing import Protocol
+
+from aiokafka.abc import ConsumerRebalanceListener
+
+__all__ = ["RebalanceHandler", "RebalanceListener"]
+
+log = logging.getLogger(__name__)
+
+
+class RebalanceHandler(Protocol):
+    """What the runtime implements (see :class:`processor.kafka.runtime.Processor`)."""
+
+    async def on_revoked(self, partitions: set[Hashable]) -> None:
+        """Partitions are being taken away: finish their in-flight work and commit."""
+        ...
+
+    async def on_assigned(self, partitions: set[Hashable]) -> None:
+        """The new assignment (eager protocol: the full set, often the same as before)."""
+        ...
+
+    def on_listener_error(self, exc: BaseException) -> None:
+        """A callback above raised: the runtime must not continue silently."""
+        ...
+
+
+class RebalanceListener(ConsumerRebalanceListener):
+    """Forwards aiokafka's callbacks to a :class:`RebalanceHandler`, never raising."""
+
+    def __init__(self, handler: RebalanceHandler) -> None:
+        self._handler = handler
+
+    async def on_partitions_revoked(self, revoked: set[Hashable]) -> None:
+        try:
+            await self._handler.on_revoked(set(revoked))
+        except Exception as exc:
+            log.exception("handling the revocation of %s failed", sorted(map(str, revoked)))
+            self._handler.on_listener_error(exc)
+
+    async def on_partitions_assigned(self, assigned: set[Hashable]) -> None:
+        try:
+            await self._handler.on_assigned(set(assigned))
+        except Exception as exc:
+            log.exception("handling the assignment of %s failed", sorted(map(str, assigned)))
+            self._handler.on_listener_error(exc)

@@ -1,0 +1,228 @@
+"""Prometheus metrics of the processor and the HTTP server that exposes them.
+
+:class:`Metrics` is one bundle created against an injected ``CollectorRegistry`` (each test
+gets its own). Units are seconds; histogram buckets are chosen for what they measure:
+
+* batch sizes: powers of two up to 16384 (the engine pads to power-of-two buckets, so the
+  histogram lines up with the compiled shapes);
+* step time: 0.5 ms .. 10 s (a 1024-row step of a 2x256 LSTM is ~10-30 ms on a CPU);
+* end-to-end latency: 1 ms .. 2 min (from the record's event time, ``ts`` or the Kafka
+  timestamp, to the acknowledgement of its output; clocks of other hosts may skew it).
+
+:class:`MetricsServer` serves ``/metrics``, ``/healthz`` (the process is alive) and
+``/readyz`` (assigned and running) from a thread with the standard library's WSGI server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "STEP_BUCKETS", "Metrics", "MetricsServer"]
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = tuple(float(1 << i) for i in range(15))  # 1 .. 16384
+STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The processor's metrics, all prefixed ``lstm_stream_``.
+
+    Counters are incremented by the runtime as events happen; cache numbers are copied from
+    the engine's cache after each batch with :meth:`observe_cache` (the cache keeps
+    monotonic counters; this turns their growth into counter increments).
+    """
+
+    def __init__(self, registry: CollectorRegistry, namespace: str = "lstm_stream") -> None:
+        def c(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, list(labels), namespace=namespace, registry=registry)
+
+        def g(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(name, doc, list(labels), namespace=namespace, registry=registry)
+
+        self.records_in = c("records_in", "Input records consumed", ["topic"])
+        self.records_out = c("records_out", "Output records acknowledged by the broker", ["topic"])
+        self.dead_letters = c(
+            "dead_letters", "Bad input records sent to the dead-letter topic", ["reason"]
+        )
+        self.duplicates = c(
+            "duplicates_skipped",
+            "Records skipped because their seq was not greater than the stream's last applied "
+            "seq (a re-sent or re-delivered record); no output, not dead-lettered",
+        )
+        self.batch_size = Histogram(
+            "batch_records",
+            "Records per engine batch",
+            namespace=namespace,
+            registry=registry,
+            buckets=BATCH_BUCKETS,
+        )
+        self.step_seconds = Histogram(
+            "step_seconds",
+            "Engine time per batch (gather, step, scatter; on the worker thread)",
+            namespace=namespace,
+            registry=registry,
+            buckets=STEP_BUCKETS,
+        )
+        self.latency_seconds = Histogram(
+            "end_to_end_latency_seconds",
+            "From a record's event time (its ts field, else its Kafka timestamp) to the "
+            "acknowledgement of its output",
+            namespace=namespace,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.active_streams = g("active_streams", "Streams whose state is on the device")
+        self.cache_capacity = g("cache_capacity", "Streams the device state table holds")
+        self.cache_occupancy = g("cache_occupancy_ratio", "active_streams / cache_capacity")
+        self.spilled_streams = g("spilled_streams", "Streams whose state is in the spill store")
+        self.evictions = c("cache_evictions", "Streams evicted from the device", ["cause"])
+        self.spills = c("cache_spills", "States copied from the device to the spill store")
+        self.spill_dropped = c(
+            "cache_spill_dropped", "Spilled states dropped because the spill store was full"
+        )
+        self.consumer_lag = g(
+            "consumer_lag_records",
+            "High watermark minus the next offset to acknowledge, per owned partition",
+            ["topic", "partition"],
+        )
+        self.in_flight = g("in_flight_records", "Records fetched but not yet acknowledged")
+        self.paused_partitions = g("paused_partitions", "Partitions paused by backpressure")
+        self.assigned_partitions = g("assigned_partitions", "Partitions owned by this member")
+        self.rebalances = c("rebalances", "Partition assignments received")
+        self.revoked_dropped = c(
+            "revoked_records_dropped",
+            "Queued records of revoked partitions dropped unprocessed (re-read by the new owner)",
+        )
+        self.commits = c("commits", "Successful offset commits")
+        self.commit_failures = c("commit_failures", "Failed offset commits")
+        self._cache_seen: dict[str, int] = {}
+
+    def observe_cache(
+        self, *, active: int, capacity: int, spilled: int, counters: dict[str, int]
+    ) -> None:
+        """Copy the cache's numbers: sizes as gauges, its monotonic counters
+        (``evicted_lru``, ``evicted_idle``, ``spilled``, ``spill_dropped``) as increments."""
+        self.active_streams.set(active)
+        self.cache_capacity.set(capacity)
+        self.cache_occupancy.set(active / capacity if capacity else 0.0)
+        self.spilled_streams.set(spilled)
+        for key, counter, label in (
+            ("evicted_lru", self.evictions, "lru"),
+            ("evicted_idle", self.evictions, "idle"),
+            ("spilled", self.spills, None),
+            ("spill_dropped", self.spill_dropped, None),
+        ):
+            value = counters.get(key, 0)
+            delta = value - self._cache_seen.get(key, 0)
+            if delta > 0:
+                (counter.labels(label) if label else counter).inc(delta)
+            self._cache_seen[key] = value
+
+
+# ---- HTTP -------------------------------------------------------------------------------
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper must not keep the process alive
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics http: " + format, *args)
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP from a daemon thread.
+
+    ``ready`` is called on each ``/readyz`` request (from the server thread: it must only
+    read simple state). ``port=0`` binds an ephemeral port (see :attr:`port`); the CLI uses
+    0 to mean "no server" and does not create one.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._registry = registry
+        self._host = host
+        self._requested_port = port
+        self._ready = ready
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        if self._server is None:
+            raise RuntimeError("metrics server not started")
+        return int(self._server.server_address[1])
+
+    def _app(self) -> Callable[..., Iterable[bytes]]:
+        metrics_app = make_wsgi_app(self._registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "/")
+            if path == "/healthz":
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ok\n"]
+            if path == "/readyz":
+                try:
+                    ready = bool(self._ready())
+                except Exception:  # a failing probe means "not ready", never a 500 loop
+                    log.exception("readiness check failed")
+                    ready = False
+                status = "200 OK" if ready else "503 Service Unavailable"
+                start_response(status, [("Content-Type", "text/plain")])
+                return [b"ready\n" if ready else b"not ready\n"]
+            if path in ("/metrics", "/"):
+                result: Iterable[bytes] = metrics_app(environ, start_response)
+                return result
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found\n"]
+
+        return app
+
+    def start(self) -> None:
+        """Bind and serve from a daemon thread. Raises ``OSError`` if the port is taken."""
+        if self._server is not None:
+            return
+        server = make_server(
+            self._host,
+            self._requested_port,
+            self._app(),
+            server_class=_Server,
+            handler_class=_QuietHandler,
+        )
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="lstm-metrics-http", daemon=True
+        )
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
+
+    def close(self) -> None:
+        """Stop serving and release the port; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -1,0 +1,457 @@
+"""User tools around the Kafka processor: ``lstm-stream produce`` and ``lstm-stream tail``.
+
+``produce`` is a load generator: N synthetic streams -- float32 sensor vectors (a noisy
+sine per stream) or uint8 frames (a moving bright bar over noise) -- written in the input
+wire format (:func:`processor.codec.encode_input`) with key = stream id and ``seq``
+increasing per stream, at a target rate for a duration or a count.
+
+``tail`` decodes and prints output records (:func:`processor.codec.decode_output`) or
+dead-letter records (original bytes plus the ``lstm-stream.*`` headers) from a topic.
+
+The async functions :func:`produce` and :func:`tail` are the library form (tests and the
+benchmark use them); ``main_produce``/``main_tail`` are the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from processor.codec import decode_output, encode_input
+from processor.errors import BadRecord, ConfigError
+
+__all__ = [
+    "ProduceStats",
+    "SyntheticInput",
+    "add_produce_arguments",
+    "add_tail_arguments",
+    "main_produce",
+    "main_tail",
+    "produce",
+    "tail",
+]
+
+log = logging.getLogger(__name__)
+
+_DLQ_PREFIX = "lstm-stream."
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"shape must be ints like 32 or 84,84,1: {text!r}"
+        ) from None
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"shape must be positive ints, got {text!r}")
+    return shape
+
+
+def _kafka_options(pairs: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for text in pairs or ():
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--kafka-option expects KEY=VALUE, got {text!r}")
+        out[key.strip()] = value
+    return out
+
+
+# ---- synthetic data ---------------------------------------------------------------------
+
+
+class SyntheticInput:
+    """Deterministic synthetic steps: ``SyntheticInput(kind, shape, streams, seed)`` then
+    ``step(seq) -> array [streams, *shape]`` for one step of every stream."""
+
+    def __init__(self, kind: str, shape: tuple[int, ...], streams: int, seed: int = 0) -> None:
+        if kind not in ("sensor", "frames"):
+            raise ConfigError(f"kind must be 'sensor' or 'frames', got {kind!r}")
+        self.kind = kind
+        self.shape = shape
+        self.streams = streams
+        rng = np.random.default_rng(seed)
+        self._rng = rng
+        size = math.prod(shape)
+        self._phase = rng.uniform(0, 2 * np.pi, (streams, size)).astype(np.float32)
+        self._freq = rng.uniform(0.05, 0.3, (streams, 1)).astype(np.float32)
+
+    def step(self, seq: int) -> np.ndarray:
+        n = self.streams
+        if self.kind == "sensor":
+            x = np.sin(self._phase + self._freq * seq)
+            x += 0.05 * self._rng.standard_normal(x.shape, dtype=np.float32)
+            return x.astype(np.float32).reshape(n, *self.shape)
+        # frames: a bar that moves one column per step over low noise, per stream offset
+        frames = self._rng.integers(0, 32, (n, *self.shape), dtype=np.uint8)
+        width = self.shape[1] if len(self.shape) > 1 else self.shape[0]
+        cols = (np.arange(n) * 7 + seq) % width
+        for i, c in enumerate(cols):
+            if len(self.shape) > 1:
+                frames[i, :, c] = 255
+            else:
+                frames[i, c] = 255
+        return frames
+
+
+# ---- produce ----------------------------------------------------------------------------
+
+
+@dataclass
+class ProduceStats:
+    records: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else float("inf")
+
+
+async def produce(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    streams: int,
+    shape: tuple[int, ...],
+    kind: str = "sensor",
+    count: int | None = None,
+    duration: float | None = None,
+    rate: float = 0.0,
+    seed: int = 0,
+    start_seq: int = 0,
+    stream_prefix: str = "s",
+    with_ts: bool = True,
+    kafka_options: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ProduceStats:
+    """Produce synthetic input records; stops after ``count`` records or ``duration``
+    seconds (whichever is given; both: the first reached). ``rate`` records/s in total
+    (0 = as fast as possible). Records go step by step: every stream's seq k before any
+    stream's seq k+1. Returns when every record is acknowledged."""
+    from aiokafka import AIOKafkaProducer
+
+    from processor.kafka.clients import client_kwargs
+    from processor.kafka.output import OutputWriter
+
+    if count is None and duration is None:
+        raise ConfigError("give a record count or a duration")
+    _, producer_kw = client_kwargs(bootstrap_servers, "unused", kafka_options or {})
+    producer = AIOKafkaProducer(**producer_kw)
+    await producer.start()
+    gen = SyntheticInput(kind, shape, streams, seed)
+    names = [f"{stream_prefix}{i}" for i in range(streams)]
+    writer = OutputWriter(producer, topic)
+    sent = 0
+    pending: list[asyncio.Future[Any]] = []
+    t0 = time.monotonic()
+    seq = start_seq
+    try:
+        while True:
+            elapsed = time.monotonic() - t0
+            if duration is not None and elapsed >= duration:
+                break
+            if count is not None and sent >= count:
+                break
+            xs = gen.step(seq)
+            n = streams if count is None else min(streams, count - sent)
+            ts = int(time.time() * 1000) if with_ts else None
+            pairs = [(names[i], encode_input(names[i], seq, xs[i], ts=ts)) for i in range(n)]
+            pending += await writer.write(pairs)
+            sent += n
+            seq += 1
+            if len(pending) > 256:  # bound what is outstanding
+                await asyncio.gather(*pending)
+                pending.clear()
+            if progress is not None:
+                progress(sent)
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return ProduceStats(sent, time.monotonic() - t0)
+
+
+def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lstm-stream produce`` (each help states its default)."""
+    parser.add_argument(
+        "--bootstrap-servers", default="localhost:9092", help="Kafka bootstrap servers"
+    )
+    parser.add_argument("--topic", required=True, help="input topic to write to (required)")
+    parser.add_argument("--streams", type=int, default=100, help="number of streams")
+    parser.add_argument(
+        "--kind",
+        choices=("sensor", "frames"),
+        default="sensor",
+        help="sensor: float32 vectors (noisy sines); frames: uint8 images",
+    )
+    parser.add_argument(
+        "--shape",
+        type=_parse_shape,
+        default=None,
+        help="per-step shape, e.g. 32 or 84,84,1 (default: from --model, else "
+        "32 for sensor and 84,84,1 for frames)",
+    )
+    parser.add_argument(
+        "--model", default=None, help="take the per-step shape from this model's input"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1000.0,
+        help="records per second in total; 0 = as fast as possible",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds to produce for (ignored when --count is given)",
+    )
+    parser.add_argument(
+        "--count", type=int, default=None, help="total records to produce (default: use --duration)"
+    )
+    parser.add_argument("--start-seq", type=int, default=0, help="first seq of every stream")
+    parser.add_argument("--stream-prefix", default="s", help="stream ids are PREFIX0..PREFIXn-1")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic data")
+    parser.add_argument(
+        "--no-ts",
+        action="store_true",
+        default=False,
+        help="omit the ts field (latency then uses the Kafka timestamp)",
+    )
+    parser.add_argument(
+        "--kafka-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="producer option passed to aiokafka (repeatable)",
+    )
+
+
+def main_produce(args: argparse.Namespace) -> int:
+    """``lstm-stream produce``; prints a summary line; returns the exit code."""
+    shape: tuple[int, ...] | None = args.shape
+    kind: str = args.kind
+    try:
+        if shape is None and args.model:
+            from processor.model import load_step_model
+
+            model = load_step_model(args.model)
+            shape = tuple(model.input_shape)
+            if np.dtype(model.input_dtype) == np.uint8:
+                kind = "frames"
+        if shape is None:
+            shape = (32,) if kind == "sensor" else (84, 84, 1)
+        stats = asyncio.run(
+            produce(
+                args.bootstrap_servers,
+                args.topic,
+                streams=args.streams,
+                shape=shape,
+                kind=kind,
+                count=args.count,
+                duration=None if args.count is not None else args.duration,
+                rate=args.rate,
+                seed=args.seed,
+                start_seq=args.start_seq,
+                stream_prefix=args.stream_prefix,
+                with_ts=not args.no_ts,
+                kafka_options=_kafka_options(args.kafka_option),
+            )
+        )
+    except ConfigError as exc:
+        print(f"lstm-stream produce: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"produced {stats.records} records ({kind}, shape {list(shape)}, {args.streams} "
+        f"streams) to {args.topic} in {stats.seconds:.2f}s = {stats.rate:.0f} records/s"
+    )
+    return 0
+
+
+# ---- tail -------------------------------------------------------------------------------
+
+
+def describe_record(record: Any, kind: str = "auto") -> dict[str, Any]:
+    """A printable dict of one consumed record: an output's fields, or a dead letter's
+    reason, detail, source and original size. ``kind`` is output, dlq or auto (dead
+    letters are recognised by their ``lstm-stream.reason`` header)."""
+    headers = {k: v for k, v in (record.headers or ())}
+    is_dlq = kind == "dlq" or (kind == "auto" and f"{_DLQ_PREFIX}reason" in headers)
+    base: dict[str, Any] = {
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+    }
+    if is_dlq:
+
+        def h(name: str) -> str | None:
+            v = headers.get(f"{_DLQ_PREFIX}{name}")
+            return v.decode("utf-8", "replace") if v is not None else None
+
+        base.update(
+            kind="dlq",
+            reason=h("reason"),
+            detail=h("detail"),
+            source=f"{h('source.topic')}/{h('source.partition')}@{h('source.offset')}",
+            value_bytes=len(record.value or b""),
+        )
+        return base
+    try:
+        out = decode_output(record.value or b"")
+    except BadRecord as exc:
+        base.update(kind="undecodable", reason=exc.reason, detail=exc.detail)
+        return base
+    y = out["y"]
+    base.update(
+        kind="output",
+        stream=out["stream"],
+        seq=out["seq"],
+        shape=out["shape"],
+        y=[round(float(v), 6) for v in np.ravel(y)[:16]],
+        ts=out.get("ts"),
+    )
+    if y.size > 16:
+        base["y_truncated"] = int(y.size)
+    return base
+
+
+async def tail(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    max_records: int | None = None,
+    from_beginning: bool = False,
+    idle_timeout: float | None = None,
+    kind: str = "auto",
+    out: Callable[[dict[str, Any]], None] | None = None,
+    kafka_options: dict[str, Any] | None = None,
+) -> int:
+    """Print (or pass to ``out``) decoded records of every partition of ``topic``; stops
+    after ``max_records``, or after ``idle_timeout`` seconds without a record. Returns how
+    many records were seen. No consumer group: nothing is committed."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from processor.kafka.clients import client_kwargs
+
+    consumer_kw, _ = client_kwargs(bootstrap_servers, "unused", kafka_options or {})
+    consumer_kw["group_id"] = None
+    consumer_kw["auto_offset_reset"] = "earliest" if from_beginning else "latest"
+    consumer = AIOKafkaConsumer(**consumer_kw)
+    await consumer.start()
+    seen = 0
+    emit = out or (lambda d: print(json.dumps(d), flush=True))
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if parts is None:
+            await consumer._client.force_metadata_update()  # no public refresh API
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            raise ConfigError(f"topic {topic!r} does not exist")
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        last = time.monotonic()
+        while max_records is None or seen < max_records:
+            batch = await consumer.getmany(timeout_ms=200)
+            got = [r for records in batch.values() for r in records]
+            if not got:
+                if idle_timeout is not None and time.monotonic() - last >= idle_timeout:
+                    break
+                continue
+            last = time.monotonic()
+            for r in got:
+                if max_records is not None and seen >= max_records:
+                    break
+                emit(describe_record(r, kind))
+                seen += 1
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lstm-stream tail`` (each help states its default)."""
+    parser.add_argument(
+        "--bootstrap-servers", default="localhost:9092", help="Kafka bootstrap servers"
+    )
+    parser.add_argument(
+        "--topic", required=True, help="output or dead-letter topic to read (required)"
+    )
+    parser.add_argument(
+        "--kind",
+        choices=("auto", "output", "dlq"),
+        default="auto",
+        help="how to decode: auto recognises dead letters by their headers",
+    )
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=None,
+        help="stop after this many records (default: no limit)",
+    )
+    parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        default=False,
+        help="start at the oldest record instead of only new ones",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="stop after this many seconds without a record (default: never)",
+    )
+    parser.add_argument(
+        "--kafka-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="consumer option passed to aiokafka (repeatable)",
+    )
+
+
+def main_tail(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
+    """``lstm-stream tail``: one JSON object per record on stdout; returns the exit code."""
+    stream = stdout or sys.stdout
+
+    def emit(d: dict[str, Any]) -> None:
+        stream.write(json.dumps(d) + "\n")
+        stream.flush()
+
+    try:
+        asyncio.run(
+            tail(
+                args.bootstrap_servers,
+                args.topic,
+                max_records=args.max_records,
+                from_beginning=args.from_beginning,
+                idle_timeout=args.idle_timeout,
+                kind=args.kind,
+                out=emit,
+                kafka_options=_kafka_options(args.kafka_option),
+            )
+        )
+    except ConfigError as exc:
+        print(f"lstm-stream tail: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0

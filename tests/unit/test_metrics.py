@@ -1,0 +1,92 @@
+"""The metrics bundle (own registry per test) and the metrics/health HTTP server."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from processor.metrics import BATCH_BUCKETS, Metrics, MetricsServer
+
+
+def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
+    v = registry.get_sample_value(name, labels or {})
+    assert v is not None, f"no sample {name}{labels or ''}"
+    return v
+
+
+def test_counters_histograms_and_gauges_are_registered_in_the_given_registry() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    m.records_in.labels("in").inc(3)
+    m.records_out.labels("out").inc(2)
+    m.dead_letters.labels("non_finite").inc()
+    m.duplicates.inc(4)
+    m.batch_size.observe(100)
+    m.step_seconds.observe(0.003)
+    m.latency_seconds.observe(0.2)
+    m.consumer_lag.labels("in", "0").set(17)
+    assert value(reg, "lstm_stream_records_in_total", {"topic": "in"}) == 3
+    assert value(reg, "lstm_stream_records_out_total", {"topic": "out"}) == 2
+    assert value(reg, "lstm_stream_dead_letters_total", {"reason": "non_finite"}) == 1
+    assert value(reg, "lstm_stream_duplicates_skipped_total") == 4
+    # 100 records fall in the 128 bucket, not in the 64 one.
+    assert value(reg, "lstm_stream_batch_records_bucket", {"le": "64.0"}) == 0
+    assert value(reg, "lstm_stream_batch_records_bucket", {"le": "128.0"}) == 1
+    assert value(reg, "lstm_stream_step_seconds_sum") == pytest.approx(0.003)
+    assert value(reg, "lstm_stream_end_to_end_latency_seconds_count") == 1
+    assert value(reg, "lstm_stream_consumer_lag_records", {"topic": "in", "partition": "0"}) == 17
+    assert BATCH_BUCKETS[-1] == 16384
+    # Another bundle in another registry is independent (one registry per test).
+    other = CollectorRegistry()
+    Metrics(other)
+    assert other.get_sample_value("lstm_stream_records_in_total", {"topic": "in"}) is None
+
+
+def test_observe_cache_turns_monotonic_cache_counters_into_increments() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    counters = {"evicted_lru": 5, "evicted_idle": 0, "spilled": 5, "spill_dropped": 0}
+    m.observe_cache(active=64, capacity=256, spilled=5, counters=counters)
+    counters = {"evicted_lru": 8, "evicted_idle": 2, "spilled": 10, "spill_dropped": 1}
+    m.observe_cache(active=128, capacity=256, spilled=9, counters=counters)
+    assert value(reg, "lstm_stream_cache_evictions_total", {"cause": "lru"}) == 8
+    assert value(reg, "lstm_stream_cache_evictions_total", {"cause": "idle"}) == 2
+    assert value(reg, "lstm_stream_cache_spills_total") == 10
+    assert value(reg, "lstm_stream_cache_spill_dropped_total") == 1
+    assert value(reg, "lstm_stream_active_streams") == 128
+    assert value(reg, "lstm_stream_cache_occupancy_ratio") == 0.5
+    assert value(reg, "lstm_stream_spilled_streams") == 9
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_server_serves_metrics_health_and_readiness() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    m.records_in.labels("t").inc(7)
+    ready = {"value": False}
+    server = MetricsServer(reg, host="127.0.0.1", port=0, ready=lambda: ready["value"])
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        status, body = _get(f"{base}/metrics")
+        assert status == 200 and 'lstm_stream_records_in_total{topic="t"} 7.0' in body
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        assert _get(f"{base}/readyz")[0] == 503
+        ready["value"] = True
+        assert _get(f"{base}/readyz") == (200, "ready\n")
+        assert _get(f"{base}/nope")[0] == 404
+    finally:
+        server.close()
+        server.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        _ = server.port
