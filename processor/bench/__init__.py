@@ -1,0 +1,310 @@
+"""``lstm-stream bench``: the engine against the ways people run stateful models, measured
+side by side in one process, on the same models and the same inputs.
+
+Methods (see :mod:`processor.bench.baselines`): B0 a Keras ``stateful=True`` model called
+per message, B1 a compiled step per message with host-side state, B2 a batched compiled step
+with a host state table, the engine (device-resident state cache), replay (decode -> engine
+-> encode) and, given ``--bootstrap-servers``, Kafka end to end (the runtime's own
+measurement, :mod:`processor.kafka.bench`). Sections (see
+:mod:`processor.bench.sweeps`): agreement of all methods' outputs, throughput over batch
+sizes, step time over cached streams, state dtype, catch-up scan vs waves, replay, a
+breakdown of an engine step, and this machine's matmul rate as the compute reference.
+
+Writes ``results.json``, ``results.md`` and PNG plots into ``--out``. The exit code is 0 when
+every section ran and every method agreed with the Keras model (targets that are missed are
+findings, reported as MISS, not failures), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import processor  # noqa: F401  (TF environment defaults)
+from processor.engine import configure_threads
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = "bench-out"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``lstm-stream bench``."""
+    from processor.bench.models import DEFAULT_MODELS, MODELS
+
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one small model, a few batch sizes, tiny counts (well under a minute); the "
+        "figures are indicative only",
+    )
+    parser.add_argument("--out", default=DEFAULT_OUT, help="directory for the results")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(MODELS),
+        default=None,
+        help=f"models to run (default: {' '.join(DEFAULT_MODELS)}; with --quick: lstm2x256)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="TensorFlow intra-op threads (set before TensorFlow runs anything); 0 = TF default",
+    )
+    parser.add_argument(
+        "--inter-threads",
+        type=int,
+        default=1,
+        help="TensorFlow inter-op threads; 0 = TF default",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="seconds of timed calls per measured point (default: 1.0, with --quick 0.1)",
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="Kafka bootstrap servers for the end-to-end measurement (default: not run)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark described by ``args`` (see :func:`add_arguments`); see the module
+    docstring for the exit code."""
+    # Before anything makes TensorFlow run an op (model building does).
+    configure_threads(args.threads or None, args.inter_threads or None)
+    import tensorflow as tf
+
+    from processor.bench import report, sweeps
+    from processor.bench.models import DEFAULT_MODELS
+
+    # Engine warm-up traces one function per bucket on purpose; TF's "retracing" warning
+    # about it is noise here (retraces in timed regions are counted and reported instead).
+    tf.get_logger().setLevel(logging.ERROR)
+    models = tuple(args.models or (("lstm2x256",) if args.quick else DEFAULT_MODELS))
+    make = sweeps.quick_config if args.quick else sweeps.full_config
+    cfg = replace(
+        make(models, args.min_time), bootstrap_servers=args.bootstrap_servers, seed=args.seed
+    )
+    command = "lstm-stream bench " + " ".join(shlex.quote(a) for a in _argv_of(args))
+    results = run(cfg, command=command, threads=(args.threads, args.inter_threads))
+    out = Path(args.out)
+    report.write_all(results, out)
+    print(f"bench: results in {out}/ (results.json, results.md, {', '.join(results['plots'])})")
+    for t in results["targets"]:
+        print(f"  {t['status']:<8} {t['target']}: {t['measured']}")
+    ok = not results["errors"] and all(a.get("ok") for a in results["agreement"].values())
+    if not ok:
+        print("bench: some sections failed or methods disagree; see results.md", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.quick:
+        out.append("--quick")
+    out += ["--out", str(args.out)]
+    if args.models:
+        out += ["--models", *args.models]
+    out += ["--threads", str(args.threads), "--inter-threads", str(args.inter_threads)]
+    if args.min_time is not None:
+        out += ["--min-time", str(args.min_time)]
+    if args.bootstrap_servers:
+        out += ["--bootstrap-servers", args.bootstrap_servers]
+    return out
+
+
+def _progress_printer(started: float) -> Callable[[str], None]:
+    def progress(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def run(
+    cfg: Any,
+    *,
+    command: str = "",
+    threads: tuple[int, int] = (2, 1),
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every section of ``cfg`` (a :class:`processor.bench.sweeps.Config`) and return
+    the results dict (with ``targets`` evaluated). A section that raises is recorded in
+    ``errors`` and the run goes on."""
+    from processor.bench import harness, report, sweeps
+    from processor.bench.models import load
+
+    started = time.perf_counter()
+    say = progress or _progress_printer(started)
+    results: dict[str, Any] = {
+        "schema": "lstm-stream-bench/1",
+        "command": command,
+        "quick": cfg.quick,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": harness.describe_machine(),
+        "threads_requested": {"intra_op": threads[0], "inter_op": threads[1]},
+        "config": cfg.to_json(),
+        "models": {},
+        "agreement": {},
+        "throughput": [],
+        "cached_streams": [],
+        "state_dtype": [],
+        "catchup": [],
+        "replay": {},
+        "kafka": {},
+        "breakdown": {},
+        "gc_impact": [],
+        "latency_samples_ms": {},
+        "errors": [],
+        "notes": [
+            "Points that are compared with each other (all methods and batch sizes of a "
+            "model; the cached-stream counts; the dtypes; waves vs scan; replay vs its parts; "
+            "the breakdown's parts and the 1024³ matmul) are measured in alternating time "
+            f"slices of {cfg.slice_s} s, so that load from other jobs on this shared machine "
+            "falls on all of them alike.",
+            "B0 is measured with model.predict, predict_on_batch and a direct call; the "
+            "target ratio uses the fastest B0 variant (the one least favourable to the "
+            "engine).",
+            "B0 interleaved: one stateful model holds one state, so each switch of stream "
+            "reads the layer state variables back to the host and assigns the next stream's "
+            "saved state; B0 one-at-a-time runs 50 steps of a stream, then resets for the "
+            "next (no swap; only possible when streams do not interleave).",
+            "B1 and B2 share one tf.function of the model step; they track no seq and detect "
+            "no duplicates (the engine does).",
+            "Catch-up warm-up uses engine.warmup() plus warm-up backlogs, which trace the one "
+            "scan shape measured (warmup(scan=True) would trace every length x bucket).",
+            "On this CPU machine 'device-resident' and 'host' memory are the same RAM: B2's "
+            "extra cost is the copies and NumPy fancy indexing, not a bus transfer.",
+            "Python GC: after each group's warm-up the harness runs gc.freeze(), as a "
+            "long-running process does after start-up (lstm-stream demo does): otherwise each "
+            "full collection walks every TensorFlow/Keras object (the 'gc' figure above) and "
+            "where one lands decides a point's median more than the method does. Objects "
+            "created while timing are collected as usual. The 'Python GC' section measures "
+            "the default on purpose, and the replay table shows replay with the default GC.",
+        ],
+    }
+
+    def section(name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # recorded and reported; the other sections still run
+            log.debug("bench section %s failed", name, exc_info=True)
+            results["errors"].append(
+                {
+                    "section": name,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(limit=6),
+                }
+            )
+            say(f"section {name} FAILED: {type(exc).__name__}: {exc}")
+
+    matmul_budget = harness.Budget(
+        min_time=0.0,
+        min_steps=5 if cfg.quick else 15,
+        max_steps=5 if cfg.quick else 15,
+        warmup_steps=2,
+    )
+
+    def matmul_start() -> None:
+        results["matmul"] = {"start": harness.matmul_rate(budget=matmul_budget)}
+        say(f"matmul: {results['matmul']['start']['best_gflops']} GFLOP/s best")
+
+    section("matmul", matmul_start)
+
+    loaded: dict[str, Any] = {}
+    for name in cfg.models:
+
+        def one_model(name: str = name) -> None:
+            bm = load(name, cfg.seed)
+            loaded[name] = bm
+            per_stream = sum(s.shape[0] for s in bm.step_model.state_spec) * 4
+            results["models"][name] = {
+                "description": bm.spec.description,
+                "input_shape": list(bm.spec.input_shape),
+                "input_dtype": bm.spec.input_dtype,
+                "params": int(bm.keras_model.count_params()),
+                "flops_per_step": bm.flops_per_step,
+                "extra_flops": bm.spec.extra_flops,
+                "state_bytes_float32": per_stream,
+            }
+            ag = sweeps.agreement(bm, cfg.agreement_streams, cfg.agreement_steps, cfg.seed)
+            results["agreement"][name] = ag
+            say(f"{name} agreement: {'ok' if ag['ok'] else 'MISMATCH'} {ag['max_abs_diff']}")
+            rows, samples = sweeps.throughput(bm, cfg, say)
+            results["throughput"] += rows
+            results["latency_samples_ms"][name] = samples
+
+        section(f"throughput:{name}", one_model)
+
+    # With the models loaded: what one full GC pass costs in this process (see the notes).
+    section("gc", lambda: results.__setitem__("gc", harness.gc_cost()))
+    first = next(iter(loaded.values()), None)
+    if first is not None:
+        bm0 = first
+
+        def cached() -> None:
+            results["cached_streams"] += sweeps.cached_streams(bm0, cfg, say)
+
+        def catchup() -> None:
+            results["catchup"] += sweeps.catchup(bm0, cfg, say)
+
+        def replay() -> None:
+            results["replay"] = sweeps.replay_bench(bm0, cfg, say)
+
+        def gc_impact() -> None:
+            results["gc_impact"] = sweeps.gc_impact(bm0, cfg, say)
+
+        def kafka() -> None:
+            results["kafka"] = sweeps.kafka_end_to_end(bm0, cfg, say)
+
+        section("cached_streams", cached)
+        for name in cfg.dtype_models:
+            if name in loaded:
+
+                def dtypes(name: str = name) -> None:
+                    results["state_dtype"] += sweeps.state_dtypes(loaded[name], cfg, say)
+
+                section(f"state_dtype:{name}", dtypes)
+        section("catchup", catchup)
+        section("replay", replay)
+        section("gc_impact", gc_impact)
+        section("kafka", kafka)
+        for name in cfg.breakdown_models:
+            if name in loaded:
+
+                def parts(name: str = name) -> None:
+                    results["breakdown"][name] = sweeps.breakdown(loaded[name], cfg, say)
+
+                section(f"breakdown:{name}", parts)
+
+    def matmul_end() -> None:
+        mm = results.setdefault("matmul", {})
+        mm["end"] = harness.matmul_rate(budget=matmul_budget)
+        # The stricter reference: the best rate this machine showed in this run.
+        mm["reference_gflops"] = max(
+            v["best_gflops"] for k, v in mm.items() if k in ("start", "end")
+        )
+
+    section("matmul_end", matmul_end)
+    results["load_average_at_end"] = harness.load_average()
+    results["wall_time_s"] = round(time.perf_counter() - started, 1)
+    results["targets"] = report.evaluate_targets(results)
+    results["methods"] = sorted(
+        {r["method"] for r in results["throughput"]}
+        | ({"replay"} if results["replay"].get("msg_per_s") else set())
+        | ({"kafka"} if results["kafka"].get("msg_per_s") else set())
+    )
+    return results

@@ -1,0 +1,844 @@
+"""Turn the benchmark's results into verdicts (targets), results.json, results.md and PNG
+plots. Pure functions of the results dict, except the writers.
+
+Ratios in the targets use the median-based rate (messages per call / median call time) of
+each method, because the machine is shared and a few calls slowed by another job would
+move the mean-based rate; the mean-based ratio is shown beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PASS, MISS, NOT_RUN = "PASS", "MISS", "NOT RUN"
+
+HEADLINE_MODEL = "lstm2x256"
+FLOPS_MODEL = "lstm2x512"
+
+
+def _rows(results: dict[str, Any], section: str) -> list[dict[str, Any]]:
+    rows = results.get(section)
+    return rows if isinstance(rows, list) else []
+
+
+def _find(rows: Iterable[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def _engine(rows: Iterable[dict[str, Any]], model: str, batch: Any) -> dict[str, Any] | None:
+    """The default engine's row (not the XLA variant) for ``model`` at ``batch``."""
+    found = [r for r in _find(rows, model=model, method="engine", batch=batch) if not r.get("xla")]
+    return found[0] if found else None
+
+
+def _rate(row: dict[str, Any] | None) -> tuple[float, float]:
+    if not row:
+        return (float("nan"), float("nan"))
+    return (float(row.get("msg_per_s_median", math.nan)), float(row.get("msg_per_s", math.nan)))
+
+
+def _target(tid: str, text: str, status: str, measured: str, detail: str = "") -> dict[str, Any]:
+    return {"id": tid, "target": text, "status": status, "measured": measured, "detail": detail}
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:,.{digits}f}"
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """PASS/MISS/NOT RUN for each target of the brief, from figures of this one run."""
+    out: list[dict[str, Any]] = []
+    tp = _rows(results, "throughput")
+    b = results.get("config", {}).get("headline_batch", 1024)
+    eng = _engine(tp, HEADLINE_MODEL, b)
+    e_med, e_mean = _rate(eng)
+
+    b1 = next(iter(_find(tp, model=HEADLINE_MODEL, method="B1")), None)
+    if eng and b1:
+        r_med, r_mean = e_med / _rate(b1)[0], e_mean / _rate(b1)[1]
+        out.append(
+            _target(
+                "engine_vs_b1",
+                f"engine >= 15x B1 ({HEADLINE_MODEL}, batch {b})",
+                PASS if r_med >= 15 else MISS,
+                f"{r_med:.1f}x (mean-based {r_mean:.1f}x)",
+                f"engine {_fmt(e_med, 0)} msg/s, B1 {_fmt(_rate(b1)[0], 0)} msg/s",
+            )
+        )
+    else:
+        out.append(
+            _target(
+                "engine_vs_b1",
+                "engine >= 15x B1",
+                NOT_RUN,
+                "n/a",
+                f"{HEADLINE_MODEL} at batch {b} not measured",
+            )
+        )
+
+    b0s = _find(tp, model=HEADLINE_MODEL, method="B0")
+    if eng and b0s:
+        best = max(b0s, key=lambda r: _rate(r)[0])
+        r_med, r_mean = e_med / _rate(best)[0], e_mean / _rate(best)[1]
+        slowest = min(b0s, key=lambda r: _rate(r)[0])
+        ref_gf = results.get("matmul", {}).get("reference_gflops")
+        fl = results.get("models", {}).get(HEADLINE_MODEL, {}).get("flops_per_step")
+        ceiling = ""
+        if ref_gf and fl:
+            top = ref_gf * 1e9 / fl
+            ceiling = (
+                f"; this CPU's compute ceiling for the model ({ref_gf:.0f} GFLOP/s / "
+                f"{fl / 1e6:.2f} MFLOP) is {top:,.0f} msg/s = {top / _rate(best)[0]:,.0f}x "
+                "the fastest B0"
+            )
+        out.append(
+            _target(
+                "engine_vs_b0",
+                f"engine >= 500x B0 ({HEADLINE_MODEL}, batch {b})",
+                PASS if r_med >= 500 else MISS,
+                f"{r_med:.0f}x (mean-based {r_mean:.0f}x)",
+                f"against the fastest B0 ({best['variant']}: {_fmt(_rate(best)[0], 0)} msg/s); "
+                f"against {slowest['variant']} ({_fmt(_rate(slowest)[0], 1)} msg/s) it is "
+                f"{e_med / _rate(slowest)[0]:,.0f}x{ceiling}",
+            )
+        )
+    else:
+        out.append(
+            _target(
+                "engine_vs_b0",
+                "engine >= 500x B0",
+                NOT_RUN,
+                "n/a",
+                f"{HEADLINE_MODEL} at batch {b} not measured",
+            )
+        )
+
+    ref = results.get("matmul", {}).get("reference_gflops")
+    f_row = _engine(tp, FLOPS_MODEL, b)
+    flops = results.get("models", {}).get(FLOPS_MODEL, {}).get("flops_per_step")
+    bd = results.get("breakdown", {}).get(FLOPS_MODEL, {})
+    sweep_note = ""
+    if f_row and ref and flops:
+        achieved = flops * _rate(f_row)[0] / 1e9
+        sweep_note = (
+            f"batch sweep: {achieved:.1f} GFLOP/s = {achieved / ref:.0%} of the best 1024^3 "
+            f"matmul seen at start/end ({ref:.1f} GFLOP/s)"
+        )
+    if bd.get("matmul_1024") and bd.get("engine_gflops_at_p50"):
+        # Both sides measured in the same alternating time slices: same load from other jobs.
+        eng_gf, ref_gf = bd["engine_gflops_at_p50"], bd["matmul_1024"]["gflops_at_p50"]
+        frac = eng_gf / ref_gf
+        out.append(
+            _target(
+                "engine_flops",
+                f"engine >= 50% of matmul FLOP/s ({FLOPS_MODEL}, batch {bd.get('batch')})",
+                PASS if frac >= 0.5 else MISS,
+                f"{frac:.0%} ({eng_gf:.1f} of {ref_gf:.1f} GFLOP/s)",
+                "engine step (Engine.process p50) and a float32 1024^3 tf.matmul timed in the "
+                "same alternating time slices (breakdown section)"
+                + (f"; {sweep_note}" if sweep_note else ""),
+            )
+        )
+    elif sweep_note:
+        frac = flops * _rate(f_row)[0] / 1e9 / ref
+        out.append(
+            _target(
+                "engine_flops",
+                f"engine >= 50% of matmul FLOP/s ({FLOPS_MODEL}, batch {b})",
+                PASS if frac >= 0.5 else MISS,
+                f"{frac:.0%}",
+                sweep_note,
+            )
+        )
+    else:
+        out.append(
+            _target(
+                "engine_flops",
+                "engine >= 50% of matmul FLOP/s",
+                NOT_RUN,
+                "n/a",
+                f"{FLOPS_MODEL} at batch {b} not in this run",
+            )
+        )
+
+    cached = [r for r in _rows(results, "cached_streams") if "skipped" not in r]
+    if len(cached) >= 2:
+        small = min(cached, key=lambda r: r["cached"])
+        large = max(cached, key=lambda r: r["cached"])
+        ratio = large["latency_p50_ms"] / small["latency_p50_ms"]
+        is_1m = large["cached"] >= 1_000_000
+        skipped = [r for r in _rows(results, "cached_streams") if "skipped" in r]
+        out.append(
+            _target(
+                "cached_1m",
+                "step time with 1M cached streams <= 1.25x with 1k",
+                (PASS if ratio <= 1.25 else MISS) if is_1m else NOT_RUN,
+                f"{ratio:.2f}x ({large['cached']:,} vs {small['cached']:,} cached, p50 "
+                f"{large['latency_p50_ms']:.2f} vs {small['latency_p50_ms']:.2f} ms)",
+                ""
+                if is_1m
+                else "largest point measured is below 1M"
+                + (f": {skipped[-1]['skipped']}" if skipped else ""),
+            )
+        )
+    else:
+        out.append(
+            _target(
+                "cached_1m",
+                "1M cached <= 1.25x 1k",
+                NOT_RUN,
+                "n/a",
+                "fewer than two cached-stream points",
+            )
+        )
+
+    rp = results.get("replay", {})
+    if rp.get("msg_per_s_median"):
+        same = rp.get("engine_same_groups", {}).get("msg_per_s_median", 0.0)
+        model_eng = _engine(tp, rp["model"], rp.get("max_batch"))
+        base = max(same, _rate(model_eng)[0] if model_eng else 0.0)
+        frac = rp["msg_per_s_median"] / base
+        out.append(
+            _target(
+                "replay",
+                "replay >= 70% of engine-only msg/s",
+                PASS if frac >= 0.7 else MISS,
+                f"{frac:.0%}",
+                f"replay {_fmt(rp['msg_per_s_median'], 0)} msg/s (with the default GC, as "
+                "`lstm-stream replay` runs today: "
+                f"{_fmt(rp.get('replay_default_gc', {}).get('msg_per_s_median', math.nan), 0)}) "
+                "vs the faster engine-only "
+                f"figure {_fmt(base, 0)} msg/s (same groups {_fmt(same, 0)}, one record per "
+                f"stream per call {_fmt(_rate(model_eng)[0], 0)})",
+            )
+        )
+    else:
+        out.append(
+            _target(
+                "replay",
+                "replay >= 70% of engine-only",
+                NOT_RUN,
+                "n/a",
+                str(rp.get("reason", "not measured")),
+            )
+        )
+
+    kf = results.get("kafka", {})
+    if kf.get("msg_per_s"):
+        same = float(kf.get("engine_only_same_records", {}).get("records_per_s", 0.0))
+        k_eng = _engine(tp, kf.get("model", HEADLINE_MODEL), kf.get("max_batch"))
+        base = max(same, _rate(k_eng)[0] if k_eng else 0.0)
+        frac = kf["msg_per_s"] / base
+        out.append(
+            _target(
+                "kafka",
+                "kafka end to end >= 50% of engine-only",
+                PASS if frac >= 0.5 else MISS,
+                f"{frac:.0%}",
+                f"end to end {_fmt(kf['msg_per_s'], 0)} msg/s ({kf.get('records'):,} records, "
+                f"{kf.get('streams')} streams) vs the faster engine-only figure "
+                f"{_fmt(base, 0)} msg/s (same records {_fmt(same, 0)}, batch sweep "
+                f"{_fmt(_rate(k_eng)[0], 0)})",
+            )
+        )
+    else:
+        out.append(
+            _target(
+                "kafka",
+                "kafka end to end >= 50% of engine-only",
+                NOT_RUN,
+                "n/a",
+                str(kf.get("reason", "not measured")),
+            )
+        )
+
+    cu = _rows(results, "catchup")
+    # At the largest stream count measured: the catch-up after a restart or a rebalance,
+    # when many streams are behind at once (the stricter case: compute dominates there).
+    b_max = max((r["streams"] for r in cu), default=None)
+    waves = _find(cu, method="waves", streams=b_max)
+    scan = _find(cu, method="scan", streams=b_max)
+    if waves and scan:
+        ratio = _rate(scan[0])[0] / _rate(waves[0])[0]
+        others = ", ".join(
+            f"B={r['streams']}: {_rate(r)[0] / _rate(w[0])[0]:.2f}x"
+            for r in _find(cu, method="scan")
+            if r["streams"] != b_max and (w := _find(cu, method="waves", streams=r["streams"]))
+        )
+        out.append(
+            _target(
+                "catchup",
+                f"catch-up scan >= 3x waves at T={scan[0]['pending_steps']} ({b_max} streams)",
+                PASS if ratio >= 3 else MISS,
+                f"{ratio:.2f}x (mean-based {_rate(scan[0])[1] / _rate(waves[0])[1]:.2f}x)",
+                f"scan {_fmt(_rate(scan[0])[0], 0)} msg/s, waves {_fmt(_rate(waves[0])[0], 0)} "
+                f"msg/s" + (f"; other stream counts: {others}" if others else ""),
+            )
+        )
+    else:
+        out.append(_target("catchup", "catch-up scan >= 3x waves", NOT_RUN, "n/a"))
+
+    checked, offenders = 0, []
+    for section in ("throughput", "cached_streams", "state_dtype", "catchup"):
+        for r in _rows(results, section):
+            if "retraces_in_timed_region" in r:
+                checked += 1
+                if r["retraces_in_timed_region"]:
+                    offenders.append(f"{section}:{r.get('model')}:{r.get('batch', '')}")
+    for extra in (rp, rp.get("engine_same_groups", {})):
+        if "retraces_in_timed_region" in extra:
+            checked += 1
+            if extra["retraces_in_timed_region"]:
+                offenders.append("replay")
+    out.append(
+        _target(
+            "no_retrace",
+            "no retracing in steady state (engine.trace_count over timed regions)",
+            (PASS if not offenders else MISS) if checked else NOT_RUN,
+            f"{checked - len(offenders)}/{checked} timed regions without a retrace",
+            ", ".join(offenders),
+        )
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: drops keys starting with '_' (arrays kept for tests), NaN -> None."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if hasattr(obj, "item") and callable(obj.item):  # NumPy scalars
+        return _clean(obj.item())
+    return obj
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(_clean(results), indent=2, sort_keys=False) + "\n")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c) for c in r) + " |")
+    return [*lines, ""]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    mm = results.get("matmul", {})
+    quick = " (--quick: indicative only)" if results.get("quick") else ""
+    gcs = results.get("gc", {})
+    gc_line = (
+        f"{gcs['tracked_objects']:,} tracked objects after loading the models; one full "
+        f"collection takes {gcs['full_collect_ms']:.0f} ms."
+        if "tracked_objects" in gcs
+        else "not measured."
+    )
+    lines = [
+        "# lstm-stream benchmark",
+        "",
+        f"Command: `{results.get('command', '')}`  ",
+        f"Started {results.get('started_at', '?')}, wall time "
+        f"{results.get('wall_time_s', 0):.0f} s{quick}.  ",
+        f"Machine: {m.get('cpu_model')} ({m.get('cores_available')} cores available, flags "
+        f"{', '.join(m.get('cpu_flags', []))}), {(m.get('mem_total_bytes') or 0) / 2**30:.0f} "
+        f"GiB; TF {m.get('tensorflow')}, Keras {m.get('keras')}, NumPy {m.get('numpy')}.  ",
+        f"TF threads: intra-op {m.get('tf_intra_op_threads')}, inter-op "
+        f"{m.get('tf_inter_op_threads')}. Load average at start "
+        f"{m.get('load_average_at_start')}, at end {results.get('load_average_at_end')} "
+        "(the machine is shared; `cores used` below = process CPU time / wall time of the "
+        "timed calls).  ",
+        f"float32 matmul 1024³ (tf.function): best {mm.get('start', {}).get('best_gflops')} / "
+        f"median {mm.get('start', {}).get('median_gflops')} GFLOP/s at start, best "
+        f"{mm.get('end', {}).get('best_gflops')} at end; reference "
+        f"{mm.get('reference_gflops')} GFLOP/s.  ",
+        f"Python GC: {gc_line}",
+        "",
+        "Rates: `msg/s` = messages per call / median call time (robust to other jobs on the "
+        "shared machine); `mean msg/s` = all messages / all call time. Latency is per call: "
+        "per message for B0/B1, per batch step for B2/engine.",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += _table(
+        ["target", "measured", "status", "detail"],
+        [
+            [t["target"], t["measured"], f"**{t['status']}**", t["detail"]]
+            for t in results.get("targets", [])
+        ],
+    )
+    ag = results.get("agreement", {})
+    if ag:
+        lines += ["## Agreement (same inputs, same weights)", ""]
+        rows = []
+        for name, a in ag.items():
+            diffs = ", ".join(f"{k} {v:.1e}" for k, v in a.get("max_abs_diff", {}).items())
+            rows.append(
+                [
+                    name,
+                    f"{a['streams']}x{a['steps']}",
+                    diffs,
+                    f"{a['tolerance']:.0e}",
+                    "ok" if a.get("ok") else "**MISMATCH**",
+                ]
+            )
+        lines += _table(
+            ["model", "streams x steps", "max |diff| vs Keras whole-sequence", "tol", ""], rows
+        )
+    models = results.get("models", {})
+    if models:
+        lines += ["## Models", ""]
+        lines += _table(
+            [
+                "model",
+                "description",
+                "FLOPs/msg (engine's count)",
+                "not counted",
+                "state bytes/stream (f32)",
+            ],
+            [
+                [
+                    k,
+                    v["description"],
+                    f"{v['flops_per_step']:,}",
+                    f"{v.get('extra_flops', 0):,}",
+                    f"{v['state_bytes_float32']:,}",
+                ]
+                for k, v in models.items()
+            ],
+        )
+    tp = _rows(results, "throughput")
+    ref = mm.get("reference_gflops") or math.nan
+    for model in dict.fromkeys(r["model"] for r in tp):
+        flops = models.get(model, {}).get("flops_per_step", 0)
+        lines += [f"## Throughput: {model}", ""]
+        rows = []
+        for r in _find(tp, model=model):
+            gf = flops * r["msg_per_s_median"] / 1e9 if r["method"] == "engine" else None
+            rows.append(
+                [
+                    r["method"],
+                    r.get("variant", ""),
+                    r.get("batch", ""),
+                    _fmt(r["msg_per_s_median"], 0),
+                    _fmt(r["msg_per_s"], 0),
+                    _fmt(r["latency_p50_ms"], 3),
+                    _fmt(r["latency_p99_ms"], 3),
+                    _fmt(r.get("cpu_cores_used") or math.nan, 2),
+                    "" if gf is None else f"{gf:.1f} ({gf / ref:.0%})",
+                    r.get("retraces_in_timed_region", ""),
+                ]
+            )
+        lines += _table(
+            [
+                "method",
+                "variant",
+                "batch",
+                "msg/s",
+                "mean msg/s",
+                "p50 ms",
+                "p99 ms",
+                "cores used",
+                "GFLOP/s (% matmul)",
+                "retraces",
+            ],
+            rows,
+        )
+    cached = _rows(results, "cached_streams")
+    if cached:
+        lines += ["## Step time vs cached streams (engine, random streams per step)", ""]
+        rows = []
+        for r in cached:
+            table = f"{r['state_bytes'] / 2**20:,.0f} MiB"
+            if "skipped" in r:
+                rows.append(
+                    [
+                        r["model"],
+                        f"{r['cached']:,}",
+                        r["batch"],
+                        table,
+                        "skipped: " + r["skipped"],
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+                continue
+            gcs = r.get("gc", {})
+            rows.append(
+                [
+                    r["model"],
+                    f"{r['cached']:,}",
+                    r["batch"],
+                    table,
+                    _fmt(r["latency_p50_ms"], 2),
+                    _fmt(r["latency_p99_ms"], 2),
+                    _fmt(r["msg_per_s_median"], 0),
+                    _fmt(r.get("acquire_p50_ms", math.nan), 2),
+                    _fmt(r.get("gather_scatter_p50_ms", math.nan), 2),
+                    f"{gcs.get('tracked_objects', 0):,} / {gcs.get('full_collect_ms', 0):.0f} ms",
+                    r["retraces_in_timed_region"],
+                ]
+            )
+        lines += _table(
+            [
+                "model",
+                "cached",
+                "batch",
+                "state table",
+                "step p50 ms",
+                "step p99 ms",
+                "msg/s",
+                "acquire alone p50 ms",
+                "gather+scatter alone p50 ms",
+                "GC objects / full collection",
+                "retraces",
+            ],
+            rows,
+        )
+    dt = _rows(results, "state_dtype")
+    if dt:
+        lines += ["## State dtype (engine)", ""]
+        lines += _table(
+            [
+                "model",
+                "state dtype",
+                "batch",
+                "bytes/stream",
+                "msg/s",
+                "p50 ms",
+                "p99 ms",
+                "retraces",
+            ],
+            [
+                [
+                    r["model"],
+                    r["state_dtype"],
+                    r["batch"],
+                    r["bytes_per_stream"],
+                    _fmt(r["msg_per_s_median"], 0),
+                    _fmt(r["latency_p50_ms"], 2),
+                    _fmt(r["latency_p99_ms"], 2),
+                    r["retraces_in_timed_region"],
+                ]
+                for r in dt
+            ],
+        )
+    cu = _rows(results, "catchup")
+    if cu:
+        lines += ["## Catch-up (T pending records per stream in one process() call)", ""]
+        lines += _table(
+            [
+                "model",
+                "path",
+                "T",
+                "streams",
+                "msg/s",
+                "p50 ms per backlog",
+                "wave calls",
+                "scan calls",
+                "retraces",
+            ],
+            [
+                [
+                    r["model"],
+                    r["method"],
+                    r["pending_steps"],
+                    r["streams"],
+                    _fmt(r["msg_per_s_median"], 0),
+                    _fmt(r["latency_p50_ms"], 1),
+                    r["wave_calls_per_call"],
+                    r["scan_calls_per_call"],
+                    r["retraces_in_timed_region"],
+                ]
+                for r in cu
+            ],
+        )
+    rp = results.get("replay", {})
+    lines += ["## Replay (decode -> engine -> encode, in-memory files)", ""]
+    if rp.get("msg_per_s_median"):
+        sg = rp.get("engine_same_groups", {})
+        lines += _table(
+            [
+                "model",
+                "streams",
+                "records/file",
+                "replay msg/s",
+                "replay, default GC msg/s",
+                "engine same groups msg/s",
+                "decode µs/record",
+                "encode µs/output",
+                "bytes/record",
+                "retraces",
+            ],
+            [
+                [
+                    rp["model"],
+                    rp["streams"],
+                    rp["records_per_file"],
+                    _fmt(rp["msg_per_s_median"], 0),
+                    _fmt(rp.get("replay_default_gc", {}).get("msg_per_s_median", math.nan), 0),
+                    _fmt(sg.get("msg_per_s_median", math.nan), 0),
+                    rp["decode_us_per_record"],
+                    rp["encode_us_per_output"],
+                    rp["input_bytes_per_record"],
+                    rp["retraces_in_timed_region"],
+                ]
+            ],
+        )
+    else:
+        lines += [f"Not run: {rp.get('reason', 'not measured')}", ""]
+    gi = _rows(results, "gc_impact")
+    if gi:
+        lines += ["## Python GC in the steady state (engine step + output encoding)", ""]
+        lines += _table(
+            [
+                "model",
+                "batch",
+                "GC",
+                "mean msg/s",
+                "msg/s",
+                "p50 ms",
+                "p99 ms",
+                "time in GC",
+                "full collections",
+                "ms each",
+            ],
+            [
+                [
+                    r["model"],
+                    r["batch"],
+                    r["gc"],
+                    _fmt(r["msg_per_s"], 0),
+                    _fmt(r["msg_per_s_median"], 0),
+                    _fmt(r["latency_p50_ms"], 2),
+                    _fmt(r["latency_p99_ms"], 2),
+                    f"{(r.get('gc_share') or 0):.1%}",
+                    r["gen2_collections"],
+                    r.get("gen2_ms_each") or "",
+                ]
+                for r in gi
+            ],
+        )
+    kf = results.get("kafka", {})
+    lines += ["## Kafka end to end", ""]
+    if kf.get("msg_per_s"):
+        e2e = kf.get("end_to_end", {})
+        eo = kf.get("engine_only_same_records", {})
+        lines += _table(
+            [
+                "model",
+                "records",
+                "streams",
+                "partitions",
+                "end-to-end msg/s",
+                "engine-only msg/s (same records)",
+                "mean batch",
+                "engine busy",
+                "pauses",
+            ],
+            [
+                [
+                    kf.get("model"),
+                    f"{kf.get('records'):,}",
+                    kf.get("streams"),
+                    e2e.get("partitions"),
+                    _fmt(kf["msg_per_s"], 0),
+                    _fmt(eo.get("records_per_s", math.nan), 0),
+                    _fmt(e2e.get("mean_batch", math.nan), 0),
+                    f"{e2e.get('engine_busy_fraction', math.nan):.0%}",
+                    e2e.get("pauses"),
+                ]
+            ],
+        )
+        lines += [
+            f"Measured by `{kf.get('measured_by')}` (the Kafka runtime's own definition).",
+            "",
+        ]
+    else:
+        lines += [f"{kf.get('status', 'not_run')}: {kf.get('reason', '')}", ""]
+    bd = results.get("breakdown", {})
+    if bd:
+        lines += ["## Where an engine step goes (p50 ms per call, each part timed alone)", ""]
+        keys = [
+            "process",
+            "host_path",
+            "compiled_call",
+            "bare_step",
+            "gather_scatter",
+            "gather_scatter_fused",
+            "dispatch",
+            "matmuls",
+        ]
+        rows = []
+        for model, p in bd.items():
+            s = p.get("summary_p50_ms", {})
+            ref = p.get("matmul_1024", {}).get("gflops_at_p50")
+            eng = p.get("engine_gflops_at_p50")
+            rows.append(
+                [model, p.get("batch")]
+                + [_fmt(s.get(k) or math.nan, 2) for k in keys]
+                + [p.get("python_us_per_record", ""), p.get("host_share_of_step", "")]
+                + [f"{eng:.0f} / {ref:.0f} ({eng / ref:.0%})" if eng and ref else ""]
+            )
+        lines += _table(
+            [
+                "model",
+                "batch",
+                *keys,
+                "host µs/record",
+                "host share",
+                "engine / 1024³ matmul GFLOP/s",
+            ],
+            rows,
+        )
+        lines += [
+            "`process` = Engine.process of one record per stream; `host_path` = the same with "
+            "the compiled call replaced by a ready output (Python per record); "
+            "`compiled_call` = the engine's gather→step→scatter function on ready tensors; "
+            "`bare_step` = the model step alone; `gather_scatter` = state rows in and out "
+            "alone; `gather_scatter_fused` = the same from one table with all state tensors "
+            "side by side (prototype); `dispatch` = an empty compiled call; `matmuls` = only "
+            "the step's matmuls; last column: the model's FLOPs per step x batch / `process` "
+            "against a float32 1024³ tf.matmul timed in the same alternating slices.",
+            "",
+        ]
+    errors = results.get("errors", [])
+    if errors:
+        lines += ["## Errors (sections that failed; the rest of the run went on)", ""]
+        lines += [f"- {e['section']}: {e['error']}" for e in errors] + [""]
+    notes = results.get("notes", [])
+    skipped = results.get("config", {}).get("skipped", [])
+    if notes or skipped:
+        lines += ["## Notes", ""] + [f"- {n}" for n in [*notes, *skipped]] + [""]
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out: Path) -> list[str]:
+    """Write the PNG plots; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+
+    def plain_log_x(ax: Any) -> None:
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+    written = []
+    tp = _rows(results, "throughput")
+    models = list(dict.fromkeys(r["model"] for r in tp))
+    if models:
+        fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+        for ax, model in zip(axes[0], models, strict=True):
+            rows = _find(tp, model=model)
+            for method, style in (("engine", "o-"), ("B2", "s--")):
+                pts = sorted(
+                    (r["batch"], r["msg_per_s_median"])
+                    for r in _find(rows, method=method)
+                    if not r.get("xla")
+                )
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, label=method)
+            for r in _find(rows, method="engine", xla=True):
+                ax.plot([r["batch"]], [r["msg_per_s_median"]], "r*", ms=10, label="engine, XLA")
+            for method, color, ls in (("B1", "tab:red", ":"), ("B0", "tab:gray", "-.")):
+                rs = _find(rows, method=method)
+                if rs:
+                    best = max(rs, key=lambda r: r["msg_per_s_median"])
+                    note = ", fastest variant" if method == "B0" else ""
+                    ax.axhline(
+                        best["msg_per_s_median"],
+                        color=color,
+                        ls=ls,
+                        label=f"{method} (per message{note})",
+                    )
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            plain_log_x(ax)
+            ax.set_xlabel("batch size (streams per step)")
+            ax.set_ylabel("messages / s (median-based)")
+            ax.set_title(model)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "throughput_vs_batch.png", dpi=100)
+        plt.close(fig)
+        written.append("throughput_vs_batch.png")
+
+    cached = [r for r in _rows(results, "cached_streams") if "skipped" not in r]
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    if cached:
+        xs = [r["cached"] for r in cached]
+        p50 = [r["latency_p50_ms"] for r in cached]
+        p99 = [r["latency_p99_ms"] for r in cached]
+        ax.plot(xs, p50, "o-", label="p50")
+        ax.plot(xs, p99, "^--", label="p99")
+        ax.set_xscale("log")
+        plain_log_x(ax)
+        ax.set_title(f"{cached[0]['model']}, batch {cached[0]['batch']}")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("cached streams")
+    ax.set_ylabel("engine step time (ms)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "step_time_vs_cached.png", dpi=100)
+    plt.close(fig)
+    written.append("step_time_vs_cached.png")
+
+    samples = results.get("latency_samples_ms", {})
+    names = list(samples)
+    fig, axes = plt.subplots(
+        1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4.2), squeeze=False
+    )
+    for ax, model in zip(axes[0], names or ["none"], strict=True):
+        for method, vals in samples.get(model, {}).items():
+            if vals:
+                xs = sorted(vals)
+                ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                ax.step(xs, ys, where="post", label=method)
+        ax.set_xscale("log")
+        plain_log_x(ax)
+        ax.set_xlabel("latency per call (ms)")
+        ax.set_ylabel("fraction of calls")
+        hb = results.get("config", {}).get("headline_batch")
+        ax.set_title(f"{model} (B2/engine: batch {hb})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "latency_cdf.png", dpi=100)
+    plt.close(fig)
+    written.append("latency_cdf.png")
+    return written
+
+
+def write_all(results: dict[str, Any], out: Path) -> None:
+    """results.json, results.md and the plots into ``out`` (created if needed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    results["plots"] = plots(results, out)
+    write_json(results, out / "results.json")
+    (out / "results.md").write_text(markdown(_clean(results)))

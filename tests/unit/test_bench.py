@@ -1,0 +1,259 @@
+"""``lstm-stream bench``: the methods compute the same thing, and a (tiny) run writes
+complete results. No timing is asserted anywhere: speed is only reported."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from processor.bench import baselines as bl
+from processor.bench import models, report, sweeps
+from processor.bench.harness import Budget
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> models.BenchModel:
+    return models.load("tiny", seed=3)
+
+
+def tiny_config() -> sweeps.Config:
+    """Even smaller than --quick: every section runs, with a handful of calls each."""
+    cfg = sweeps.quick_config(["tiny"], min_time=0.0)
+    budget = Budget(min_time=0.0, min_steps=2, warmup_steps=1)
+    return replace(
+        cfg,
+        batches=(1, 8),
+        headline_batch=8,
+        budget=budget,
+        b0_budget=budget,
+        predict_budget=Budget(min_time=0.0, min_steps=1, max_steps=1, warmup_steps=1),
+        interleaved_streams=3,
+        cached_streams=(16, 64),
+        cached_batch=8,
+        catchup_steps=4,
+        catchup_streams=(4,),
+        replay_streams=8,
+        replay_steps_per_file=3,
+        pool_size=64,
+        xla=False,
+        gc_seconds=0.05,
+    )
+
+
+def test_all_methods_agree_with_the_keras_model(tiny: models.BenchModel) -> None:
+    result = sweeps.agreement(tiny, n_streams=3, steps=5, seed=1)
+    ref = result["_reference"]
+    # The reference must carry signal, or agreeing with it would prove nothing.
+    assert np.abs(ref).max() > 1e-2
+    assert set(result["max_abs_diff"]) == {
+        "b0_call",
+        "b0_predict_on_batch",
+        "b0_one_at_a_time",
+        "b1",
+        "b2",
+        "engine_waves",
+        "engine_scan",
+        "replay",
+    }
+    for name, got in result["_outputs"].items():
+        assert not np.isnan(got).any(), f"{name} left outputs missing"
+        np.testing.assert_allclose(got, ref, atol=1e-4, err_msg=name)
+    # Baselines and engine agree with each other directly, too.
+    np.testing.assert_allclose(
+        result["_outputs"]["b0_call"], result["_outputs"]["engine_waves"], atol=1e-5
+    )
+    np.testing.assert_allclose(result["_outputs"]["b1"], result["_outputs"]["b2"], atol=1e-5)
+    assert result["ok"] is True
+
+
+def test_stateful_keras_without_swap_loses_interleaved_state(tiny: models.BenchModel) -> None:
+    """Why B0 needs the state swap for interleaved streams: without it every switch resets
+    the state, and the outputs differ from the model's (the comparison is sensitive)."""
+    steps, n = 4, 2
+    pool = models.input_pool(tiny.spec, n * steps, seed=5)
+    feed = bl.Feed(["p", "q"], pool)
+    records = [r for t in range(steps) for r in feed.step(t)]
+    swapped = bl.StatefulKeras(tiny, "call", swap=True).process(records)
+    reset = bl.StatefulKeras(tiny, "call", swap=False).process(records)
+    xs = np.stack([np.stack([feed.x(k, t) for t in range(steps)]) for k in range(n)])
+    ref = np.asarray(tiny.keras_model(xs, training=False))
+    got = {(o.stream, o.seq): o.y for o in swapped}
+    lost = {(o.stream, o.seq): o.y for o in reset}
+    for k, s in enumerate(["p", "q"]):
+        for t in range(steps):
+            np.testing.assert_allclose(got[(s, t)], ref[k, t], atol=1e-5)
+    # Step 0 starts from zeros either way; later steps lose their history without the swap.
+    assert max(np.abs(lost[("p", t)] - ref[0, t]).max() for t in range(1, steps)) > 1e-3
+
+
+def test_feed_gives_each_stream_step_the_same_input_in_any_order() -> None:
+    pool = np.arange(40, dtype=np.float32).reshape(20, 2)
+    feed = bl.Feed(["a", "b"], pool)
+    by_step = {(r.stream, r.seq): r.x for t in range(3) for r in feed.step(t)}
+    by_rr = {(r.stream, r.seq): r.x for i in range(6) for r in feed.round_robin(i)}
+    by_stream = {(r.stream, r.seq): r.x for i in range(6) for r in feed.one_at_a_time(i, 3)}
+    assert by_step.keys() == by_rr.keys() == by_stream.keys()
+    for key, x in by_step.items():
+        np.testing.assert_array_equal(x, by_rr[key])
+        np.testing.assert_array_equal(x, by_stream[key])
+    backlog = feed.backlog(1, 2, seq0=100)
+    assert [(r.stream, r.seq) for r in backlog] == [("a", 100), ("b", 100), ("a", 101), ("b", 101)]
+    np.testing.assert_array_equal(backlog[0].x, feed.x(0, 2))
+
+
+def test_bench_main_writes_complete_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from processor.cli import main
+
+    cfg = tiny_config()
+    monkeypatch.setattr(sweeps, "quick_config", lambda models, min_time=None: cfg)
+    out = tmp_path / "bench"
+    code = main(["bench", "--quick", "--models", "tiny", "--out", str(out)])
+    assert code == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "lstm-stream-bench/1"
+    assert results["errors"] == []
+    machine = results["machine"]
+    for key in (
+        "cpu_model",
+        "logical_cores",
+        "tensorflow",
+        "tf_intra_op_threads",
+        "tf_inter_op_threads",
+    ):
+        assert key in machine
+    assert results["matmul"]["reference_gflops"] > 0
+    assert set(results["methods"]) == {"B0", "B1", "B2", "engine", "replay"}
+    assert results["agreement"]["tiny"]["ok"] is True
+
+    rows = results["throughput"]
+    assert {(r["method"], r["batch"]) for r in rows if r["method"] in ("B2", "engine")} == {
+        ("B2", 1),
+        ("B2", 8),
+        ("engine", 1),
+        ("engine", 8),
+    }
+    b0_variants = {r["variant"].split(",")[0] for r in rows if r["method"] == "B0"}
+    assert b0_variants == {"predict", "predict_on_batch", "call"}
+    for r in rows:
+        assert r["messages"] > 0 and r["msg_per_s"] > 0
+        assert r["latency_p50_ms"] <= r["latency_p99_ms"]
+        if r["method"] == "engine":
+            assert r["retraces_in_timed_region"] == 0
+    assert {r["cached"] for r in results["cached_streams"]} == {16, 64}
+    assert {r["state_dtype"] for r in results["state_dtype"]} == {"float32", "float16", "bfloat16"}
+    catchup = {r["method"]: r for r in results["catchup"]}
+    assert catchup["waves"]["wave_calls_per_call"] == 4  # T single steps per backlog
+    assert catchup["scan"]["scan_calls_per_call"] == 1  # one scan per backlog
+    assert results["replay"]["msg_per_s"] > 0 and results["replay"]["dead_letters"] == 0
+    assert {r["gc"] for r in results["gc_impact"]} == {"default", "gc.freeze()"}
+    assert results["gc"]["tracked_objects"] > 0
+    assert results["kafka"]["status"] == "not_run"
+    assert set(results["breakdown"]["tiny"]["summary_p50_ms"]) == set(sweeps.BREAKDOWN_PARTS)
+    ids = {t["id"]: t["status"] for t in results["targets"]}
+    assert set(ids) == {
+        "engine_vs_b1",
+        "engine_vs_b0",
+        "engine_flops",
+        "cached_1m",
+        "replay",
+        "kafka",
+        "catchup",
+        "no_retrace",
+    }
+    assert set(ids.values()) <= {"PASS", "MISS", "NOT RUN"}
+    assert ids["kafka"] == "NOT RUN"
+
+    md = (out / "results.md").read_text()
+    for heading in (
+        "## Targets",
+        "## Throughput: tiny",
+        "## Step time vs cached streams",
+        "## State dtype",
+        "## Catch-up",
+        "## Replay",
+        "## Python GC",
+        "## Kafka end to end",
+        "## Where an engine step goes",
+    ):
+        assert heading in md, heading
+    for t in results["targets"]:
+        assert t["target"] in md
+    for name in ("throughput_vs_batch.png", "step_time_vs_cached.png", "latency_cdf.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
+    assert sorted(results["plots"]) == sorted(
+        ["throughput_vs_batch.png", "step_time_vs_cached.png", "latency_cdf.png"]
+    )
+
+
+def _tp(method: str, rate: float, batch: int = 1024, **kw: Any) -> dict[str, Any]:
+    return {
+        "model": "lstm2x256",
+        "method": method,
+        "batch": batch,
+        "msg_per_s": rate,
+        "msg_per_s_median": rate,
+        "variant": kw.pop("variant", method),
+        **kw,
+    }
+
+
+def test_targets_follow_the_measured_ratios() -> None:
+    results: dict[str, Any] = {
+        "config": {"headline_batch": 1024},
+        "throughput": [
+            _tp("engine", 30_000, retraces_in_timed_region=0),
+            _tp("B1", 1_000, 1),
+            _tp("B0", 100, 1, variant="call"),
+            _tp("B0", 10, 1, variant="predict"),
+        ],
+        "catchup": [
+            {
+                "method": "waves",
+                "msg_per_s": 10.0,
+                "msg_per_s_median": 10.0,
+                "pending_steps": 32,
+                "streams": 8,
+                "retraces_in_timed_region": 1,
+            },
+            {
+                "method": "scan",
+                "msg_per_s": 40.0,
+                "msg_per_s_median": 40.0,
+                "pending_steps": 32,
+                "streams": 8,
+                "retraces_in_timed_region": 0,
+            },
+        ],
+    }
+    status = {t["id"]: t["status"] for t in report.evaluate_targets(results)}
+    assert status["engine_vs_b1"] == "PASS"  # 30x >= 15x
+    assert status["engine_vs_b0"] == "MISS"  # 300x against the fastest B0 is < 500x
+    assert status["catchup"] == "PASS"  # 4x >= 3x
+    assert status["no_retrace"] == "MISS"  # the waves region retraced once
+    assert status["engine_flops"] == status["cached_1m"] == status["replay"] == "NOT RUN"
+    results["throughput"][1] = _tp("B1", 3_000, 1)
+    # The catch-up verdict is taken at the largest stream count measured.
+    for method, rate in (("waves", 100.0), ("scan", 120.0)):
+        results["catchup"].append(
+            {
+                "method": method,
+                "msg_per_s": rate,
+                "msg_per_s_median": rate,
+                "pending_steps": 32,
+                "streams": 1024,
+                "retraces_in_timed_region": 0,
+            }
+        )
+    status = {t["id"]: t["status"] for t in report.evaluate_targets(results)}
+    assert status["engine_vs_b1"] == "MISS"  # 10x
+    assert status["catchup"] == "MISS"  # 1.2x at 1024 streams
