@@ -2,8 +2,10 @@
 
 One pre-allocated table per state tensor, ``[capacity + 1, *shape]`` in the storage dtype, on
 one device; the last row is a scratch slot that padded batch rows read and write. The host
-side keeps, per cached stream, its slot, the last applied ``seq`` and when it was last seen,
-in an ``OrderedDict`` kept in least-recently-used order.
+side keeps an ``OrderedDict`` stream id -> slot in least-recently-used order, and the last
+applied ``seq`` and last-seen time of each slot in NumPy arrays indexed by slot (updated per
+batch in one vectorised operation, and invisible to Python's garbage collector, which would
+otherwise walk one object per cached stream on every full collection).
 
 Every per-step operation is O(batch): admission takes a free slot or evicts the least
 recently used stream (whose state is copied to a bounded host-side spill store, never
@@ -65,26 +67,19 @@ class StreamState:
     seq: int
 
 
-@dataclass(slots=True)
-class Entry:
-    """Host record of a cached stream. Mutated by the engine (``seq``) and the cache."""
-
-    slot: int
-    seq: int = -1
-    last_seen: float = 0.0
-
-
 @dataclass(frozen=True, slots=True)
 class Acquired:
     """Slots for a batch of distinct streams, in the order they were asked for.
 
     ``fresh[i]`` is True when stream i has no state (new, or its spilled state was dropped)
-    and must start from the initial state.
+    and must start from the initial state; ``seqs[i]`` is its last applied seq (-1: none).
+    After applying records, the caller records the new last seqs with
+    :meth:`StateCache.commit_seqs`.
     """
 
-    entries: list[Entry]
     slots: np.ndarray
     fresh: np.ndarray
+    seqs: np.ndarray
 
 
 @dataclass
@@ -160,7 +155,9 @@ class StateCache:
                 )
                 for i, s in enumerate(self.spec)
             ]
-        self._map: OrderedDict[str, Entry] = OrderedDict()
+        self._map: OrderedDict[str, int] = OrderedDict()
+        self._seq = np.full(capacity + 1, -1, np.int64)
+        self._last_seen = np.zeros(capacity + 1, np.float64)
         # Pop from the end: slots are handed out in increasing order at first.
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._spill: OrderedDict[str, StreamState] = OrderedDict()
@@ -187,9 +184,9 @@ class StateCache:
 
     def last_seq(self, stream: str) -> int:
         """Last applied seq of a cached or spilled stream, -1 for an unknown one."""
-        entry = self._map.get(stream)
-        if entry is not None:
-            return entry.seq
+        slot = self._map.get(stream)
+        if slot is not None:
+            return int(self._seq[slot])
         spilled = self._spill.get(stream)
         return spilled.seq if spilled is not None else -1
 
@@ -211,18 +208,18 @@ class StateCache:
             )
         now = self._clock()
         cached = self._map
-        entries: list[Entry | None] = [None] * n
-        missing: list[int] = []
-        # First pass: touch the cached ones, so that they all sit at the MRU end and the
-        # eviction below can only pick streams outside this batch.
-        for i, stream in enumerate(streams):
-            entry = cached.get(stream)
-            if entry is None:
-                missing.append(i)
-            else:
-                cached.move_to_end(stream)
-                entry.last_seen = now
-                entries[i] = entry
+        slot_list = list(map(cached.get, streams))
+        missing = [i for i, slot in enumerate(slot_list) if slot is None]
+        # Touch the cached ones first, so that they all sit at the MRU end and the eviction
+        # below can only pick streams outside this batch.
+        touch = cached.move_to_end
+        if missing:
+            for stream, slot in zip(streams, slot_list, strict=True):
+                if slot is not None:
+                    touch(stream)
+        else:
+            for stream in streams:
+                touch(stream)
         fresh = np.zeros(n, dtype=bool)
         if missing:
             # Take the returning streams' states out of the spill store before evicting:
@@ -234,31 +231,36 @@ class StateCache:
             restore_slots: list[int] = []
             restore_states: list[StreamState] = []
             for i, spilled in zip(missing, returning, strict=True):
-                stream = streams[i]
                 slot = self._free.pop()
-                entry = Entry(slot, -1 if spilled is None else spilled.seq, now)
-                cached[stream] = entry
-                entries[i] = entry
+                cached[streams[i]] = slot
+                slot_list[i] = slot
                 self.stats.admitted += 1
                 if spilled is None:
                     fresh[i] = True
+                    self._seq[slot] = -1
                 else:
+                    self._seq[slot] = spilled.seq
                     restore_slots.append(slot)
                     restore_states.append(spilled)
             if restore_slots:
                 self._write_rows(restore_slots, restore_states)
                 self.stats.restored_from_spill += len(restore_slots)
-        done = [e for e in entries if e is not None]
-        slots = np.fromiter((e.slot for e in done), dtype=np.int32, count=n)
-        return Acquired(done, slots, fresh)
+        slots = np.array(slot_list, dtype=np.int32)
+        self._last_seen[slots] = now
+        return Acquired(slots, fresh, self._seq[slots])
+
+    def commit_seqs(self, slots: np.ndarray, seqs: np.ndarray | Sequence[int]) -> None:
+        """Record the last applied seq of the streams in ``slots`` (from :meth:`acquire`)."""
+        self._seq[slots] = seqs
 
     def release(self, streams: Iterable[str]) -> None:
         """Forget ``streams`` entirely (after their ``end`` record was applied): free the
         slot, drop any spilled copy and the last seq."""
         for stream in streams:
-            entry = self._map.pop(stream, None)
-            if entry is not None:
-                self._free.append(entry.slot)
+            slot = self._map.pop(stream, None)
+            if slot is not None:
+                self._free.append(slot)
+                self._seq[slot] = -1
                 self.stats.ended += 1
             self._spill.pop(stream, None)
 
@@ -268,33 +270,34 @@ class StateCache:
         if self.idle_timeout_s is None or not self._map:
             return 0
         deadline = self._clock() - self.idle_timeout_s
-        victims: list[tuple[str, Entry]] = []
+        victims: list[tuple[str, int]] = []
+        last_seen = self._last_seen
         # The map is in last-seen order, so idle streams are all at the front.
-        for stream, entry in self._map.items():
-            if entry.last_seen >= deadline or len(victims) >= max_evictions:
+        for stream, slot in self._map.items():
+            if last_seen[slot] >= deadline or len(victims) >= max_evictions:
                 break
-            victims.append((stream, entry))
+            victims.append((stream, slot))
         if victims:
             self._spill_out(victims)
             self.stats.evicted_idle += len(victims)
         return len(victims)
 
     def _evict_lru(self, count: int) -> None:
-        victims: list[tuple[str, Entry]] = []
-        for stream, entry in self._map.items():
+        victims: list[tuple[str, int]] = []
+        for stream, slot in self._map.items():
             if len(victims) >= count:
                 break
-            victims.append((stream, entry))
+            victims.append((stream, slot))
         self._spill_out(victims)
         self.stats.evicted_lru += len(victims)
 
-    def _spill_out(self, victims: list[tuple[str, Entry]]) -> None:
+    def _spill_out(self, victims: list[tuple[str, int]]) -> None:
         """Copy the victims' states to the spill store and free their slots."""
-        rows = self._read_rows([e.slot for _, e in victims])
-        for i, (stream, entry) in enumerate(victims):
+        rows = self._read_rows([slot for _, slot in victims])
+        for i, (stream, slot) in enumerate(victims):
             del self._map[stream]
-            self._free.append(entry.slot)
-            self._spill_put(stream, StreamState(tuple(r[i] for r in rows), entry.seq))
+            self._free.append(slot)
+            self._spill_put(stream, StreamState(tuple(r[i] for r in rows), int(self._seq[slot])))
         self.stats.spilled += len(victims)
 
     def _spill_put(self, stream: str, state: StreamState) -> None:
@@ -316,18 +319,18 @@ class StateCache:
         """Current states of the given streams (cached or spilled; unknown ones are left
         out), as float32 host arrays. Does not change LRU order."""
         out: dict[str, StreamState] = {}
-        cached: list[tuple[str, Entry]] = []
+        cached: list[tuple[str, int]] = []
         for stream in streams:
-            entry = self._map.get(stream)
-            if entry is not None:
-                cached.append((stream, entry))
+            slot = self._map.get(stream)
+            if slot is not None:
+                cached.append((stream, slot))
             elif stream in self._spill:
                 s = self._spill[stream]
                 out[stream] = StreamState(tuple(a.astype(np.float32) for a in s.arrays), s.seq)
         if cached:
-            rows = self._read_rows([e.slot for _, e in cached])
-            for i, (stream, entry) in enumerate(cached):
-                out[stream] = StreamState(tuple(r[i] for r in rows), entry.seq)
+            rows = self._read_rows([slot for _, slot in cached])
+            for i, (stream, slot) in enumerate(cached):
+                out[stream] = StreamState(tuple(r[i] for r in rows), int(self._seq[slot]))
         return out
 
     def restore(self, states: Mapping[str, StreamState]) -> None:
@@ -339,16 +342,16 @@ class StateCache:
         for start in range(0, len(items), self.capacity):
             chunk = items[start : start + self.capacity]
             acquired = self.acquire([s for s, _ in chunk])
-            for entry, (_, state) in zip(acquired.entries, chunk, strict=True):
-                entry.seq = state.seq
+            self.commit_seqs(acquired.slots, [state.seq for _, state in chunk])
             self._write_rows([int(s) for s in acquired.slots], [st for _, st in chunk])
 
     def forget(self, streams: Iterable[str]) -> None:
         """Drop streams without counting them as ended (e.g. their partition moved away)."""
         for stream in streams:
-            entry = self._map.pop(stream, None)
-            if entry is not None:
-                self._free.append(entry.slot)
+            slot = self._map.pop(stream, None)
+            if slot is not None:
+                self._free.append(slot)
+                self._seq[slot] = -1
             self._spill.pop(stream, None)
 
     def _check_state(self, stream: str, state: StreamState) -> None:

@@ -71,7 +71,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def bucket_sizes(max_batch: int, smallest: int = 8) -> tuple[int, ...]:
+def bucket_sizes(max_batch: int, smallest: int = 1) -> tuple[int, ...]:
     """Powers of two from ``smallest`` up to and including ``max_batch``."""
     if max_batch < 1:
         raise ConfigError(f"max batch must be >= 1, got {max_batch}")
@@ -263,12 +263,10 @@ class Engine:
         streams: list[str] = []
         records: list[list[Record]] = []
         fresh: list[list[bool]] = []
-        entries = []
         slot_rows: list[int] = []
-        for row, ((stream, recs), entry, new) in enumerate(
-            zip(items, acquired.entries, acquired.fresh.tolist(), strict=True)
+        for row, ((stream, recs), last, new) in enumerate(
+            zip(items, acquired.seqs.tolist(), acquired.fresh.tolist(), strict=True)
         ):
-            last = entry.seq
             if len(recs) == 1:  # the steady-state case: one record per stream
                 r = recs[0]
                 if r.seq <= last:
@@ -295,7 +293,6 @@ class Engine:
             streams.append(stream)
             records.append(kept)
             fresh.append(flags)
-            entries.append(entry)
             slot_rows.append(row)
         if not streams:
             return
@@ -310,14 +307,9 @@ class Engine:
             self._run_waves(records, fresh, slots, wave_rows, outputs)
         if scan_rows:
             self._run_scan(records, fresh, slots, scan_rows, outputs)
-        applied = 0
-        ended = []
-        for stream, entry, recs in zip(streams, entries, records, strict=True):
-            entry.seq = recs[-1].seq
-            applied += len(recs)
-            if recs[-1].end:
-                ended.append(stream)
-        self.stats.records_applied += applied
+        cache.commit_seqs(slots, [recs[-1].seq for recs in records])
+        self.stats.records_applied += sum(map(len, records))
+        ended = [stream for stream, recs in zip(streams, records, strict=True) if recs[-1].end]
         if ended:
             cache.release(ended)
 
