@@ -10,7 +10,9 @@ Kafka, no decoding or encoding).
 
     python -m processor.kafka.bench --bootstrap-servers 127.0.0.1:19092
 
-Prints one JSON object. Intended to be folded into ``lstm-stream bench`` later.
+Prints one JSON object. With ``--repeat N`` the two measurements alternate N times and the
+reported ratio is the median of the N per-pair ratios (the machine is shared: a pair's two
+figures are taken close together). Intended to be folded into ``lstm-stream bench`` later.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import logging
+import statistics
 import tempfile
 import time
 import uuid
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from processor.engine import configure_threads
 from processor.options import EngineOptions, build_engine
 from processor.records import Record
 from processor.settings import Settings
@@ -170,29 +174,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
     parser.add_argument("--max-batch", type=int, default=1024, help="max batch (default 1024)")
     parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (default 2)")
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="engine-only/end-to-end pairs to run back to back (default 1); the ratio is "
+        "taken per pair and the median reported, so load changes between pairs cancel out",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # Before anything runs TensorFlow (building the default model does): the pools are fixed
+    # at TensorFlow's first use, and --threads would otherwise be silently ignored.
+    configure_threads(args.threads, 1)
+    pairs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_lstm_model(str(Path(tmp) / "lstm2x256.keras"))
         options = EngineOptions(
             model=model, max_batch=args.max_batch, cache_capacity=max(4096, args.streams * 2),
             threads=args.threads,
         )  # fmt: skip
-        engine = bench_engine_only(options, records=args.records, streams=args.streams)
-        e2e = asyncio.run(
-            bench_end_to_end(
-                args.bootstrap_servers, options, records=args.records, streams=args.streams,
-                partitions=args.partitions,
-            )
-        )  # fmt: skip
-    result = {
+        for _ in range(max(1, args.repeat)):
+            engine = bench_engine_only(options, records=args.records, streams=args.streams)
+            e2e = asyncio.run(
+                bench_end_to_end(
+                    args.bootstrap_servers, options, records=args.records,
+                    streams=args.streams, partitions=args.partitions,
+                )
+            )  # fmt: skip
+            ratio = e2e["records_per_s"] / engine["records_per_s"]
+            pairs.append({"engine_only": engine, "end_to_end": e2e, "ratio": ratio})
+    result: dict[str, Any] = {
         "model": args.model or "lstm 2x256 on 32 features, Dense(8) head (random weights)",
         "streams": args.streams,
         "max_batch": args.max_batch,
-        "engine_only": engine,
-        "end_to_end": e2e,
-        "end_to_end_over_engine": e2e["records_per_s"] / engine["records_per_s"],
+        "threads": args.threads,
+        "engine_only": pairs[-1]["engine_only"],
+        "end_to_end": pairs[-1]["end_to_end"],
+        "end_to_end_over_engine": statistics.median(p["ratio"] for p in pairs),
     }
+    if len(pairs) > 1:
+        result["pairs"] = [
+            {
+                "engine_only_records_per_s": p["engine_only"]["records_per_s"],
+                "end_to_end_records_per_s": p["end_to_end"]["records_per_s"],
+                "ratio": p["ratio"],
+            }
+            for p in pairs
+        ]
     print(json.dumps(result, indent=2))
     return 0
 

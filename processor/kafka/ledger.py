@@ -5,8 +5,8 @@ order. The ticket records, per partition, the offset after the last record of th
 When all the batch's sends (outputs and dead letters) are acknowledged, the ticket is
 completed; :meth:`OffsetLedger.committable` then offers, per partition, the offset after the
 last record of the longest prefix of completed tickets -- never beyond a record whose output
-is not yet acknowledged. Batches are cut FIFO, so tickets cover each partition's offsets in
-increasing, contiguous order.
+is not yet acknowledged. Batches take a prefix of each partition's queue, so tickets cover
+each partition's offsets in increasing, contiguous order.
 
 The ledger is the commit loop's only input; an exactly-once commit path (transactions) can
 replace the commit loop and keep using the same tickets.

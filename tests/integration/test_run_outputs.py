@@ -4,6 +4,7 @@ pipeline."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 import msgpack
@@ -50,8 +51,13 @@ async def test_outputs_equal_the_replay_of_the_same_records(
 
     registry = CollectorRegistry()
     settings = settings_for(kafka_bootstrap, tiny_model, [in_a, in_b], out, unique_group)
+    gc_before = gc.get_threshold()
     async with running(settings, registry) as run:
         await wait_for(lambda: run.proc.stats.outputs >= total, 90, "all outputs", run)
+        # While running, start-up objects are frozen and young collections are rare...
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] >= 50_000
+    # ... and the process's collector is as it was once the processor closed.
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == gc_before
     proc = run.proc
     assert proc.stats.records_in == total
     assert proc.stats.outputs == total and proc.stats.dead_letters == 0
@@ -68,6 +74,8 @@ async def test_outputs_equal_the_replay_of_the_same_records(
     )
     assert registry.get_sample_value("lstm_stream_records_out_total", {"topic": out}) == total
     assert registry.get_sample_value("lstm_stream_batch_records_count") == proc.stats.batches
+    # One end-to-end latency per output (binned per batch).
+    assert registry.get_sample_value("lstm_stream_end_to_end_latency_seconds_count") == total
 
 
 def _x(value: float = 0.5) -> np.ndarray:

@@ -1,10 +1,14 @@
-"""Pure logic of the Kafka runtime: batching, backpressure, offset ledger, ownership."""
+"""Pure logic of the Kafka runtime: batching, backpressure, offset ledger, ownership, and
+how the fetch shares a fetch among partitions."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from processor.kafka.batcher import Batcher, FlowControl
 from processor.kafka.ledger import OffsetLedger
@@ -37,16 +41,53 @@ def test_batch_is_due_when_full_or_when_the_oldest_waited_max_delay() -> None:
     assert b.time_until_due(100.006) == 0.0
 
 
-def test_take_is_fifo_and_bounded_by_max_batch() -> None:
-    b: Batcher[It] = Batcher(max_batch=3, max_delay_s=0.0)
-    b.add(items("a", range(0, 2)))
-    b.add(items("b", range(10, 12)))
-    b.add(items("a", range(2, 4)))
-    first = b.take()
-    assert [(i.tp, i.offset) for i in first] == [("a", 0), ("a", 1), ("b", 10)]
-    second = b.take()
-    assert [(i.tp, i.offset) for i in second] == [("b", 11), ("a", 2), ("a", 3)]
+def test_take_shares_the_batch_across_partitions_and_keeps_each_partition_in_order() -> None:
+    b: Batcher[It] = Batcher(max_batch=6, max_delay_s=0.0)
+    b.add(items("a", range(0, 8), arrived=1.0))
+    b.add(items("b", range(10, 12), arrived=2.0))
+    b.add(items("c", range(20, 25), arrived=3.0))
+    # 6 over 3 partitions: 2 each, oldest partition first.
+    assert [(i.tp, i.offset) for i in b.take()] == [
+        ("a", 0), ("a", 1), ("b", 10), ("b", 11), ("c", 20), ("c", 21),
+    ]  # fmt: skip
+    # b is empty now: a and c share the next batch.
+    assert [(i.tp, i.offset) for i in b.take()] == [
+        ("a", 2), ("a", 3), ("a", 4), ("c", 22), ("c", 23), ("c", 24),
+    ]  # fmt: skip
+    assert [(i.tp, i.offset) for i in b.take()] == [("a", 5), ("a", 6), ("a", 7)]
     assert b.take() == [] and len(b) == 0
+
+
+def test_a_partition_with_fewer_items_than_its_share_leaves_the_rest_to_the_others() -> None:
+    b: Batcher[It] = Batcher(max_batch=5, max_delay_s=0.0)
+    b.add(items("a", range(10)))
+    b.add(items("b", range(1)))
+    batch = b.take()
+    assert len(batch) == 5  # still a full batch
+    assert [i.offset for i in batch if i.tp == "a"] == [0, 1, 2, 3]  # a prefix, in order
+    assert [i.offset for i in batch if i.tp == "b"] == [0]
+    assert len(b) == 6
+
+
+def test_more_partitions_than_max_batch_serves_the_oldest_first() -> None:
+    """Every partition gets a turn: the batch takes the partitions whose head waited
+    longest, so a partial batch cut at the deadline always holds the oldest item."""
+    b: Batcher[It] = Batcher(max_batch=2, max_delay_s=0.010)
+    for n, tp in enumerate("wxyz"):
+        b.add(items(tp, range(1), arrived=10.0 - n))  # z is the oldest, w the newest
+    assert b.due(10.0)  # full
+    assert [i.tp for i in b.take()] == ["z", "y"]
+    assert [i.tp for i in b.take()] == ["x", "w"]
+
+
+def test_the_deadline_follows_the_oldest_head_of_any_partition() -> None:
+    b: Batcher[It] = Batcher(max_batch=100, max_delay_s=0.010)
+    b.add(items("a", range(2), arrived=5.000))
+    b.add(items("b", range(2), arrived=4.995))  # fetched later, but older
+    assert b.time_until_due(5.0) == pytest.approx(0.005)
+    b.drop({"b"})
+    assert b.time_until_due(5.0) == pytest.approx(0.010)
+    assert len(b) == 2
 
 
 def test_drop_removes_only_revoked_partitions_and_keeps_order() -> None:
@@ -65,6 +106,79 @@ def test_batcher_rejects_bad_limits() -> None:
         Batcher(0, 0.0)
     with pytest.raises(ValueError):
         Batcher(1, -1.0)
+
+
+# ---- the runtime's fetch -------------------------------------------------------------------
+
+
+class FakeConsumer:
+    """Buffered records per partition; ``getmany`` drains partitions in order, the first one
+    first, as aiokafka does with its buffered fetches."""
+
+    def __init__(self, buffered: dict[str, int], paused: tuple[str, ...] = ()) -> None:
+        self.buffered = {tp: list(range(n)) for tp, n in buffered.items()}
+        self._paused = set(paused)
+        self.calls: list[tuple[tuple[str, ...], int, int | None]] = []
+
+    def assignment(self) -> set[str]:
+        return set(self.buffered)
+
+    def paused(self) -> set[str]:
+        return set(self._paused)
+
+    async def getmany(
+        self, *tps: str, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[str, list[int]]:
+        self.calls.append((tps, timeout_ms, max_records))
+        left = max_records if max_records is not None else 1 << 30
+        out: dict[str, list[int]] = {}
+        for tp in tps or sorted(self.buffered):
+            if tp in self._paused or not left:
+                continue
+            got = self.buffered[tp][:left]
+            del self.buffered[tp][: len(got)]
+            left -= len(got)
+            if got:
+                out[tp] = got
+        return out
+
+
+def _fetcher() -> Callable[[FakeConsumer, int], dict[str, list[int]]]:
+    """The runtime's fetch (Processor._fetch) of a processor that never starts."""
+    from processor.kafka.runtime import Processor  # imports TensorFlow: only here
+    from processor.settings import Settings
+
+    settings = Settings(input_topics=("in",), output_topic="out", model="unused.keras")
+    proc = Processor(settings, registry=CollectorRegistry(), metrics_server=False)
+
+    def fetch(consumer: FakeConsumer, limit: int) -> dict[str, list[int]]:
+        fetched: dict[str, list[int]] = asyncio.run(proc._fetch(consumer, limit))  # type: ignore[arg-type]
+        return fetched
+
+    return fetch
+
+
+def test_the_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() -> None:
+    fetch = _fetcher()
+    consumer = FakeConsumer({"a": 100, "b": 100, "c": 3, "d": 0, "e": 50}, paused=("e",))
+    got = fetch(consumer, 64)
+    # 64 over the 4 fetchable partitions: 16 each at most; e is paused, d has nothing.
+    assert {tp: len(rs) for tp, rs in got.items()} == {"a": 16, "b": 16, "c": 3}
+    assert got["a"] == list(range(16))  # a prefix, in offset order
+    assert all(tps and tps[0] != "e" for tps, _, _ in consumer.calls)
+    # A limit below the number of partitions: never more than the limit, and over a few
+    # fetches every partition gets its turn.
+    few = FakeConsumer({"a": 5, "b": 5, "c": 5})
+    served: set[str] = set()
+    for _ in range(3):
+        got = fetch(few, 2)
+        assert sum(map(len, got.values())) == 2
+        served |= set(got)
+    assert served == {"a", "b", "c"}
+    # Nothing buffered: one waiting getmany over all partitions.
+    idle = FakeConsumer({"a": 0, "b": 0})
+    assert fetch(idle, 64) == {}
+    assert idle.calls[-1] == ((), 100, 64)
 
 
 # ---- FlowControl --------------------------------------------------------------------------

@@ -532,6 +532,112 @@ def test_fuzz_decode_only_returns_records_or_raises_bad_record(
     assert len(outcomes) >= 12, outcomes
 
 
+# -- batch decoding ----------------------------------------------------------------------------
+
+
+def _decode_one(decoder: RecordDecoder, raw: bytes, key: bytes | str | None) -> Record | BadRecord:
+    try:
+        return decoder.decode(raw, key)
+    except BadRecord as exc:
+        return exc
+
+
+def _outcome(result: Record | BadRecord) -> tuple[Any, ...]:
+    """Everything observable about a decode result (a record, or a reject)."""
+    if isinstance(result, BadRecord):
+        return ("bad", result.reason, result.detail)
+    x = result.x
+    flags = (x.flags.c_contiguous, x.flags.writeable)
+    fields = (result.stream, result.seq, result.ts, result.reset, result.end)
+    return ("ok", *fields, x.dtype.str, x.shape, x.tobytes(), *flags)
+
+
+def _corpus(decoder: RecordDecoder, n_fuzz: int) -> list[tuple[bytes, bytes | str | None]]:
+    """Every reject case, valid records of every form (fast path or not), fuzzed records."""
+    rng = random.Random(99)
+    shape = decoder.input_shape
+    corpus: list[tuple[bytes, bytes | str | None]] = [(raw, key) for _, raw, key, _ in REJECTS]
+    float_shape = [float(d) for d in shape]  # equal to the shape, but not ints: rejected
+    for dtype in DTYPES:
+        x = sample(dtype, shape, seed=len(corpus))
+        corpus += [
+            (encode_input("s-1", 3, x, ts=-5), None),
+            (encode_input("s-1", 3, x, ts=2**62, reset=True, end=True), b"s-1"),
+            (encode_input("s-1", 3, x, reset=True), b"s-1"),
+            (encode_input("s-1", 3, x, end=True), b"s-1"),
+            (pack({**msgpack.unpackb(encode_input("s-1", 3, x)), "end": None}), b"s-1"),
+            (encode_input("s-1", 3, x, include_stream=False, include_shape=False), b"s-1"),
+            (encode_input("s-1", 3, x, include_stream=False), "s-1"),  # str key: slow path
+            (encode_input("s-1", 3, x, as_list=True), b"s-1"),
+            (encode_input("s-1", 3, x), b"s-2"),  # key mismatch
+            (encode_input("é" * 64, 0, x), "é" * 64),  # 128 bytes of UTF-8: at the limit
+            (encode_input("é" * 64, 0, x, include_stream=False), ("é" * 64).encode()),
+            (encode_input("é" * 129, 0, x, include_stream=False), ("é" * 129).encode()),
+            (encode_input("s", 0, x, include_stream=False), b"\xff"),
+            (encode_input("s", 0, x, include_stream=False), b""),
+            (pack({**msgpack.unpackb(encode_input("s", 0, x)), "shape": float_shape}), None),
+        ]
+    native = sample(decoder.input_dtype.name, shape)
+    if decoder.input_dtype.kind == "f":
+        for bad in (np.nan, np.inf, -np.inf):
+            y = native.copy()
+            y.flat[-1] = bad
+            corpus.append((encode_input("s-nan", 1, y), b"s-nan"))
+    valid = msgpack.unpackb(encode_input("s", 1, native, ts=9))
+    seeds = [raw for raw, _ in corpus[-20:]]
+    for i in range(n_fuzz):
+        raw = _mutate(rng, rng.choice(seeds)) if i % 2 else _random_record(rng, valid)
+        corpus.append((raw, rng.choice([None, b"s", b"s-1", b"\xff", b"", "s"])))
+    rng.shuffle(corpus)
+    return corpus
+
+
+@pytest.mark.parametrize(
+    "decoder",
+    [
+        RecordDecoder(SHAPE),
+        RecordDecoder(SHAPE, max_record_bytes=100, max_stream_id_bytes=128),
+        RecordDecoder((5,), "int16"),
+        RecordDecoder((2, 2, 3), "float16"),
+        RecordDecoder((6,), "float64"),
+        RecordDecoder((), "float32"),  # scalar input: no fast path
+    ],
+    ids=["float32-4x3", "small-limits", "int16-5", "float16-2x2x3", "float64-6", "scalar"],
+)
+def test_decode_many_gives_exactly_what_decode_gives(decoder: RecordDecoder) -> None:
+    corpus = _corpus(decoder, n_fuzz=1500)
+    start, outcomes = 0, set()
+    for size in [1, 2, 7, 64, 500, len(corpus)]:  # batches of every size, fast and slow mixed
+        chunk = corpus[start : start + size] or corpus[:size]
+        start += size
+        got = decoder.decode_many([raw for raw, _ in chunk], [key for _, key in chunk])
+        want = [_decode_one(decoder, raw, key) for raw, key in chunk]
+        assert [_outcome(g) for g in got] == [_outcome(w) for w in want]
+        outcomes |= {w.reason if isinstance(w, BadRecord) else "ok" for w in want}
+    assert "ok" in outcomes and len(outcomes) >= 8, outcomes  # the corpus reaches deep
+
+
+def test_decode_many_shares_one_read_only_buffer_and_one_id_object_per_key() -> None:
+    decoder = RecordDecoder((3,))
+    xs = np.arange(12, dtype=np.float32).reshape(4, 3)
+    raws = [encode_input("k", i, xs[i]) for i in range(4)]
+    records = decoder.decode_many(raws, [b"k"] * 4)
+    assert all(isinstance(r, Record) for r in records)
+    rs = [r for r in records if isinstance(r, Record)]
+    np.testing.assert_array_equal(np.stack([r.x for r in rs]), xs)
+    assert all(not r.x.flags.writeable and r.x.base is rs[0].x.base for r in rs)
+    assert all(r.stream is rs[0].stream for r in rs)  # memoised: one str object per key
+    # A non-finite record inside a batch is rejected alone, as decode() rejects it.
+    bad = xs[1].copy()
+    bad[0] = np.nan
+    mixed = decoder.decode_many([raws[0], encode_input("k", 9, bad), raws[2]], [b"k"] * 3)
+    assert [type(r).__name__ for r in mixed] == ["Record", "BadRecord", "Record"]
+    assert isinstance(mixed[1], BadRecord) and mixed[1].reason == "non_finite"
+    assert decoder.decode_many([], []) == []
+    with pytest.raises(ValueError, match="2 values but 1 keys"):
+        decoder.decode_many(raws[:2], [b"k"])
+
+
 # -- output and dead-letter records -------------------------------------------------------------
 
 
@@ -559,6 +665,22 @@ def test_output_round_trip_with_and_without_ts() -> None:
     no_ts = decode_output(encode_output(Output("s-1", 10, y.astype(np.float64))))
     assert "ts" not in no_ts and no_ts["y"].dtype == np.float32
     assert "ts" not in msgpack.unpackb(encode_output(Output("s", 0, y)))
+
+
+@pytest.mark.parametrize("shape", [(8,), (), (2, 3), (0,), (100,)])
+@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16"])
+def test_encode_outputs_is_encode_output_byte_for_byte(shape: tuple[int, ...], dtype: str) -> None:
+    rng = np.random.default_rng(5)
+    cases = [("s", 0, None), ("é" * 40, 2**40, -5), ("x" * 300, 127, 2**63 - 1), ("", 2**64 - 1, 0)]
+    outputs = [Output(s, q, rng.standard_normal(shape).astype(dtype), ts) for s, q, ts in cases]
+    outputs.append(Output("t", 1, np.asfortranarray(rng.standard_normal((*shape, 2)))[..., 0]))
+    assert codec.encode_outputs(outputs) == [encode_output(o) for o in outputs]
+
+
+def test_encode_outputs_of_differing_shapes_and_of_nothing() -> None:
+    outputs = [Output("a", 1, np.zeros(3, np.float32)), Output("b", 2, np.ones(4, np.float32), 5)]
+    assert codec.encode_outputs(outputs) == [encode_output(o) for o in outputs]
+    assert codec.encode_outputs([]) == []
 
 
 @pytest.mark.parametrize(

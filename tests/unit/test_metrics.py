@@ -5,10 +5,11 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from processor.metrics import BATCH_BUCKETS, Metrics, MetricsServer
+from processor.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BulkHistogram, Metrics, MetricsServer
 
 
 def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -43,6 +44,42 @@ def test_counters_histograms_and_gauges_are_registered_in_the_given_registry() -
     other = CollectorRegistry()
     Metrics(other)
     assert other.get_sample_value("lstm_stream_records_in_total", {"topic": "in"}) is None
+
+
+def test_bulk_histogram_exposes_the_samples_of_a_histogram() -> None:
+    """Same bucket counts (a value equal to a bound falls in that bound's bucket), count and
+    sum as prometheus_client's Histogram fed one value at a time; no _created sample."""
+    values = np.concatenate(
+        [np.random.default_rng(1).exponential(0.5, 3000), LATENCY_BUCKETS, [0.0, 1e9, 0.0011]]
+    )
+    reg_one, reg_bulk = CollectorRegistry(), CollectorRegistry()
+    one = Histogram("lat", "doc", namespace="ns", registry=reg_one, buckets=LATENCY_BUCKETS)
+    bulk = BulkHistogram("lat", "doc", namespace="ns", registry=reg_bulk, buckets=LATENCY_BUCKETS)
+    for v in values:
+        one.observe(float(v))
+    for chunk in np.array_split(values, 3):
+        bulk.observe_many(chunk)
+    bulk.observe_many([])
+
+    def samples(reg: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for m in reg.collect()
+            for s in m.samples
+            if not s.name.endswith("_created")
+        }
+
+    got, want = samples(reg_bulk), samples(reg_one)
+    assert got.keys() == want.keys()
+    assert {k: v for k, v in got.items() if k[0] != "ns_lat_sum"} == {
+        k: v for k, v in want.items() if k[0] != "ns_lat_sum"
+    }
+    assert got[("ns_lat_sum", "")] == pytest.approx(want[("ns_lat_sum", "")])
+    assert b"# TYPE ns_lat histogram" in generate_latest(reg_bulk)
+    with pytest.raises(ValueError, match=r"Duplicated timeseries"):
+        BulkHistogram("lat", "doc", namespace="ns", registry=reg_bulk, buckets=[1.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        BulkHistogram("x", "doc", namespace="ns", registry=CollectorRegistry(), buckets=[2, 1])
 
 
 def test_observe_cache_turns_monotonic_cache_counters_into_increments() -> None:
