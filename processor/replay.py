@@ -22,7 +22,7 @@ from typing import BinaryIO, TextIO
 from processor.codec import (
     RecordDecoder,
     encode_dead_letter,
-    encode_output,
+    encode_outputs,
     iter_framed,
 )
 from processor.engine import Engine, StepResult
@@ -36,6 +36,8 @@ DUPLICATE = "non_increasing_seq"
 # How many decoded records are applied at once: large enough that a catch-up backlog of a
 # stream becomes one scan, small enough to bound memory.
 GROUP_RECORDS = 16_384
+# Records decoded at once (the codec's batch fast path checks a whole chunk in one go).
+DECODE_CHUNK = 1024
 
 
 @dataclass
@@ -106,7 +108,7 @@ def replay(
     def finish(job: tuple[Future[StepResult], list[Record], Origins]) -> None:
         future, _records, origin = job  # _records keeps the ids in `origin` valid
         result = future.result()
-        output.write(b"".join(map(encode_output, result.outputs)))
+        output.write(b"".join(encode_outputs(result.outputs)))
         stats.outputs += len(result.outputs)
         for r in result.duplicates:
             raw, offset, index = origin[id(r)]
@@ -130,6 +132,22 @@ def replay(
 
         pending: list[Record] = []
         origin: Origins = {}
+        frames: list[tuple[bytes, int, int]] = []  # (raw, offset, index) awaiting decoding
+
+        def decode_frames() -> None:
+            nonlocal pending, origin
+            results = decoder.decode_many([f[0] for f in frames], [None] * len(frames))
+            for (raw, offset, index), res in zip(frames, results, strict=True):
+                if isinstance(res, BadRecord):
+                    dead.put(raw, res.reason, res.detail, offset, index)
+                else:
+                    pending.append(res)
+                    origin[id(res)] = (raw, offset, index)
+            frames.clear()
+            if len(pending) >= group_records:
+                submit(pending, origin)
+                pending, origin = [], {}
+
         for index, frame in enumerate(iter_framed(input, max_record_bytes)):
             stats.records_in += 1
             if frame.error is not None:
@@ -138,17 +156,11 @@ def replay(
                 if _stops_framing(frame.error):
                     stats.framing_error = f"{frame.error} at byte {frame.offset}"
                 continue
-            raw = frame.raw or b""
-            try:
-                record = decoder.decode(raw)
-            except BadRecord as exc:
-                dead.put(raw, exc.reason, exc.detail, frame.offset, index)
-                continue
-            pending.append(record)
-            origin[id(record)] = (raw, frame.offset, index)
-            if len(pending) >= group_records:
-                submit(pending, origin)
-                pending, origin = [], {}
+            frames.append((frame.raw or b"", frame.offset, index))
+            if len(frames) >= DECODE_CHUNK:
+                decode_frames()
+        if frames:
+            decode_frames()
         if pending:
             submit(pending, origin)
         if inflight is not None:
