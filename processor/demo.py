@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import logging
 import math
 import signal
 import sys
@@ -412,19 +411,6 @@ def _progress_line(m: _Meter, now: float, engine: Engine, channels: int) -> str:
     )
 
 
-@contextmanager
-def _no_retracing_warnings() -> Iterator[None]:
-    """Silence TensorFlow's "triggered tf.function retracing" warning while the engine traces
-    its buckets on purpose (one trace per bucket size is the design, not a mistake)."""
-    tf_log = logging.getLogger("tensorflow")
-    level = tf_log.level
-    tf_log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        tf_log.setLevel(level)
-
-
 def _stream_ids(n: int) -> list[str]:
     width = max(5, len(str(n - 1)))
     return [f"sensor-{i:0{width}d}" for i in range(n)]
@@ -455,8 +441,7 @@ class _Run:
     def loop(self, stop: threading.Event | None) -> tuple[float, bool]:
         """Run the live traffic until the duration is over or ``stop`` is set (or Ctrl-C
         arrives without a handler). Returns (seconds, stopped early)."""
-        with _no_retracing_warnings():
-            self.engine.warmup()
+        self.engine.warmup()
         # Everything alive now (TensorFlow, Keras, the model) lives as long as the run:
         # freeze it out of the garbage collector, else each full collection walks those
         # millions of objects and stalls the loop for ~300 ms (measured: it dominated the
@@ -466,10 +451,7 @@ class _Run:
         self.t0 = time.perf_counter()
         stopped = False
         try:
-            # The cache traces its spill/restore helpers lazily, once per power-of-two row
-            # count; TensorFlow's retracing warnings about that would only clutter the display.
-            with _no_retracing_warnings():
-                stopped = self._loop(stop)
+            stopped = self._loop(stop)
         except KeyboardInterrupt:
             stopped = True
         finally:
@@ -670,18 +652,17 @@ def _evaluate_sample(
     decoder = codec.RecordDecoder(model.input_shape, model.input_dtype)
     reset_y = {s: np.zeros_like(hist[s][1]) for s in streams}
     depth = max(len(hist[s][0]) for s in streams)
-    with _no_retracing_warnings():
-        for t0 in range(0, depth, rounds):
-            # Messages t0.. of every sample stream, each starting from the initial state
-            # (reset=True), through the same codec and engine as the live run.
-            records = [
-                decoder.decode(codec.encode_input(ids[s], t, hist[s][0][t], reset=True), ids[s])
-                for s in streams
-                for t in range(t0, min(t0 + rounds, len(hist[s][0])))
-            ]
-            index = {ids[s]: s for s in streams}
-            for o in reset_engine.process(records).outputs:
-                reset_y[index[o.stream]][o.seq] = o.y
+    for t0 in range(0, depth, rounds):
+        # Messages t0.. of every sample stream, each starting from the initial state
+        # (reset=True), through the same codec and engine as the live run.
+        records = [
+            decoder.decode(codec.encode_input(ids[s], t, hist[s][0][t], reset=True), ids[s])
+            for s in streams
+            for t in range(t0, min(t0 + rounds, len(hist[s][0])))
+        ]
+        index = {ids[s]: s for s in streams}
+        for o in reset_engine.process(records).outputs:
+            reset_y[index[o.stream]][o.seq] = o.y
     sq_state = sq_reset = sq_naive = 0.0
     pairs = 0
     for s in streams:

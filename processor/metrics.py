@@ -3,8 +3,8 @@
 :class:`Metrics` is one bundle created against an injected ``CollectorRegistry`` (each test
 gets its own). Units are seconds; histogram buckets are chosen for what they measure:
 
-* batch sizes: powers of two up to 16384 (the engine pads to power-of-two buckets, so the
-  histogram lines up with the compiled shapes);
+* batch sizes: powers of two up to 16384 (the engine's buckets are powers of two and 1.5x
+  steps between them, so each histogram bucket spans at most two compiled shapes);
 * step time: 0.5 ms .. 10 s (a 1024-row step of a 2x256 LSTM is ~10-30 ms on a CPU);
 * end-to-end latency: 1 ms .. 2 min (from the record's event time, ``ts`` or the Kafka
   timestamp, to the acknowledgement of its output; clocks of other hosts may skew it).

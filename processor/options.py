@@ -92,7 +92,8 @@ def add_engine_arguments(
         "--max-batch",
         type=int,
         default=max_batch,
-        help="most streams in one compiled step (batches are padded to power-of-two buckets)",
+        help="most streams in one compiled step (batches are padded to a few bucket sizes: "
+        "powers of two, and 1.5x steps from 192 rows)",
     )
     g.add_argument(
         "--scan-min-steps",

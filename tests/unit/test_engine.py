@@ -48,8 +48,9 @@ def collect(outputs: list, n_streams: int, steps: int) -> np.ndarray:  # type: i
 
 
 def test_bucket_sizes() -> None:
-    assert bucket_sizes(1024) == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+    assert bucket_sizes(1024) == (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)
     assert bucket_sizes(100) == (1, 2, 4, 8, 16, 32, 64, 100)
+    assert bucket_sizes(600) == (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 600)
     assert bucket_sizes(100, smallest=8) == (8, 16, 32, 64, 100)
     assert bucket_sizes(3) == (1, 2, 3)
     with pytest.raises(ConfigError):
