@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 DUPLICATE = "non_increasing_seq"
 # How many decoded records are applied at once: large enough that a catch-up backlog of a
 # stream becomes one scan, small enough to bound memory.
-GROUP_RECORDS = 16_384
+GROUP_RECORDS = 4096
 # Records decoded at once (the codec's batch fast path checks a whole chunk in one go).
 DECODE_CHUNK = 1024
 
