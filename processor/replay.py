@@ -101,24 +101,28 @@ def replay(
     dead = _DeadLetters(dlq, dlq_text or sys.stderr, source)
     stats = ReplayStats()
     started = time.perf_counter()
-    # Where each record of a group came from, for dead-lettering duplicates verbatim.
-    Origins = dict[int, tuple[bytes, int, int]]
+    # A group: its records and, in parallel, where each came from (raw bytes, byte offset,
+    # index), for dead-lettering duplicates verbatim. Looked up by identity only when a
+    # group has duplicates, so the common path costs no per-record dictionary work.
+    Origins = list[tuple[bytes, int, int]]
     inflight: tuple[Future[StepResult], list[Record], Origins] | None = None
 
     def finish(job: tuple[Future[StepResult], list[Record], Origins]) -> None:
-        future, _records, origin = job  # _records keeps the ids in `origin` valid
+        future, records, origin = job
         result = future.result()
         output.write(b"".join(encode_outputs(result.outputs)))
         stats.outputs += len(result.outputs)
-        for r in result.duplicates:
-            raw, offset, index = origin[id(r)]
-            dead.put(
-                raw,
-                DUPLICATE,
-                f"seq {r.seq} of stream {r.stream!r} is not greater than its last applied seq",
-                offset,
-                index,
-            )
+        if result.duplicates:
+            where = {id(r): i for i, r in enumerate(records)}
+            for r in result.duplicates:
+                raw, offset, index = origin[where[id(r)]]
+                dead.put(
+                    raw,
+                    DUPLICATE,
+                    f"seq {r.seq} of stream {r.stream!r} is not greater than its last applied seq",
+                    offset,
+                    index,
+                )
         stats.duplicates += len(result.duplicates)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-stream-engine") as worker:
@@ -131,22 +135,22 @@ def replay(
             inflight = job
 
         pending: list[Record] = []
-        origin: Origins = {}
-        frames: list[tuple[bytes, int, int]] = []  # (raw, offset, index) awaiting decoding
+        origin: Origins = []
+        frames: Origins = []  # awaiting decoding
 
         def decode_frames() -> None:
             nonlocal pending, origin
             results = decoder.decode_many([f[0] for f in frames], [None] * len(frames))
-            for (raw, offset, index), res in zip(frames, results, strict=True):
+            for frame, res in zip(frames, results, strict=True):
                 if isinstance(res, BadRecord):
-                    dead.put(raw, res.reason, res.detail, offset, index)
+                    dead.put(frame[0], res.reason, res.detail, frame[1], frame[2])
                 else:
                     pending.append(res)
-                    origin[id(res)] = (raw, offset, index)
+                    origin.append(frame)
             frames.clear()
             if len(pending) >= group_records:
                 submit(pending, origin)
-                pending, origin = [], {}
+                pending, origin = [], []
 
         for index, frame in enumerate(iter_framed(input, max_record_bytes)):
             stats.records_in += 1
