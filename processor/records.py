@@ -1,4 +1,9 @@
-"""Decoded records flowing between codec, engine and transports (no I/O here)."""
+"""Decoded records flowing between codec, engine and transports (no I/O here).
+
+Both classes are treated as immutable values once built, but are not ``frozen``
+dataclasses: one of each is built per message on the hot path, and a frozen dataclass's
+``__init__`` costs about four times as much (0.50 vs 0.12 µs measured here).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """One validated input record for one stream at one time step.
 
@@ -25,7 +30,7 @@ class Record:
     end: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """The model's output for one input record.
 

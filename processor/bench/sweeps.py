@@ -702,8 +702,9 @@ def replay_bench(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, A
         if stats.outputs != n:
             raise RuntimeError(f"replay gave {stats.outputs} outputs for {n} records")
 
-    # What `lstm-stream replay` does today: the start-up objects are not frozen, so its full
-    # collections walk them all (unfrozen for its slices only).
+    # replay() with the start-up objects not frozen (`lstm-stream replay` freezes them; a
+    # library caller may not): full collections then walk them all (unfrozen for its slices
+    # only).
     frozen = rp_frozen.job(
         "replay_default_gc",
         replay_input_frozen,
