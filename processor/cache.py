@@ -95,8 +95,8 @@ class CacheStats:
     spill_dropped: int = 0
 
 
-def _bucket(n: int) -> int:
-    """Next power of two >= n: bounds the number of traced shapes of the helper functions."""
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (padding sizes keep the traced shapes few)."""
     return 1 << max(0, (n - 1).bit_length())
 
 
@@ -162,6 +162,7 @@ class StateCache:
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._spill: OrderedDict[str, StreamState] = OrderedDict()
         self.stats = CacheStats()
+        self._next_drop_log = float("-inf")
         self._gather_fn = tf.function(self._gather_impl)
         self._write_fn = tf.function(self._write_impl)
 
@@ -254,15 +255,9 @@ class StateCache:
         self._seq[slots] = seqs
 
     def release(self, streams: Iterable[str]) -> None:
-        """Forget ``streams`` entirely (after their ``end`` record was applied): free the
-        slot, drop any spilled copy and the last seq."""
-        for stream in streams:
-            slot = self._map.pop(stream, None)
-            if slot is not None:
-                self._free.append(slot)
-                self._seq[slot] = -1
-                self.stats.ended += 1
-            self._spill.pop(stream, None)
+        """Forget ``streams`` entirely after their ``end`` record was applied (counted in
+        ``stats.ended``): free the slot, drop any spilled copy and the last seq."""
+        self._drop(streams, ended=True)
 
     def evict_idle(self, max_evictions: int = 4096) -> int:
         """Spill streams not seen for ``idle_timeout_s``; at most ``max_evictions`` per call
@@ -297,7 +292,9 @@ class StateCache:
         for i, (stream, slot) in enumerate(victims):
             del self._map[stream]
             self._free.append(slot)
-            self._spill_put(stream, StreamState(tuple(r[i] for r in rows), int(self._seq[slot])))
+            # Copies: a view would keep the whole eviction batch's rows alive.
+            arrays = tuple(r[i].copy() for r in rows)
+            self._spill_put(stream, StreamState(arrays, int(self._seq[slot])))
         self.stats.spilled += len(victims)
 
     def _spill_put(self, stream: str, state: StreamState) -> None:
@@ -306,12 +303,18 @@ class StateCache:
         while len(self._spill) > self.spill_capacity:
             dropped, _ = self._spill.popitem(last=False)
             self.stats.spill_dropped += 1
-            log.warning(
-                "spill store full (%d streams): dropped the state of stream %r; it restarts "
-                "from its initial state if it returns (raise --spill-capacity)",
-                self.spill_capacity,
-                dropped,
-            )
+            # Rate-limited: under churn this happens at message rate.
+            now = self._clock()
+            if now >= self._next_drop_log:
+                self._next_drop_log = now + 10.0
+                log.warning(
+                    "spill store full (%d streams): dropped the state of stream %r (%d dropped "
+                    "so far); such streams restart from their initial state if they return "
+                    "(raise --spill-capacity)",
+                    self.spill_capacity,
+                    dropped,
+                    self.stats.spill_dropped,
+                )
 
     # ---- snapshot / restore (durability layer) ----------------------------------------------
 
@@ -347,11 +350,15 @@ class StateCache:
 
     def forget(self, streams: Iterable[str]) -> None:
         """Drop streams without counting them as ended (e.g. their partition moved away)."""
+        self._drop(streams, ended=False)
+
+    def _drop(self, streams: Iterable[str], *, ended: bool) -> None:
         for stream in streams:
             slot = self._map.pop(stream, None)
             if slot is not None:
                 self._free.append(slot)
                 self._seq[slot] = -1
+                self.stats.ended += ended
             self._spill.pop(stream, None)
 
     def _check_state(self, stream: str, state: StreamState) -> None:
@@ -377,7 +384,7 @@ class StateCache:
             t.scatter_nd_update(tf.expand_dims(slots, 1), tf.cast(v, t.dtype))
 
     def _padded_slots(self, slots: Sequence[int]) -> np.ndarray:
-        padded = np.full(_bucket(len(slots)), self.scratch_slot, dtype=np.int32)
+        padded = np.full(pow2(len(slots)), self.scratch_slot, dtype=np.int32)
         padded[: len(slots)] = slots
         return padded
 

@@ -78,6 +78,7 @@ WRONG_TYPE: Final = "wrong_type"
 BAD_STREAM_ID: Final = "bad_stream_id"
 KEY_MISMATCH: Final = "key_mismatch"
 NEGATIVE_SEQ: Final = "negative_seq"
+MAX_SEQ: Final = 2**63 - 1  # the engine stores seqs as int64
 BAD_DTYPE: Final = "bad_dtype"
 SHAPE_MISMATCH: Final = "shape_mismatch"
 SIZE_MISMATCH: Final = "size_mismatch"
@@ -286,6 +287,9 @@ class RecordDecoder:
             raise BadRecord(WRONG_TYPE, f"'seq' must be an int, got {_type_name(seq)}")
         if seq < 0:
             raise BadRecord(NEGATIVE_SEQ, f"'seq' must be >= 0, got {seq}")
+        if seq > MAX_SEQ:
+            # The engine keeps the last applied seq per stream as int64.
+            raise BadRecord(BAD_VALUE, f"'seq' must be <= 2**63 - 1, got {seq}")
 
         ts = obj.get("ts")
         if type(ts) is not int and (ts is not None or "ts" in obj):
@@ -416,7 +420,7 @@ class RecordDecoder:
         else:
             return None
         seq = get("seq")
-        if type(seq) is not int or seq < 0:
+        if type(seq) is not int or seq < 0 or seq > MAX_SEQ:
             return None
         ts = get("ts")
         if (ts is None and "ts" in obj) or (ts is not None and type(ts) is not int):

@@ -812,7 +812,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="progress",
         action="store_false",
         default=True,
-        help="no live progress lines on stderr (progress shown: %(default)s)",
+        help="no live progress lines on stderr (default: progress shown)",
     )
 
 

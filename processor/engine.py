@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 import processor  # noqa: F401  (TF environment defaults)
-from processor.cache import StateCache
+from processor.cache import StateCache, pow2
 from processor.errors import ConfigError
 from processor.model import StepModel
 from processor.records import Output, Record
@@ -41,11 +41,14 @@ log = logging.getLogger(__name__)
 
 class _DropRetracingWarnings(logging.Filter):
     """TF warns when a function is traced several times in a row. The engine and cache
-    trace once per bucket by design (counted in ``trace_count`` and tested), so for them the
-    warning is noise that would alarm operators."""
+    trace once per bucket by design (counted in ``trace_count`` and tested), so for their
+    functions the warning is noise that would alarm operators; others' still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
+        message = record.getMessage()
+        return "triggered tf.function retracing" not in message or not any(
+            f"{owner}." in message for owner in ("Engine", "StateCache")
+        )
 
 
 tf.get_logger().addFilter(_DropRetracingWarnings())
@@ -64,11 +67,6 @@ def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     except RuntimeError as exc:  # TF already initialised: keep going with what it has
         log.warning("cannot change TensorFlow thread pools now: %s", exc)
-
-
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n."""
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def bucket_sizes(max_batch: int, smallest: int = 1) -> tuple[int, ...]:
@@ -154,7 +152,7 @@ class Engine:
         # max_scan_steps; a shorter backlog (e.g. the tail of a long one) is padded up.
         self.scan_buckets: tuple[int, ...] = ()
         if scan_min_steps:
-            t = _pow2(scan_min_steps)
+            t = pow2(scan_min_steps)
             self.scan_buckets = (t,)
             while self.scan_buckets[-1] < max_scan_steps:
                 self.scan_buckets += (self.scan_buckets[-1] * 2,)
@@ -171,11 +169,15 @@ class Engine:
 
     # ---- compiled functions -----------------------------------------------------------------
 
-    def _fresh_states(self, x: Any, states: list[Any], fresh: Any) -> list[Any]:
-        """Replace the states of rows with ``fresh`` set by the model's initial states."""
+    def _fresh_states(self, x: Any, states: list[Any], fresh: Any, run_init: Any) -> list[Any]:
+        """Replace the states of rows with ``fresh`` set by the model's initial states.
+
+        The init model (if any) runs only when ``run_init`` (a scalar) is true: the caller
+        says whether a real row is fresh, since padded rows are always marked fresh (they
+        then get zeros, which is all they need)."""
         if self.model.has_init_model:
             init = tf.cond(
-                tf.reduce_any(fresh),
+                run_init,
                 lambda: self.model.initial_state(x),
                 lambda: [tf.zeros_like(s) for s in states],
             )
@@ -187,11 +189,11 @@ class Engine:
             out.append(tf.where(mask, i, s))
         return out
 
-    def _step_impl(self, x: Any, slots: Any, fresh: Any) -> Any:
+    def _step_impl(self, x: Any, slots: Any, fresh: Any, run_init: Any) -> Any:
         self.trace_count += 1  # runs only while tracing: counts traces
         tables = self.cache.tables
         states = [tf.cast(tf.gather(t, slots), tf.float32) for t in tables]
-        states = self._fresh_states(x, states, fresh)
+        states = self._fresh_states(x, states, fresh, run_init)
         y, new = self.model.step(x, states)
         idx = tf.expand_dims(slots, 1)
         for t, s in zip(tables, new, strict=True):
@@ -209,7 +211,7 @@ class Engine:
 
         def body(t: Any, states: list[Any], ys: Any) -> tuple[Any, list[Any], Any]:
             xt = x[t]
-            start = self._fresh_states(xt, states, fresh[t])
+            start = self._fresh_states(xt, states, fresh[t], tf.reduce_any(fresh[t]))
             y, new = self.model.step(xt, start)
             keep = []
             for old, s, rank in zip(states, new, self._state_ranks, strict=True):
@@ -297,6 +299,9 @@ class Engine:
                     last = r.seq
                 if not kept:
                     continue
+                # An `end` followed by a new life of the same id in this call frees nothing
+                # (the slot carries on), but the stream did end.
+                cache.stats.ended += sum(r.end for r in kept[:-1])
             streams.append(stream)
             records.append(kept)
             fresh.append(flags)
@@ -352,7 +357,9 @@ class Engine:
         f = np.ones(b, bool)  # padded rows restart from the initial state every time
         f[:n] = fresh
         with tf.device(self.cache.device):
-            y = self._step_fn(tf.constant(x), tf.constant(s), tf.constant(f))
+            y = self._step_fn(
+                tf.constant(x), tf.constant(s), tf.constant(f), tf.constant(any(fresh))
+            )
         self.stats.wave_calls += 1
         self.stats.padded_rows += b - n
         self.stats.batch_sizes.append(n)
@@ -403,22 +410,15 @@ class Engine:
     def warmup(self, scan: bool = False) -> None:
         """Trace every wave bucket (and, with ``scan``, the scan buckets) up front, so the
         first real batches do not pay for tracing. Touches only the scratch slot."""
-        # Tracing every bucket back to back is intended here; TF would warn about it.
-        tf_log = tf.get_logger()
-        level = tf_log.level
-        tf_log.setLevel(logging.ERROR)
-        try:
-            self.cache.warmup()
-            self._warmup_buckets(scan)
-        finally:
-            tf_log.setLevel(level)
+        self.cache.warmup()
+        self._warmup_buckets(scan)
 
     def _warmup_buckets(self, scan: bool) -> None:
         with tf.device(self.cache.device):
             for b in self.buckets:
                 x = tf.zeros((b, *self._x_shape), self._x_dtype)
                 s = tf.fill([b], self.cache.scratch_slot)
-                self._step_fn(x, s, tf.ones([b], tf.bool))
+                self._step_fn(x, s, tf.ones([b], tf.bool), tf.constant(True))
             for t in self.scan_buckets if scan else ():
                 for b in self.buckets:
                     x = tf.zeros((t, b, *self._x_shape), self._x_dtype)

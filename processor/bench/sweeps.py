@@ -1027,9 +1027,10 @@ def breakdown(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, Any]
     step_fn = getattr(runner.engine, "_step_fn", None)
     if step_fn is not None:
         y_ready = tf.zeros((b, *sm.output_shape), tf.float32)
-        host.engine._step_fn = lambda x, s, f: y_ready  # prototype: the host path only
+        host.engine._step_fn = lambda x, s, f, r: y_ready  # prototype: the host path only
         jobs.append(host.job("host_path", host.step_maker(streams, pool), budget))
-        jobs.append(timed("compiled_call", lambda: step_fn(x, slots, fresh).numpy()))
+        run_init = tf.constant(False)
+        jobs.append(timed("compiled_call", lambda: step_fn(x, slots, fresh, run_init).numpy()))
 
     bare = bl.compiled_step(sm)
     jobs.append(timed("bare_step", lambda: bare(x, states)[0].numpy()))

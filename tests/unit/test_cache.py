@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -154,13 +155,14 @@ def test_config_errors() -> None:
 
 
 class SpyMap:
-    """Wraps the cache's host map and counts the operations one step performs on it."""
+    """Wraps the cache's host map and counts the entries one step touches (lookups, moves,
+    insertions, deletions, and every entry an iteration yields)."""
 
-    def __init__(self, real: OrderedDict[str, object]) -> None:
+    def __init__(self, real: OrderedDict[str, int]) -> None:
         self.real = real
         self.ops = 0
 
-    def get(self, key: str) -> object:
+    def get(self, key: str) -> int | None:
         self.ops += 1
         return self.real.get(key)
 
@@ -168,27 +170,39 @@ class SpyMap:
         self.ops += 1
         self.real.move_to_end(key)
 
-    def items(self) -> object:
-        self.ops += 1
-        return self.real.items()
+    def items(self) -> Iterator[tuple[str, int]]:
+        for item in self.real.items():
+            self.ops += 1
+            yield item
 
-    def __setitem__(self, key: str, value: object) -> None:
+    def __setitem__(self, key: str, value: int) -> None:
         self.ops += 1
         self.real[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.ops += 1
+        del self.real[key]
 
     def __len__(self) -> int:
         return len(self.real)
 
 
 def test_per_step_host_work_does_not_grow_with_cached_streams() -> None:
-    # Count the map operations of one acquire(): they must not depend on how many streams
-    # are cached. A proxy for O(batch) that timing noise cannot fool.
+    # Count the map entries one acquire() touches -- with a full cache, so that it evicts --
+    # and one idle eviction: they must not depend on how many streams are cached. A proxy
+    # for O(batch) that timing noise cannot fool.
     ops = {}
     for cached in (100, 20_000):
-        cache = StateCache(SPEC, cached + 64)
+        clock = FakeClock()
+        cache = StateCache(SPEC, cached, idle_timeout_s=10.0, clock=clock)
         cache.restore({f"s{i}": state(0.0) for i in range(cached)})
-        spy = SpyMap(cache._map)  # type: ignore[arg-type]
+        clock.now = 5.0
+        cache.acquire([f"s{i}" for i in range(32, cached)])  # all but 32 seen again at t=5
+        spy = SpyMap(cache._map)
         cache._map = spy  # type: ignore[assignment]
-        cache.acquire([f"s{i}" for i in range(32)] + [f"new{i}" for i in range(32)])
+        cache.acquire([f"s{i}" for i in range(32, 64)] + [f"new{i}" for i in range(32)])
+        assert cache.stats.evicted_lru == 32
+        clock.now = 12.0  # nothing idle for 10 s: the scan must stop at the first entry
+        assert cache.evict_idle() == 0
         ops[cached] = spy.ops
     assert ops[100] == ops[20_000] > 0

@@ -21,20 +21,16 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_every_option_has_help_and_a_default(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_option_has_help_stating_its_default(name: str) -> None:
     parser, _ = _command_parser(name)
-    undocumented = [
-        a.option_strings
-        for a in parser._actions
-        if a.option_strings and not isinstance(a, argparse._HelpAction) and not a.help
-    ]
-    assert undocumented == []
-    with pytest.raises(SystemExit) as exit_info:
-        parser.parse_args(["--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    formatter = parser._get_formatter()
+    missing = []
     for action in parser._actions:
-        if action.option_strings and action.default is not argparse.SUPPRESS and action.help:
-            # ArgumentDefaultsHelpFormatter appends the default to every option's help.
-            assert action.option_strings[-1] in text
-    assert "(default:" in text
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        # What --help prints for this option (ArgumentDefaultsHelpFormatter appends the
+        # default; options whose default is computed state it in their own text).
+        text = formatter._expand_help(action) if action.help else ""
+        if "default" not in text:
+            missing.append(action.option_strings[-1])
+    assert missing == []

@@ -169,8 +169,14 @@ def test_unknown_keys_are_ignored(decoder: RecordDecoder) -> None:
 
 def test_big_seq_and_stream_id_at_the_limit() -> None:
     decoder = RecordDecoder(SHAPE, max_stream_id_bytes=8)
-    record = decoder.decode(pack(base_record(stream="é" * 4, seq=2**64 - 1)))
-    assert (record.stream, record.seq) == ("é" * 4, 2**64 - 1)
+    record = decoder.decode(pack(base_record(stream="é" * 4, seq=2**63 - 1)))
+    assert (record.stream, record.seq) == ("é" * 4, 2**63 - 1)
+    for value in (pack(base_record(seq=2**63)), pack(base_record(seq=2**64 - 1))):
+        with pytest.raises(BadRecord, match=r"'seq' must be <= 2\*\*63 - 1") as info:
+            decoder.decode(value)
+        assert info.value.reason == "bad_value"
+        [many] = decoder.decode_many([value], [None])
+        assert isinstance(many, BadRecord) and many.reason == "bad_value"
 
 
 def test_scalar_input_shape() -> None:

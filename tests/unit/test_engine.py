@@ -160,6 +160,7 @@ def test_end_then_more_records_in_the_same_call(model: KerasStepModel) -> None:
             [o.y for o in out[2:]], reference(model, x[:, 2:4])[0], rtol=1e-4, atol=1e-5
         )
         assert "s0" in engine.cache
+        assert engine.cache.stats.ended == 1
 
 
 def test_more_streams_than_max_batch_and_than_capacity(model: KerasStepModel) -> None:
