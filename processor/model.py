@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 import processor  # noqa: F401  (sets TF/Keras environment defaults before the import below)
+from processor.codec import DTYPES
 from processor.errors import ModelLoadError
 
 import keras  # isort: skip
@@ -309,6 +310,15 @@ def _matmul_flops(layer: Any, in_dim: int) -> int:
     return 0
 
 
+def _check_input_dtype(dtype: str) -> str:
+    """A model whose input dtype the wire format cannot carry could never be fed."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(
+            f"model input dtype {dtype} is not one the wire format carries ({', '.join(DTYPES)})"
+        )
+    return dtype
+
+
 def _file_digest(*paths: str | os.PathLike[str] | None) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -358,7 +368,7 @@ class KerasStepModel:
             )
         self._model = model
         self._input_shape: tuple[int, ...] = tuple(int(d) for d in features)
-        self._input_dtype = str(model.inputs[0].dtype)
+        self._input_dtype = _check_input_dtype(str(model.inputs[0].dtype))
         self._stages, specs, self._flops, out_has_time = self._analyse(model)
         self._state_spec = tuple(specs)
         y_shape = tuple(model.output_shape)
@@ -598,7 +608,7 @@ class SavedModelStep:
             )
         x_spec = kwargs["x"]
         self._input_shape = _per_stream_shape("'step' input x", x_spec)
-        self._input_dtype = x_spec.dtype.name
+        self._input_dtype = _check_input_dtype(x_spec.dtype.name)
         specs = []
         for i in range(n):
             s = kwargs[f"state_{i}"]

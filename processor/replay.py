@@ -11,6 +11,7 @@ dead-letter file is given. Memory is bounded: input is read in chunks and applie
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import sys
@@ -29,6 +30,8 @@ from processor.engine import Engine, StepResult
 from processor.errors import BadRecord, LstmStreamError
 from processor.options import EngineOptions, add_engine_arguments, build_engine
 from processor.records import Record
+
+import tensorflow as tf  # isort: skip
 
 log = logging.getLogger(__name__)
 
@@ -209,24 +212,32 @@ def main(args: argparse.Namespace) -> int:
     # collections would otherwise walk them every time (measured: ~25% of a replay's time).
     gc.collect()
     gc.freeze()
-    in_fp = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
-    out_fp = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
-    dlq_fp = open(args.dlq, "wb") if args.dlq else None  # noqa: SIM115
     try:
-        stats = replay(
-            engine,
-            in_fp,
-            out_fp,
-            dlq_fp,
-            source=None if args.input == "-" else args.input,
-            max_record_bytes=args.max_record_bytes,
-        )
-    finally:
-        for fp in (in_fp, out_fp, dlq_fp):
-            if fp is not None and fp not in (sys.stdin.buffer, sys.stdout.buffer):
-                fp.close()
-        if args.output == "-":
-            sys.stdout.buffer.flush()
+        with contextlib.ExitStack() as files:
+            in_fp = (
+                sys.stdin.buffer
+                if args.input == "-"
+                else files.enter_context(open(args.input, "rb"))
+            )
+            out_fp = (
+                sys.stdout.buffer
+                if args.output == "-"
+                else files.enter_context(open(args.output, "wb"))
+            )
+            dlq_fp = files.enter_context(open(args.dlq, "wb")) if args.dlq else None
+            stats = replay(
+                engine,
+                in_fp,
+                out_fp,
+                dlq_fp,
+                source=None if args.input == "-" else args.input,
+                max_record_bytes=args.max_record_bytes,
+            )
+            out_fp.flush()
+    except (OSError, LstmStreamError, tf.errors.OpError) as exc:
+        # I/O and device failures end the run with one clear line, not a traceback.
+        print(f"lstm-stream replay: {exc}", file=sys.stderr)
+        return 1
     rate = stats.outputs / stats.seconds if stats.seconds > 0 else 0.0
     print(
         f"replay: {stats.records_in} records in, {stats.outputs} outputs, "

@@ -12,6 +12,7 @@ import pytest
 
 from processor.cli import main as cli_main
 from processor.codec import decode_dead_letter, decode_output, encode_input
+from processor.errors import ModelLoadError
 from processor.model import load_step_model
 
 FEATURES = 3
@@ -169,3 +170,45 @@ def test_unsupported_model_fails_cleanly(
     )
     assert code == 1
     assert "Bidirectional" in capsys.readouterr().err
+
+
+def test_missing_input_file_is_one_clear_line(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(
+        [
+            "replay",
+            "--model",
+            str(model_path),
+            "--input",
+            str(tmp_path / "nope"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "lstm-stream replay:" in err and "nope" in err and "Traceback" not in err
+
+
+def test_seq_beyond_int64_is_dead_lettered(model_path: Path, tmp_path: Path) -> None:
+    x = np.ones(FEATURES, np.float32)
+    data = encode_input("a", 2**63, x) + encode_input("a", 0, x)
+    inp, out, dlq = tmp_path / "in", tmp_path / "out", tmp_path / "dlq"
+    inp.write_bytes(data)
+    args = ["replay", "--model", str(model_path), "--input", str(inp), "--output", str(out)]
+    assert cli_main([*args, "--dlq", str(dlq)]) == 0
+    assert [decode_output(o)["seq"] for o in iter_records(out.read_bytes())] == [0]
+    assert [decode_dead_letter(d)["reason"] for d in iter_records(dlq.read_bytes())] == [
+        "bad_value"
+    ]
+
+
+def test_model_with_an_input_dtype_the_wire_cannot_carry_is_refused(tmp_path: Path) -> None:
+    inp = keras.Input((None, FEATURES), dtype="int64")
+    h = keras.layers.Embedding(10, 4)(inp[..., 0])
+    h = keras.layers.LSTM(4)(h)
+    path = tmp_path / "int64.keras"
+    keras.Model(inp, h).save(path)
+    with pytest.raises(ModelLoadError, match="input dtype int64 is not one the wire format"):
+        load_step_model(path)
