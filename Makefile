@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: venv demo test unit integration lint typecheck check bench bench-quick kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
