@@ -148,10 +148,12 @@ class Engine:
         self.cache = cache
         self.max_batch = max_batch
         self.buckets = bucket_sizes(max_batch)
-        # Scan lengths: powers of two from the first >= scan_min_steps to the first >=
-        # max_scan_steps; a shorter backlog (e.g. the tail of a long one) is padded up.
+        # The scan (catch-up only) takes any [T, B] in one trace: TensorFlow's graph kernels
+        # are shape-polymorphic, so neither T nor B is padded. XLA compiles per shape, so
+        # with XLA both are padded to buckets instead: T to powers of two from the first
+        # >= scan_min_steps up to the first >= max_scan_steps.
         self.scan_buckets: tuple[int, ...] = ()
-        if scan_min_steps:
+        if scan_min_steps and jit_compile:
             t = pow2(scan_min_steps)
             self.scan_buckets = (t,)
             while self.scan_buckets[-1] < max_scan_steps:
@@ -165,7 +167,19 @@ class Engine:
         self._y_shape = tuple(model.output_shape)
         self._state_ranks = [len(s.shape) for s in model.state_spec]
         self._step_fn = tf.function(self._step_impl, jit_compile=jit_compile)
-        self._scan_fn = tf.function(self._scan_impl, jit_compile=jit_compile)
+        if jit_compile:
+            self._scan_fn = tf.function(self._scan_impl, jit_compile=True)
+        else:
+            any_tb = tf.TensorSpec([None, None], tf.bool)
+            self._scan_fn = tf.function(
+                self._scan_impl,
+                input_signature=[
+                    tf.TensorSpec([None, None, *self._x_shape], tf.as_dtype(self._x_dtype)),
+                    tf.TensorSpec([None], tf.int32),
+                    any_tb,
+                    any_tb,
+                ],
+            )
 
     # ---- compiled functions -----------------------------------------------------------------
 
@@ -379,9 +393,11 @@ class Engine:
         for t0 in range(0, depth, self.max_scan_steps):
             active = [i for i in rows if len(records[i]) > t0]
             steps = min(self.max_scan_steps, depth - t0)
-            t_pad = next(t for t in self.scan_buckets if t >= steps)
             n = len(active)
-            b = self._bucket(n)
+            if self.scan_buckets:
+                t_pad, b = next(t for t in self.scan_buckets if t >= steps), self._bucket(n)
+            else:
+                t_pad, b = steps, n
             x = np.zeros((t_pad, b, *self._x_shape), self._x_dtype)
             fresh_mask = np.zeros((t_pad, b), bool)
             valid = np.zeros((t_pad, b), bool)
@@ -419,8 +435,11 @@ class Engine:
                 x = tf.zeros((b, *self._x_shape), self._x_dtype)
                 s = tf.fill([b], self.cache.scratch_slot)
                 self._step_fn(x, s, tf.ones([b], tf.bool), tf.constant(True))
-            for t in self.scan_buckets if scan else ():
-                for b in self.buckets:
+            if not (scan and self.scan_min_steps):
+                return
+            # One trace serves every shape without XLA; with XLA, each bucket pair.
+            for t in self.scan_buckets or (2,):
+                for b in self.buckets if self.scan_buckets else (1,):
                     x = tf.zeros((t, b, *self._x_shape), self._x_dtype)
                     s = tf.fill([b], self.cache.scratch_slot)
                     self._scan_fn(x, s, tf.ones([t, b], tf.bool), tf.zeros([t, b], tf.bool))
