@@ -163,8 +163,8 @@ class StateCache:
         self._spill: OrderedDict[str, StreamState] = OrderedDict()
         self.stats = CacheStats()
         self._next_drop_log = float("-inf")
-        self._gather_fn = tf.function(self._gather_impl)
-        self._write_fn = tf.function(self._write_impl)
+        self._gather_fn = tf.function(self.gather)
+        self._write_fn = tf.function(self.scatter)
 
     # ---- sizes ------------------------------------------------------------------------------
 
@@ -376,12 +376,16 @@ class StateCache:
 
     # ---- device helpers (bucketed so their traces stay few) ---------------------------------
 
-    def _gather_impl(self, slots: Any) -> list[Any]:
+    def gather(self, slots: Any) -> list[Any]:
+        """The states in ``slots`` as float32 tensors (traceable: the engine's compiled step
+        calls it, and so do the cache's own helpers)."""
         return [tf.cast(tf.gather(t, slots), tf.float32) for t in self.tables]
 
-    def _write_impl(self, slots: Any, values: list[Any]) -> None:
+    def scatter(self, slots: Any, values: Sequence[Any]) -> None:
+        """Write float32 ``values`` into ``slots`` in the storage dtype (traceable)."""
+        idx = tf.expand_dims(slots, 1)
         for t, v in zip(self.tables, values, strict=True):
-            t.scatter_nd_update(tf.expand_dims(slots, 1), tf.cast(v, t.dtype))
+            t.scatter_nd_update(idx, tf.cast(v, t.dtype))
 
     def _padded_slots(self, slots: Sequence[int]) -> np.ndarray:
         padded = np.full(pow2(len(slots)), self.scratch_slot, dtype=np.int32)

@@ -205,21 +205,16 @@ class Engine:
 
     def _step_impl(self, x: Any, slots: Any, fresh: Any, run_init: Any) -> Any:
         self.trace_count += 1  # runs only while tracing: counts traces
-        tables = self.cache.tables
-        states = [tf.cast(tf.gather(t, slots), tf.float32) for t in tables]
-        states = self._fresh_states(x, states, fresh, run_init)
+        states = self._fresh_states(x, self.cache.gather(slots), fresh, run_init)
         y, new = self.model.step(x, states)
-        idx = tf.expand_dims(slots, 1)
-        for t, s in zip(tables, new, strict=True):
-            t.scatter_nd_update(idx, tf.cast(s, t.dtype))
+        self.cache.scatter(slots, new)
         return y
 
     def _scan_impl(self, x: Any, slots: Any, fresh: Any, valid: Any) -> Any:
         """``x`` ``[T, B, ...]``; ``fresh``/``valid`` ``[T, B]``; a row with ``valid`` False
         at step t keeps its state unchanged (its output is garbage and discarded)."""
         self.trace_count += 1
-        tables = self.cache.tables
-        states = [tf.cast(tf.gather(t, slots), tf.float32) for t in tables]
+        states = self.cache.gather(slots)
         steps = tf.shape(x)[0]
         ys = tf.TensorArray(tf.float32, size=steps, element_shape=[None, *self._y_shape])
 
@@ -234,9 +229,7 @@ class Engine:
             return t + 1, keep, ys.write(t, y)
 
         _, states, ys = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), states, ys))
-        idx = tf.expand_dims(slots, 1)
-        for t, s in zip(tables, states, strict=True):
-            t.scatter_nd_update(idx, tf.cast(s, t.dtype))
+        self.cache.scatter(slots, states)
         return ys.stack()
 
     # ---- planning ---------------------------------------------------------------------------
