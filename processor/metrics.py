@@ -129,7 +129,10 @@ class Metrics:
         self.records_in = c("records_in", "Input records consumed", ["topic"])
         self.records_out = c("records_out", "Output records acknowledged by the broker", ["topic"])
         self.dead_letters = c(
-            "dead_letters", "Bad input records sent to the dead-letter topic", ["reason"]
+            "dead_letters",
+            "Bad input records sent to the dead-letter topic, by reason (a reason code of "
+            "processor.codec.REASONS, or missing_key: a Kafka record without a message key)",
+            ["reason"],
         )
         self.duplicates = c(
             "duplicates_skipped",

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from processor.errors import ConfigError
+from processor.kafka.clients import parse_bool, split_kafka_option
 from processor.options import EngineOptions, add_engine_arguments
 
 __all__ = [
@@ -94,6 +95,7 @@ class Settings:
     commit_interval_ms: int = 1000
     drain_timeout: float = 30.0
     max_record_bytes: int = 4 * 1024 * 1024
+    dlq_max_value_bytes: int = 65_536
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -141,6 +143,7 @@ class Settings:
             "--spill-capacity": self.spill_capacity,
             "--scan-min-steps": self.scan_min_steps,
             "--threads": self.threads,
+            "--dlq-max-value-bytes": self.dlq_max_value_bytes,
             "--max-delay-ms": self.max_delay_ms,
         }
         problems += [f"{flag} must be >= 0, got {v}" for flag, v in non_negative.items() if v < 0]
@@ -176,11 +179,6 @@ class Settings:
         """The pass-through Kafka client options (unredacted: for the clients only)."""
         return dict(self.kafka_options)
 
-    @property
-    def queue_high_records(self) -> int:
-        """Backpressure high-water mark (alias of ``queue_max_records``)."""
-        return self.queue_max_records
-
     def engine_options(self) -> EngineOptions:
         """The engine part, for :func:`processor.options.build_engine`."""
         names = {f.name for f in fields(EngineOptions)}
@@ -202,15 +200,6 @@ class Settings:
 
 
 # ---- option table -----------------------------------------------------------------------
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
 
 
 def _parse_list(text: str) -> tuple[str, ...]:
@@ -263,8 +252,8 @@ _RUNTIME_OPTIONS: tuple[_Option, ...] = (
         "dlq_topic",
         "--dlq-topic",
         str,
-        "dead-letter topic for bad records (original key and value; reason, detail and source "
-        "topic/partition/offset in headers)",
+        "dead-letter topic for bad records (original key and value, the value bounded by "
+        "--dlq-max-value-bytes; reason, detail and source topic/partition/offset in headers)",
     ),
     _Option("group_id", "--group-id", str, "Kafka consumer group id"),
     _Option(
@@ -304,7 +293,17 @@ _RUNTIME_OPTIONS: tuple[_Option, ...] = (
         "max_record_bytes",
         "--max-record-bytes",
         int,
-        "largest accepted input record; larger ones go to the dead-letter topic as 'oversize'",
+        "largest accepted input record; larger ones go to the dead-letter topic as 'oversize' "
+        "(without their value)",
+    ),
+    _Option(
+        "dlq_max_value_bytes",
+        "--dlq-max-value-bytes",
+        int,
+        "largest original value a dead letter carries; a longer one is cut to this many bytes "
+        "(header lstm-stream.value-truncated = its original size), and a dead letter the "
+        "producer or broker refuses as too large is re-sent without its value; 0 = never "
+        "carry the value",
     ),
     _Option(
         "metrics_port",
@@ -334,7 +333,7 @@ _ENGINE_PARSERS: dict[str, Callable[[str], Any]] = {
     "max_batch": int,
     "scan_min_steps": int,
     "max_scan_steps": int,
-    "xla": _parse_bool,
+    "xla": parse_bool,
     "threads": int,
 }
 
@@ -463,7 +462,7 @@ def _coerce(opt: _Option, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 return value
             if isinstance(value, str):
-                return _parse_bool(value)
+                return parse_bool(value)
             raise ValueError(f"expected a boolean, got {value!r}")
         if isinstance(value, str):
             parsed = opt.parse(value)
@@ -480,13 +479,6 @@ def _coerce(opt: _Option, value: Any, source: str) -> Any:
     if opt.choices is not None and parsed not in opt.choices:
         raise ConfigError(f"{source}: {parsed!r} is not one of {list(opt.choices)}")
     return parsed
-
-
-def _split_kafka_flag(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--kafka-option expects KEY=VALUE, got {text!r}")
-    return key.strip(), value
 
 
 def _flatten_kafka_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -565,7 +557,7 @@ def settings_from_args(
             value = given[opt.dest]
             values[opt.dest] = tuple(value) if opt.kind == "list" else value
     for text in given.get("kafka_option") or ():
-        key, value = _split_kafka_flag(text)
+        key, value = split_kafka_option(text)
         kafka[key] = value
 
     values["kafka_options"] = tuple(sorted(kafka.items()))

@@ -59,13 +59,11 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _kafka_options(pairs: Sequence[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for text in pairs or ():
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--kafka-option expects KEY=VALUE, got {text!r}")
-        out[key.strip()] = value
-    return out
+    """Repeated ``--kafka-option KEY=VALUE`` flags -> options (later flags win), parsed
+    exactly as ``lstm-stream run`` parses them."""
+    from processor.kafka.clients import split_kafka_option  # imports aiokafka: only here
+
+    return dict(split_kafka_option(text) for text in pairs or ())
 
 
 # ---- synthetic data ---------------------------------------------------------------------

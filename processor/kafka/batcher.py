@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 __all__ = ["Batcher", "FlowControl", "Queued"]
 
@@ -187,11 +187,3 @@ class FlowControl:
             self.paused = False
             return "resume"
         return None
-
-
-def describe(items: Iterable[Any]) -> dict[Hashable, int]:
-    """Items per partition (for logs and tests)."""
-    counts: dict[Hashable, int] = {}
-    for item in items:
-        counts[item.tp] = counts.get(item.tp, 0) + 1
-    return counts

@@ -10,7 +10,8 @@ Four pseudo-options build the ``ssl_context`` aiokafka needs (it takes no file p
 ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_password`` (the key's passphrase).
 
 The processor owns a few keywords (group membership, manual commits, serializers) and
-refuses overrides of those.
+refuses overrides of those. ``rebalance_timeout_ms`` defaults to the drain timeout plus
+:data:`REBALANCE_MARGIN_MS` (see :func:`client_kwargs`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from aiokafka.helpers import create_ssl_context
 
 from processor.errors import ConfigError
 
-__all__ = ["CONSUMER_DEFAULTS", "PRODUCER_DEFAULTS", "client_kwargs"]
+__all__ = [
+    "CONSUMER_DEFAULTS",
+    "PRODUCER_DEFAULTS",
+    "REBALANCE_MARGIN_MS",
+    "client_kwargs",
+    "parse_bool",
+    "split_kafka_option",
+]
 
 #: Consumer defaults of the processor (overridable): manual commits are required for the
 #: at-least-once guarantee, so enable_auto_commit is not overridable at all.
@@ -45,6 +53,11 @@ PRODUCER_DEFAULTS: Final[dict[str, Any]] = {
     "max_batch_size": 512 * 1024,
     "max_request_size": 8 * 1024 * 1024,
 }
+
+#: rebalance_timeout_ms = drain timeout + this: on revocation the processor waits up to the
+#: drain timeout for in-flight work before it commits and rejoins, and the group coordinator
+#: must not give up on it (and fence it out of the generation) before that wait ends.
+REBALANCE_MARGIN_MS: Final = 15_000
 
 _OWNED: Final = frozenset(
     {
@@ -69,6 +82,27 @@ _SSL_PSEUDO: Final = {
 }
 
 
+def parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` -> True, ``0/false/no/off`` -> False (any case, spaces ignored);
+    ValueError otherwise. The one boolean syntax of flags, env, TOML strings and Kafka
+    options."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def split_kafka_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of a ``--kafka-option`` flag -> (stripped key, value as given);
+    :class:`ConfigError` without ``=`` or with an empty key."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--kafka-option expects KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
 def _params(cls: type) -> dict[str, inspect.Parameter]:
     sig = inspect.signature(cls)  # the constructor's keywords (without self)
     return {n: p for n, p in sig.parameters.items() if n != "self"}
@@ -86,12 +120,7 @@ def _convert(name: str, value: Any, param: inspect.Parameter) -> Any:
     default = param.default
     try:
         if isinstance(default, bool):
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected a boolean")
+            return parse_bool(value)
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
@@ -106,12 +135,20 @@ def _convert(name: str, value: Any, param: inspect.Parameter) -> Any:
 
 
 def client_kwargs(
-    bootstrap_servers: str, group_id: str, options: Mapping[str, Any]
+    bootstrap_servers: str,
+    group_id: str,
+    options: Mapping[str, Any],
+    *,
+    drain_timeout: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(consumer kwargs, producer kwargs) for the processor's two clients.
 
-    Raises :class:`ConfigError` for an unknown option, a keyword the processor owns, or a
-    value of the wrong type.
+    With ``drain_timeout`` (seconds the processor may wait for in-flight work when its
+    partitions are revoked), the consumer's ``rebalance_timeout_ms`` defaults to it plus
+    :data:`REBALANCE_MARGIN_MS`; one given in ``options`` must exceed it.
+
+    Raises :class:`ConfigError` for an unknown option, a keyword the processor owns, a
+    value of the wrong type, or a ``rebalance_timeout_ms`` not above the drain timeout.
     """
     consumer: dict[str, Any] = dict(CONSUMER_DEFAULTS)
     producer: dict[str, Any] = dict(PRODUCER_DEFAULTS)
@@ -148,6 +185,18 @@ def client_kwargs(
                 kwargs["ssl_context"] = create_ssl_context(**ssl[t])
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot build the SSL context: {exc}") from None
+    if drain_timeout is not None:
+        drain_ms = int(drain_timeout * 1000)
+        given = consumer.get("rebalance_timeout_ms")
+        if given is None:
+            consumer["rebalance_timeout_ms"] = drain_ms + REBALANCE_MARGIN_MS
+        elif not isinstance(given, int) or isinstance(given, bool) or given <= drain_ms:
+            raise ConfigError(
+                f"Kafka option rebalance_timeout_ms={given!r} must be an integer above the "
+                f"drain timeout ({drain_ms} ms): on revocation the processor waits up to the "
+                "drain timeout before it rejoins the group, and the coordinator would evict "
+                f"it first (default: drain timeout + {REBALANCE_MARGIN_MS} ms)"
+            )
     consumer.update(bootstrap_servers=bootstrap_servers, group_id=group_id)
     consumer["enable_auto_commit"] = False
     producer["bootstrap_servers"] = bootstrap_servers

@@ -26,16 +26,21 @@ log = logging.getLogger(__name__)
 
 EPILOG = """\
 What it does:
-  Consumes the input topics as a consumer group (message key = stream id; a 'stream' field
-  in the value is then optional and must equal the key if present), decodes and validates
-  each record, batches across partitions and streams (--max-batch records or --max-delay-ms,
-  whichever comes first), steps the model on a dedicated engine thread, and produces one
-  output per valid input to --output-topic with the stream id as key.
+  Consumes the input topics as a consumer group (the message key must be the stream id; a
+  'stream' field in the value is optional and must equal the key if present), decodes and
+  validates each record, batches across partitions and streams (--max-batch records or
+  --max-delay-ms, whichever comes first), steps the model on a dedicated engine thread, and
+  produces one output per valid input to --output-topic with the stream id as key.
 
 Bad records (undecodable, schema violations, wrong shape/dtype, non-finite values, key and
-  'stream' disagreeing, oversize, no key and no 'stream', ...) go to --dlq-topic with their
-  original key and value; headers lstm-stream.reason / .detail / .source.topic /
-  .source.partition / .source.offset say why and where from. The processor keeps running.
+  'stream' disagreeing, oversize, ...) go to --dlq-topic with their original key and value;
+  headers lstm-stream.reason / .detail / .source.topic / .source.partition / .source.offset
+  say why and where from. The processor keeps running. A record without a message key is
+  dead-lettered as 'missing_key' even when its value has a 'stream' field: without a key
+  the producer spreads one stream over partitions, its records arrive out of order and
+  would be skipped as duplicates. The value of an 'oversize' record is omitted, others are
+  cut to --dlq-max-value-bytes (header lstm-stream.value-truncated = original size), and a
+  dead letter refused as too large is re-sent without its value.
 
 Duplicates: a record whose seq is not greater than its stream's last applied seq (an input
   record sent twice, or an at-least-once re-delivery while the stream's state is cached) is

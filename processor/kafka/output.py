@@ -7,7 +7,11 @@ Kafka's default (murmur2 of the key bytes, as the Java client and aiokafka's
 ``DefaultPartitioner`` compute it), memoised per stream id because ids repeat every step.
 
 :class:`DeadLetterWriter` sends each bad record with its original key and value and headers
-naming the reason, detail and source topic/partition/offset (see :data:`DLQ_HEADERS`).
+naming the reason, detail and source topic/partition/offset (see :data:`DLQ_HEADERS`). A dead
+letter must never stop the processor, so its value is bounded: an ``oversize`` record's value
+is omitted, a value above ``max_value_bytes`` is cut to that many bytes, and a dead letter the
+producer or the broker still refuses as too large is sent once more without its value and
+original headers (each time with ``lstm-stream.value-truncated`` = the original size).
 
 Both return the send futures; the caller gathers them before committing the offsets of the
 records they cover.
@@ -16,13 +20,17 @@ records they cover.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import murmur2
 
 __all__ = ["DLQ_HEADERS", "DeadLetterWriter", "OutputWriter", "default_partition"]
+
+log = logging.getLogger(__name__)
 
 #: Header names on dead-letter records (values are UTF-8).
 DLQ_HEADERS: Final = {
@@ -32,7 +40,15 @@ DLQ_HEADERS: Final = {
     "partition": "lstm-stream.source.partition",
     "offset": "lstm-stream.source.offset",
     "timestamp": "lstm-stream.source.timestamp",
+    # Present when the value was cut or omitted: the original value's size in bytes.
+    "value_truncated": "lstm-stream.value-truncated",
 }
+#: Errors meaning "this record is too large" (client-side check against max_request_size,
+#: or the broker refusing it: topic max.message.bytes). Not transient: retrying the same
+#: record cannot succeed.
+_TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+#: The reason code of an input record above --max-record-bytes (processor.codec.OVERSIZE).
+_OVERSIZE: Final = "oversize"
 _MAX_DETAIL: Final = 1000  # headers are not for essays: the detail is clipped
 _MAX_MEMO: Final = 1 << 20  # memoised stream -> partition entries before the memo is reset
 
@@ -101,15 +117,16 @@ class OutputWriter:
 
 
 class DeadLetterWriter:
-    """Sends bad records to the dead-letter topic (rare: one ``send`` each)."""
+    """Sends bad records to the dead-letter topic (rare: one ``send`` each).
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    ``max_value_bytes`` bounds the original value carried by a dead letter (see the module
+    docstring); 0 omits every value.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, max_value_bytes: int) -> None:
         self._producer = producer
         self._topic = topic
-
-    @property
-    def topic(self) -> str:
-        return self._topic
+        self._max_value = max_value_bytes
 
     async def write(
         self,
@@ -124,7 +141,12 @@ class DeadLetterWriter:
         offset: int,
         timestamp_ms: int | None,
     ) -> asyncio.Future[Any]:
-        """Queue one dead letter: the original key, value and headers plus ours."""
+        """Queue one dead letter: the original key, (bounded) value and headers plus ours.
+
+        Returns a future that resolves when the broker acknowledged the dead letter; it
+        raises only for errors other than "too large" (a too-large dead letter is re-sent
+        once without its value; if even that is refused, the loss is logged, not raised).
+        """
         ours = [
             (DLQ_HEADERS["reason"], reason.encode()),
             (DLQ_HEADERS["detail"], detail[:_MAX_DETAIL].encode("utf-8", "replace")),
@@ -135,10 +157,73 @@ class DeadLetterWriter:
         if timestamp_ms is not None:
             ours.append((DLQ_HEADERS["timestamp"], str(timestamp_ms).encode()))
         # A tombstone (no value) with no key cannot be produced: keep an empty value.
+        original = value if value is not None else b""
+        size = len(original)
+        sent = original
+        if reason == _OVERSIZE:
+            sent = b""  # above --max-record-bytes: likely above the DLQ topic's limit too
+        elif size > self._max_value:
+            sent = original[: self._max_value]
+        first_headers = [*headers, *ours]
+        if len(sent) < size:
+            first_headers.append((DLQ_HEADERS["value_truncated"], str(size).encode()))
+        # Without the value and the original headers (either may be what is too large).
+        bare = [*ours, (DLQ_HEADERS["value_truncated"], str(size).encode())]
+        where = f"{topic}/{partition}@{offset}"
+        try:
+            fut = await self._send(key, sent, first_headers)
+        except _TOO_LARGE as exc:  # refused by the producer before sending
+            log.warning(
+                "dead letter of %s too large (%r): sending it without its value", where, exc
+            )
+            return await self._send_bare(key, bare, where)
+        return asyncio.ensure_future(self._acknowledged(fut, key, bare, where))
+
+    async def _send(
+        self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = await self._producer.send(
-            self._topic,
-            value=value if value is not None else b"",
-            key=key,
-            headers=[*headers, *ours],
+            self._topic, value=value, key=key, headers=headers
         )
         return fut
+
+    async def _acknowledged(
+        self, fut: asyncio.Future[Any], key: bytes | None, bare: list[tuple[str, bytes]], where: str
+    ) -> Any:
+        try:
+            return await fut
+        except _TOO_LARGE as exc:  # refused by the broker (topic max.message.bytes)
+            log.warning("dead letter of %s refused (%r): sending it without its value", where, exc)
+        retry = await self._send_bare(key, bare, where)
+        return await retry
+
+    async def _send_bare(
+        self, key: bytes | None, bare: list[tuple[str, bytes]], where: str
+    ) -> asyncio.Future[Any]:
+        """The one retry; a "too large" failure of it is logged and resolves the future
+        (never fatal: the key or our headers alone exceed the limit, nothing to cut)."""
+        try:
+            fut = await self._send(key, b"", bare)
+        except _TOO_LARGE as exc:
+            _log_lost(where, exc)
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return asyncio.ensure_future(_or_lost(fut, where))
+
+
+async def _or_lost(fut: asyncio.Future[Any], where: str) -> Any:
+    try:
+        return await fut
+    except _TOO_LARGE as exc:
+        _log_lost(where, exc)
+        return None
+
+
+def _log_lost(where: str, exc: BaseException) -> None:
+    log.error(
+        "dead letter of %s lost: refused as too large even without its value (%r); raise the "
+        "dead-letter topic's max.message.bytes",
+        where,
+        exc,
+    )

@@ -14,8 +14,9 @@ Guarantees:
 * one output per valid input record (key = stream id) unless the engine skips it as a
   duplicate (``seq`` not greater than the stream's last applied ``seq``: a record sent twice,
   or re-delivered while its stream's state is cached) -- counted, not dead-lettered;
-* every bad record goes to the dead-letter topic with its reason; good records of the same
-  batch are unaffected;
+* every bad record goes to the dead-letter topic with its reason (a record without a
+  message key too: :data:`MISSING_KEY`); good records of the same batch are unaffected;
+  a dead letter never stops the processor (see :class:`~.output.DeadLetterWriter`);
 * offsets are committed only after the outputs and dead letters of all records before
   them are acknowledged (at-least-once); memory is bounded by ``queue_max_records``;
 * on revocation, queued records of the revoked partitions are dropped, in-flight batches
@@ -59,7 +60,7 @@ from processor.options import EngineOptions
 from processor.records import Record
 from processor.settings import Settings
 
-__all__ = ["KafkaRuntimeError", "Processor", "RunStats", "run_processor"]
+__all__ = ["MISSING_KEY", "KafkaRuntimeError", "Processor", "RunStats", "run_processor"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ _PIPELINE_DEPTH = 2  # batches submitted to the engine thread ahead of their pro
 # group coordinator expects regular polls: max_poll_interval_ms); the in-flight bound and the
 # pause at the high-water mark still hold.
 _MAX_FETCH_GAP_S = 1.0
+
+# Dead-letter reason of a record without a message key (a runtime rule, not the codec's: the
+# wire format allows the stream id in the value; Kafka needs it as the key). A null key lets
+# the producer's partitioner spread one stream over partitions, so its seqs would arrive out
+# of order and later ones be skipped as duplicates: silent loss.
+MISSING_KEY = "missing_key"
+_MISSING_KEY_DETAIL = (
+    "the record has no message key: in Kafka the message key must be the stream id"
+)
 
 
 _GC_YOUNG_THRESHOLD = 50_000  # net allocations between young collections while running
@@ -275,7 +285,9 @@ class Processor:
         self._decoder = RecordDecoder(
             tuple(model.input_shape), model.input_dtype, max_record_bytes=s.max_record_bytes
         )
-        consumer_kw, producer_kw = client_kwargs(s.bootstrap_servers, s.group_id, s.kafka)
+        consumer_kw, producer_kw = client_kwargs(
+            s.bootstrap_servers, s.group_id, s.kafka, drain_timeout=s.drain_timeout
+        )
         consumer_kw.setdefault("max_poll_records", s.max_batch)
         self._producer = AIOKafkaProducer(**producer_kw)
         await self._producer.start()
@@ -286,7 +298,7 @@ class Processor:
             except KafkaError as exc:
                 raise KafkaRuntimeError(f"topic {topic!r} is not available: {exc!r}") from exc
         self._outputs = OutputWriter(self._producer, s.output_topic)
-        self._dlq = DeadLetterWriter(self._producer, s.dlq_topic)
+        self._dlq = DeadLetterWriter(self._producer, s.dlq_topic, s.dlq_max_value_bytes)
         self._consumer = AIOKafkaConsumer(**consumer_kw)
         await self._consumer.start()
         self._consumer.subscribe(topics=list(s.input_topics), listener=RebalanceListener(self))
@@ -464,11 +476,13 @@ class Processor:
         items: list[_Item] = []
         append = items.append
         for r, record in zip(records, decoded, strict=True):
-            if type(record) is Record:
+            if type(record) is Record and r.key is not None:
                 ts = record.ts
                 append(_Item(tp, r.offset, now, r.timestamp if ts is None else ts, record))
                 continue
-            if r.value is None:
+            if r.key is None:  # first: whatever else is wrong, the producer must set keys
+                record = BadRecord(MISSING_KEY, _MISSING_KEY_DETAIL)
+            elif r.value is None:
                 record = BadRecord(UNDECODABLE, "the record has no value (a tombstone)")
             assert isinstance(record, BadRecord)
             bad = _Bad(record.reason, record.detail, r.key, r.value, tuple(r.headers), r.timestamp)

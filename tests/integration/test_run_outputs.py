@@ -10,6 +10,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka_helpers import (  # type: ignore[import-not-found]
     FEATURES,
     no_leftover_tasks,
@@ -92,7 +93,9 @@ def _bad_records(good_key: bytes) -> list[tuple[str, bytes | None, bytes | None]
         ("undecodable", b"bad-1", None),  # a tombstone: no value at all
         ("not_a_map", b"bad-2", pack([1, 2, 3])),
         ("missing_field", b"bad-3", pack({"x": _x().tobytes()})),  # no seq
-        ("missing_field", None, encode_input("x", 0, _x(), include_stream=False)),  # no id
+        ("missing_key", None, encode_input("x", 0, _x(), include_stream=False)),  # no id
+        # A 'stream' field does not make up for the key: it must be the stream id.
+        ("missing_key", None, encode_input("no-key", 0, _x())),
         ("wrong_type", b"bad-5", pack({"seq": "7", "x": _x().tobytes()})),
         ("bad_stream_id", b"\xff\xfe", encode_input("x", 0, _x(), include_stream=False)),
         ("key_mismatch", good_key, encode_input("somebody-else", 0, _x())),
@@ -133,7 +136,7 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
         for (reason, _, _), s in zip(plan, sent, strict=True)
         if reason is not None
     }
-    assert len({r for r, _, _ in expected_bad.values()}) >= 12  # kinds of bad record
+    assert len({r for r, _, _ in expected_bad.values()}) >= 13  # kinds of bad record
 
     registry = CollectorRegistry()
     settings = settings_for(
@@ -169,7 +172,12 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
         assert headers[DLQ_HEADERS["topic"]] == source
         assert headers[DLQ_HEADERS["detail"]]  # a human-readable explanation
         assert r.key == key
-        assert r.value == (value if value is not None else b"")
+        if reason == "oversize":  # never forwarded: it may exceed the dead-letter topic's limit
+            assert r.value == b""
+            assert headers[DLQ_HEADERS["value_truncated"]] == str(len(value or b""))
+        else:
+            assert r.value == (value if value is not None else b"")
+            assert DLQ_HEADERS["value_truncated"] not in headers
     by_reason: dict[str, int] = {}
     for reason, _, _ in expected_bad.values():
         by_reason[reason] = by_reason.get(reason, 0) + 1
@@ -184,6 +192,87 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
     for key, ys in got.items():
         assert len(ys) == 1, key
         np.testing.assert_allclose(ys[0], ref[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+
+
+async def _send_one(
+    bootstrap: str, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await (await producer.send(topic, value=value, key=key, headers=headers))
+    finally:
+        await producer.stop()
+
+
+async def test_dead_letters_too_large_for_the_dead_letter_topic_never_stop_the_processor(
+    kafka_bootstrap: str, topic_factory, unique_group: str, tiny_model: str
+) -> None:
+    """The dead-letter topic takes at most 2000 bytes per batch and the producer refuses
+    requests above 4000 bytes: an oversize record's value is omitted, a long one is cut to
+    --dlq-max-value-bytes, and a dead letter that the broker or the producer still refuses
+    (here: because of its original headers) is re-sent without its value and original
+    headers. The processor keeps running and every good record gets its output."""
+    source = await topic_factory(partitions=1, prefix="in")
+    out = await topic_factory(partitions=2, prefix="out")
+    dlq = await topic_factory(partitions=1, prefix="dlq", configs={"max.message.bytes": "2000"})
+    small = encode_input("x", 0, np.zeros(5, np.float32), include_stream=False)  # wrong shape
+    # (key, value, original headers, the value expected in the dead letter)
+    cases: list[tuple[bytes, bytes, list[tuple[str, bytes]], bytes]] = []
+    big = encode_input("big", 0, np.zeros(1250, np.float32))  # ~5000 bytes: shape_mismatch
+    assert 4096 < len(big) < 8192
+    cases.append((b"big", big, [], big[:1000]))  # cut: fits the topic
+    huge = encode_input("huge", 0, np.zeros(3000, np.float32))  # > --max-record-bytes
+    cases.append((b"huge", huge, [], b""))  # oversize: omitted
+    cases.append((b"hdr-broker", small, [("trace", b"t" * 2500)], b""))  # broker refuses
+    cases.append((b"hdr-client", small, [("trace", b"t" * 5000)], b""))  # producer refuses
+    good_1 = synthetic_records(streams=8, steps=5, seed=6)
+    good_2 = synthetic_records(streams=8, steps=5, seed=7, start_seq=5)
+
+    settings = settings_for(
+        kafka_bootstrap,
+        tiny_model,
+        [source],
+        out,
+        unique_group,
+        dlq_topic=dlq,
+        max_record_bytes=8192,
+        dlq_max_value_bytes=1000,
+        kafka_options=(("producer.max_request_size", "4000"),),
+    )
+    async with running(settings) as run:
+        stats = run.proc.stats
+        await send_synthetic(kafka_bootstrap, source, good_1)
+        # One bad record at a time, so that no dead letter shares a produce batch with
+        # another (the broker's limit applies to the whole batch).
+        for i, (key, value, headers, _) in enumerate(cases):
+            await _send_one(kafka_bootstrap, source, key, value, headers)
+            await wait_for(lambda i=i: stats.dead_letters > i, 60, f"dead letter {key!r}", run)
+        await send_synthetic(kafka_bootstrap, source, good_2)
+        total = len(good_1) + len(good_2)
+        await wait_for(lambda: stats.outputs >= total, 60, "all outputs", run)
+        run.check()  # still running
+        assert not run.task.done()
+    assert run.proc.stats.dead_letter_reasons == {"shape_mismatch": 3, "oversize": 1}
+
+    letters = await read_topic(kafka_bootstrap, dlq, until=lambda rs: len(rs) >= len(cases))
+    assert len(letters) == len(cases)
+    by_key = {r.key: r for r in letters}
+    for key, value, _, expected in cases:
+        r = by_key[key]
+        headers = {k: v for k, v in r.headers}
+        assert r.value == expected, key
+        assert headers[DLQ_HEADERS["value_truncated"]] == str(len(value)).encode(), key
+        assert headers[DLQ_HEADERS["reason"]] == (
+            b"oversize" if key == b"huge" else b"shape_mismatch"
+        )
+        assert "trace" not in headers, key  # the retry dropped the original headers
+    got = outputs_by_key(await read_topic(kafka_bootstrap, out, until=lambda rs: len(rs) >= total))
+    ref = reference_outputs(tiny_model, [v for _, v in good_1 + good_2])
+    assert set(got) == set(ref) and len(ref) == total
+    for key2, ys in got.items():
+        assert len(ys) == 1, key2
+        np.testing.assert_allclose(ys[0], ref[key2], rtol=1e-5, atol=1e-6, err_msg=str(key2))
 
 
 async def test_backpressure_pauses_partitions_and_bounds_in_flight_records(

@@ -1,6 +1,6 @@
-"""``lstm-stream run`` as a subprocess: SIGTERM mid-stream drains, commits and exits 0; a
-restart then completes the work -- every input has an output (duplicates allowed, none
-lost)."""
+"""``lstm-stream run`` as a subprocess: SIGTERM mid-stream drains, commits exactly what it
+produced and exits 0; a restart then completes the work -- every input has exactly one
+output (nothing lost, and after a graceful stop nothing re-delivered)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import msgpack
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from kafka_helpers import (  # type: ignore[import-not-found]
     PYTHON,
     free_port,
@@ -105,7 +107,12 @@ class RunProcess:
 
 
 async def test_sigterm_drains_commits_and_exits_0_and_a_restart_loses_nothing(
-    kafka_bootstrap: str, topic_factory, unique_group: str, tiny_model: str, tmp_path: Path
+    kafka_bootstrap: str,
+    topic_factory,
+    unique_group: str,
+    tiny_model: str,
+    tmp_path: Path,
+    admin_client: AIOKafkaAdminClient,
 ) -> None:
     source = await topic_factory(partitions=3, prefix="in")
     out = await topic_factory(partitions=3, prefix="out")
@@ -145,6 +152,23 @@ async def test_sigterm_drains_commits_and_exits_0_and_a_restart_loses_nothing(
     partial = seen(await read_topic(kafka_bootstrap, out, until=lambda rs: True, settle=1.0))
     assert 0 < len(partial) < total, "SIGTERM did not land mid-stream"
 
+    # The graceful stop committed exactly what it produced: per input partition, the
+    # committed offset is the end of the prefix of records that got outputs, and the first
+    # run's outputs are exactly the inputs below the committed offsets.
+    inputs = await read_topic(kafka_bootstrap, source, until=lambda rs: len(rs) >= total)
+    where = {(d["stream"], d["seq"]): (r.partition, r.offset) for r, d in _decoded(inputs)}
+    committed = {
+        tp.partition: meta.offset
+        for tp, meta in (await admin_client.list_consumer_group_offsets(unique_group)).items()
+        if tp.topic == source
+    }
+    for p in range(3):
+        done = sorted(where[k][1] for k in partial if where[k][0] == p)
+        assert done == list(range(len(done))), f"partition {p}: outputs not a prefix"
+        assert max(committed.get(p, 0), 0) == len(done), (p, committed, len(done))
+    below = {k for k, (p, offset) in where.items() if offset < max(committed.get(p, 0), 0)}
+    assert below == partial
+
     second = RunProcess(args, tmp_path / "run2.log")
     try:
         await second.wait_ready()
@@ -158,7 +182,11 @@ async def test_sigterm_drains_commits_and_exits_0_and_a_restart_loses_nothing(
     got = outputs_by_key(records)
     expected = {(f"s{i}", seq) for i in range(STREAMS) for seq in range(STEPS)}
     assert set(got) == expected  # every input has an output, nothing else
-    duplicates = sum(len(v) - 1 for v in got.values())
-    # At-least-once: the graceful stop committed what it produced, so re-deliveries are
-    # rare; they are allowed, but never more than the first run's work.
-    assert duplicates <= len(partial)
+    duplicates = {k: len(v) for k, v in got.items() if len(v) > 1}
+    # The restart resumed at the committed offsets: nothing was delivered twice.
+    assert duplicates == {}
+
+
+def _decoded(records: list) -> list:  # type: ignore[type-arg]
+    """(record, decoded input map) for every record of an input topic."""
+    return [(r, msgpack.unpackb(r.value, raw=False)) for r in records]

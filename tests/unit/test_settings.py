@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from processor.errors import ConfigError
-from processor.kafka.clients import client_kwargs
+from processor.kafka.clients import REBALANCE_MARGIN_MS, client_kwargs
 from processor.settings import Settings, add_settings_arguments, settings_from_args
 
 REQUIRED = ["--input-topic", "in", "--output-topic", "out", "--model", "m.keras"]
@@ -30,6 +30,17 @@ def test_defaults_and_derived_values() -> None:
     assert s.bootstrap_servers == "localhost:9092" and s.metrics_port == 0
     assert s.engine_options().model == "m.keras"
     assert s.engine_options().max_batch == s.max_batch
+    assert s.dlq_max_value_bytes == 65_536
+
+
+def test_dlq_max_value_bytes_from_flag_env_and_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("dlq-max-value-bytes = 100\n")
+    assert parse([*REQUIRED, "--config", str(cfg)]).dlq_max_value_bytes == 100
+    env = {"LSTM_STREAM_DLQ_MAX_VALUE_BYTES": "200"}
+    assert parse([*REQUIRED, "--config", str(cfg)], env).dlq_max_value_bytes == 200
+    flag = [*REQUIRED, "--config", str(cfg), "--dlq-max-value-bytes", "0"]
+    assert parse(flag, env).dlq_max_value_bytes == 0  # 0: dead letters carry no value
 
 
 def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path) -> None:
@@ -88,6 +99,7 @@ def test_bool_and_optional_values_from_the_environment() -> None:
         (REQUIRED, {"LSTM_STREAM_MAX_BATCH": "lots"}, "LSTM_STREAM_MAX_BATCH"),
         (REQUIRED, {"LSTM_STREAM_LOG_LEVEL": "LOUD"}, "not one of"),
         ([*REQUIRED, "--kafka-option", "novalue"], {}, "KEY=VALUE"),
+        ([*REQUIRED, "--dlq-max-value-bytes", "-1"], {}, "--dlq-max-value-bytes must be >= 0"),
     ],
 )
 def test_invalid_settings_name_the_problem(
@@ -145,9 +157,12 @@ def test_help_documents_every_option_with_its_default() -> None:
         "--model", "--init-model", "--device", "--state-dtype", "--cache-capacity",
         "--spill-capacity", "--idle-timeout", "--max-batch", "--max-delay-ms",
         "--queue-max-records", "--queue-low-records", "--commit-interval-ms", "--metrics-port",
-        "--threads", "--log-level", "--config", "--kafka-option",
+        "--threads", "--log-level", "--config", "--kafka-option", "--dlq-max-value-bytes",
     ):  # fmt: skip
         assert flag in text
+    [dlq] = [a for a in parser._actions if a.dest == "dlq_max_value_bytes"]
+    assert "LSTM_STREAM_DLQ_MAX_VALUE_BYTES" in (dlq.help or "")
+    assert "(default: 65536)" in (dlq.help or "")
 
 
 def test_kafka_options_reach_the_right_client_with_types() -> None:
@@ -183,8 +198,42 @@ def test_kafka_options_reach_the_right_client_with_types() -> None:
         ({"request_timeout_ms": "soon"}, "request_timeout_ms"),
         ({"broker.x": "1"}, "prefix"),
         ({"ssl_cafile": "/does/not/exist.pem"}, "SSL context"),
+        ({"enable_idempotence": "maybe"}, "enable_idempotence.*not a boolean"),
     ],
 )
 def test_bad_kafka_options_are_config_errors(options: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         client_kwargs("h:1", "g", options)
+
+
+def test_rebalance_timeout_outlasts_the_drain_timeout() -> None:
+    """On revocation the processor waits up to the drain timeout before rejoining, so the
+    coordinator's rebalance timeout defaults to more than that, and a shorter one given by
+    the user is refused."""
+    consumer, _ = client_kwargs("h:1", "g", {}, drain_timeout=30.0)
+    assert consumer["rebalance_timeout_ms"] == 30_000 + REBALANCE_MARGIN_MS
+    consumer, _ = client_kwargs("h:1", "g", {"rebalance_timeout_ms": "60000"}, drain_timeout=30)
+    assert consumer["rebalance_timeout_ms"] == 60_000  # the user's, when long enough
+    consumer, _ = client_kwargs(
+        "h:1", "g", {"consumer.rebalance_timeout_ms": 2500}, drain_timeout=2
+    )
+    assert consumer["rebalance_timeout_ms"] == 2500
+    for given in ("30000", "10000", 30_000):
+        with pytest.raises(ConfigError, match=r"rebalance_timeout_ms=.*above the drain timeout"):
+            client_kwargs("h:1", "g", {"rebalance_timeout_ms": given}, drain_timeout=30.0)
+    # The tools (no drain) leave aiokafka's default alone.
+    consumer, _ = client_kwargs("h:1", "g", {})
+    assert "rebalance_timeout_ms" not in consumer
+
+
+def test_kafka_option_flags_parse_the_same_in_run_and_the_tools() -> None:
+    from processor.tools import _kafka_options
+
+    flags = ["a=b=c", " request_timeout_ms =5", "empty="]
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    argv = [*REQUIRED] + [x for f in flags for x in ("--kafka-option", f)]
+    run = settings_from_args(parser.parse_args(argv), environ={}).kafka
+    assert _kafka_options(flags) == run == {"a": "b=c", "request_timeout_ms": "5", "empty": ""}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _kafka_options(["novalue"])
