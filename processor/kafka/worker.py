@@ -120,7 +120,7 @@ class EngineWorker:
     def _build(self) -> Engine:
         engine = self._factory(self._options)
         if self._warmup:
-            engine.warmup(scan=False)
+            engine.warmup(scan=True)  # catch-up after a restart must not trace mid-traffic
         return engine
 
     def _process(self, records: Sequence[Record], partitions: Sequence[Hashable]) -> WorkResult:
