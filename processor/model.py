@@ -346,7 +346,47 @@ def _model_digest(*models: Any) -> str:
     return h.hexdigest()[:16]
 
 
-class KerasStepModel:
+class _StepModelFacts:
+    """The StepModel facts both model kinds fix at load time, and zero initial states.
+    Subclasses set the underscored attributes in their constructor."""
+
+    _input_shape: tuple[int, ...]
+    _input_dtype: str
+    _output_shape: tuple[int, ...]
+    _state_spec: tuple[StateSpec, ...]
+    _identity: str
+    _flops: int = 0  # unknown unless the subclass counts them
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self._input_shape
+
+    @property
+    def input_dtype(self) -> str:
+        return self._input_dtype
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self._output_shape
+
+    @property
+    def state_spec(self) -> tuple[StateSpec, ...]:
+        return self._state_spec
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def flops_per_step(self) -> int:
+        return self._flops
+
+    def _zero_states(self, x: Tensor) -> list[Tensor]:
+        batch = tf.shape(x)[0]
+        return [tf.zeros(tf.concat([[batch], spec.shape], 0)) for spec in self._state_spec]
+
+
+class KerasStepModel(_StepModelFacts):
     """A Keras model stepped one time step at a time (see the module docstring).
 
     Construct with :func:`load_step_model` or :meth:`from_model`. ``init_model``, if given,
@@ -485,30 +525,6 @@ class KerasStepModel:
     # ---- StepModel --------------------------------------------------------------------------
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self._input_shape
-
-    @property
-    def input_dtype(self) -> str:
-        return self._input_dtype
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self._output_shape
-
-    @property
-    def state_spec(self) -> tuple[StateSpec, ...]:
-        return self._state_spec
-
-    @property
-    def identity(self) -> str:
-        return self._identity
-
-    @property
-    def flops_per_step(self) -> int:
-        return self._flops
-
-    @property
     def keras_model(self) -> Any:
         return self._model
 
@@ -532,8 +548,7 @@ class KerasStepModel:
 
     def initial_state(self, x: Tensor) -> list[Tensor]:
         if self._init_model is None:
-            batch = tf.shape(x)[0]
-            return [tf.zeros(tf.concat([[batch], spec.shape], 0)) for spec in self._state_spec]
+            return self._zero_states(x)
         out = self._init_model(x, training=False)
         out = out if isinstance(out, list | tuple) else [out]
         return [tf.cast(t, tf.float32) for t in out]
@@ -568,7 +583,7 @@ def _expect_state(what: str, spec: Any, state: StateSpec) -> None:
         )
 
 
-class SavedModelStep:
+class SavedModelStep(_StepModelFacts):
     """A TensorFlow SavedModel that exports its own step function.
 
     Contract (checked at load time):
@@ -661,30 +676,6 @@ class SavedModelStep:
             _expect_state(f"'initial_state' output {spec.name}", outs[spec.name], spec)
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self._input_shape
-
-    @property
-    def input_dtype(self) -> str:
-        return self._input_dtype
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self._output_shape
-
-    @property
-    def state_spec(self) -> tuple[StateSpec, ...]:
-        return self._state_spec
-
-    @property
-    def identity(self) -> str:
-        return self._identity
-
-    @property
-    def flops_per_step(self) -> int:
-        return 0  # unknown for an opaque graph
-
-    @property
     def has_init_model(self) -> bool:
         return self._init_fn is not None
 
@@ -696,8 +687,7 @@ class SavedModelStep:
 
     def initial_state(self, x: Tensor) -> list[Tensor]:
         if self._init_fn is None:
-            batch = tf.shape(x)[0]
-            return [tf.zeros(tf.concat([[batch], spec.shape], 0)) for spec in self._state_spec]
+            return self._zero_states(x)
         out = self._init_fn(x=x)
         return [tf.cast(out[f"state_{i}"], tf.float32) for i in range(len(self._state_spec))]
 
