@@ -14,6 +14,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+# The parts of an engine step the breakdown times, in report order (see sweeps.breakdown).
+BREAKDOWN_PARTS = (
+    "process",
+    "host_path",
+    "compiled_call",
+    "bare_step",
+    "gather_scatter",
+    "gather_scatter_fused",
+    "dispatch",
+    "matmuls",
+)
+
 PASS, MISS, NOT_RUN = "PASS", "MISS", "NOT RUN"
 
 HEADLINE_MODEL = "lstm2x256"
@@ -678,16 +690,7 @@ def markdown(results: dict[str, Any]) -> str:
     bd = results.get("breakdown", {})
     if bd:
         lines += ["## Where an engine step goes (p50 ms per call, each part timed alone)", ""]
-        keys = [
-            "process",
-            "host_path",
-            "compiled_call",
-            "bare_step",
-            "gather_scatter",
-            "gather_scatter_fused",
-            "dispatch",
-            "matmuls",
-        ]
+        keys = list(BREAKDOWN_PARTS)
         rows = []
         for model, p in bd.items():
             s = p.get("summary_p50_ms", {})

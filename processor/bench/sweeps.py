@@ -30,6 +30,7 @@ from processor import codec
 from processor.bench import baselines as bl
 from processor.bench.harness import Budget, Job, gc_cost, matmul_fn, measure_alternating, meminfo
 from processor.bench.models import BenchModel, input_pool
+from processor.bench.report import BREAKDOWN_PARTS
 from processor.cache import StateCache
 from processor.engine import Engine
 from processor.records import Output, Record
@@ -972,18 +973,6 @@ def _gather_scatter_fn(tables: Sequence[Any]) -> Any:
         return slots[0]
 
     return gather_scatter
-
-
-BREAKDOWN_PARTS = (
-    "process",
-    "host_path",
-    "compiled_call",
-    "bare_step",
-    "gather_scatter",
-    "gather_scatter_fused",
-    "dispatch",
-    "matmuls",
-)
 
 
 def breakdown(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, Any]:
