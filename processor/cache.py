@@ -344,6 +344,10 @@ class StateCache:
             self._check_state(stream, state)
         for start in range(0, len(items), self.capacity):
             chunk = items[start : start + self.capacity]
+            # Their spilled copies are superseded: drop them first, so that acquire() does
+            # not write old states to the device only for them to be overwritten below.
+            for stream, _ in chunk:
+                self._spill.pop(stream, None)
             acquired = self.acquire([s for s, _ in chunk])
             self.commit_seqs(acquired.slots, [state.seq for _, state in chunk])
             self._write_rows([int(s) for s in acquired.slots], [st for _, st in chunk])

@@ -391,15 +391,14 @@ class Engine:
                 t_pad, b = next(t for t in self.scan_buckets if t >= steps), self._bucket(n)
             else:
                 t_pad, b = steps, n
+            chunks = [records[i][t0 : t0 + steps] for i in active]
             x = np.zeros((t_pad, b, *self._x_shape), self._x_dtype)
             fresh_mask = np.zeros((t_pad, b), bool)
             valid = np.zeros((t_pad, b), bool)
-            for k, i in enumerate(active):
-                recs = records[i][t0 : t0 + steps]
-                fl = fresh[i][t0 : t0 + steps]
+            for k, (i, recs) in enumerate(zip(active, chunks, strict=True)):
                 for t, r in enumerate(recs):
                     x[t, k] = r.x
-                fresh_mask[: len(fl), k] = fl
+                fresh_mask[: len(recs), k] = fresh[i][t0 : t0 + steps]
                 valid[: len(recs), k] = True
             s = np.full(b, self.cache.scratch_slot, np.int32)
             s[:n] = slots[active]
@@ -410,8 +409,8 @@ class Engine:
             self.stats.scan_calls += 1
             self.stats.padded_rows += t_pad * b - int(valid.sum())
             self.stats.batch_sizes.append(n)
-            for k, i in enumerate(active):
-                for t, r in enumerate(records[i][t0 : t0 + steps]):
+            for k, recs in enumerate(chunks):
+                for t, r in enumerate(recs):
                     outputs.append(Output(r.stream, r.seq, y[t, k], r.ts))
 
     # ---- warm-up ----------------------------------------------------------------------------
