@@ -29,6 +29,12 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def replay_cli(model: Path | str, inp: Path | str, out: Path | str, *extra: str) -> int:
+    """``lstm-stream replay --model MODEL --input INP --output OUT EXTRA...``, its exit code."""
+    args = ["--model", str(model), "--input", str(inp), "--output", str(out), *extra]
+    return cli_main(["replay", *args])
+
+
 def read_all(data: bytes) -> list[object]:
     return list(msgpack.Unpacker(io.BytesIO(data), raw=False))
 
@@ -56,22 +62,16 @@ def test_replay_outputs_equal_the_model_and_bad_records_go_to_the_dlq(
     stream = b"".join(good) + b"".join(bad.values())
     inp, out, dlq = tmp_path / "in.msgpack", tmp_path / "out.msgpack", tmp_path / "dlq.msgpack"
     inp.write_bytes(stream)
-    code = cli_main(
-        [
-            "replay",
-            "--model",
-            str(model_path),
-            "--input",
-            str(inp),
-            "--output",
-            str(out),
-            "--dlq",
-            str(dlq),
-            "--max-batch",
-            "8",
-            "--cache-capacity",
-            "16",
-        ]
+    code = replay_cli(
+        model_path,
+        inp,
+        out,
+        "--dlq",
+        str(dlq),
+        "--max-batch",
+        "8",
+        "--cache-capacity",
+        "16",
     )
     assert code == 0
     outputs = [decode_output(o) for o in iter_records(out.read_bytes())]
@@ -115,7 +115,7 @@ def test_replay_stdin_stdout_and_dlq_on_stderr(
 
     monkeypatch.setattr("sys.stdin", In)
     monkeypatch.setattr("sys.stdout", Out)
-    code = cli_main(["replay", "--model", str(model_path), "--input", "-", "--output", "-"])
+    code = replay_cli(model_path, "-", "-")
     assert code == 0
     outs = [decode_output(o) for o in iter_records(Out.buffer.getvalue())]
     assert [o["seq"] for o in outs] == [0, 1]
@@ -129,19 +129,7 @@ def test_corrupt_framing_is_reported_with_exit_code_2(model_path: Path, tmp_path
     data = encode_input("a", 0, x) + b"\xc1" + encode_input("a", 1, x)
     inp, out, dlq = tmp_path / "in", tmp_path / "out", tmp_path / "dlq"
     inp.write_bytes(data)
-    code = cli_main(
-        [
-            "replay",
-            "--model",
-            str(model_path),
-            "--input",
-            str(inp),
-            "--output",
-            str(out),
-            "--dlq",
-            str(dlq),
-        ]
-    )
+    code = replay_cli(model_path, inp, out, "--dlq", str(dlq))
     assert code == 2
     assert len(iter_records(out.read_bytes())) == 1  # the record before the corruption
     dead = [decode_dead_letter(d) for d in iter_records(dlq.read_bytes())]
@@ -157,17 +145,7 @@ def test_unsupported_model_fails_cleanly(
     path = tmp_path / "bi.keras"
     keras.Model(inp, h).save(path)
     (tmp_path / "in").write_bytes(b"")
-    code = cli_main(
-        [
-            "replay",
-            "--model",
-            str(path),
-            "--input",
-            str(tmp_path / "in"),
-            "--output",
-            str(tmp_path / "out"),
-        ]
-    )
+    code = replay_cli(path, tmp_path / "in", tmp_path / "out")
     assert code == 1
     assert "Bidirectional" in capsys.readouterr().err
 
@@ -175,17 +153,7 @@ def test_unsupported_model_fails_cleanly(
 def test_missing_input_file_is_one_clear_line(
     model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli_main(
-        [
-            "replay",
-            "--model",
-            str(model_path),
-            "--input",
-            str(tmp_path / "nope"),
-            "--output",
-            str(tmp_path / "out"),
-        ]
-    )
+    code = replay_cli(model_path, tmp_path / "nope", tmp_path / "out")
     assert code == 1
     err = capsys.readouterr().err
     assert "lstm-stream replay:" in err and "nope" in err and "Traceback" not in err
@@ -196,8 +164,7 @@ def test_seq_beyond_int64_is_dead_lettered(model_path: Path, tmp_path: Path) -> 
     data = encode_input("a", 2**63, x) + encode_input("a", 0, x)
     inp, out, dlq = tmp_path / "in", tmp_path / "out", tmp_path / "dlq"
     inp.write_bytes(data)
-    args = ["replay", "--model", str(model_path), "--input", str(inp), "--output", str(out)]
-    assert cli_main([*args, "--dlq", str(dlq)]) == 0
+    assert replay_cli(model_path, inp, out, "--dlq", str(dlq)) == 0
     assert [decode_output(o)["seq"] for o in iter_records(out.read_bytes())] == [0]
     assert [decode_dead_letter(d)["reason"] for d in iter_records(dlq.read_bytes())] == [
         "bad_value"
