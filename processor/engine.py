@@ -4,8 +4,14 @@
 arrival order) and returns one output per applied record. Per stream, records are applied
 strictly in order and at most one per step:
 
-* a record whose ``seq`` is not greater than the stream's last applied ``seq`` is a
-  duplicate: it is skipped and returned in ``duplicates`` (never applied twice);
+* a record whose ``seq`` equals the stream's last applied ``seq`` is a re-delivery of the
+  record already applied: it is skipped and returned in ``duplicates``;
+* a record whose ``seq`` is below the stream's last applied ``seq`` arrived out of order (a
+  producer without idempotence can store a retried batch after a later one): it is skipped
+  too and returned in ``out_of_order`` with the last applied seq it was compared against,
+  so callers can tell the two apart (one is harmless, the other is lost input upstream);
+* after a stream's ``end`` record the stream is forgotten and its next record starts a new
+  life, with any ``seq``;
 * streams with fewer than ``scan_min_steps`` pending records go through *waves*: wave ``t``
   is one compiled step over the ``t``-th pending record of every such stream;
 * streams with more pending records (catching up) go through one multi-step *scan*: a
@@ -57,8 +63,8 @@ tf.get_logger().addFilter(_DropRetracingWarnings())
 def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
     """Size TensorFlow's thread pools; must run before TensorFlow executes anything.
 
-    On a small machine the two default pools oversubscribe the cores (see DESIGN.md).
-    ``None`` leaves a pool at TensorFlow's default.
+    TensorFlow sizes both default pools to the core count, so on a small machine the two
+    together oversubscribe the cores. ``None`` leaves a pool at TensorFlow's default.
     """
     try:
         if intra_op:
@@ -92,10 +98,13 @@ def bucket_sizes(max_batch: int, smallest: int = 1) -> tuple[int, ...]:
 
 @dataclass
 class EngineStats:
-    """Monotonic counters, read by metrics and benchmarks."""
+    """Monotonic counters, read by metrics and benchmarks. ``duplicates`` and
+    ``out_of_order`` count the records returned in the fields of the same name of
+    :class:`StepResult`."""
 
     records_applied: int = 0
     duplicates: int = 0
+    out_of_order: int = 0
     wave_calls: int = 0
     scan_calls: int = 0
     padded_rows: int = 0
@@ -104,11 +113,20 @@ class EngineStats:
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """What :meth:`Engine.process` did: ``outputs`` (per stream in record order) and the
-    ``duplicates`` it skipped."""
+    """What :meth:`Engine.process` did, per input record exactly one of:
+
+    * ``outputs``: one Output per applied record (per stream in seq order);
+    * ``duplicates``: records skipped because their ``seq`` equals the stream's last
+      applied seq (a re-delivery of an applied record);
+    * ``out_of_order``: ``(record, last_applied_seq)`` for records skipped because their
+      ``seq`` is below the stream's last applied seq at that moment.
+
+    Skipped records are the caller's objects, unchanged, in arrival order per list.
+    """
 
     outputs: list[Output]
     duplicates: list[Record]
+    out_of_order: list[tuple[Record, int]] = field(default_factory=list)
 
 
 class Engine:
@@ -243,8 +261,9 @@ class Engine:
     def process(self, records: Sequence[Record]) -> StepResult:
         """Apply ``records`` (any number, any streams, arrival order) and return the outputs.
 
-        Every record is either applied exactly once (one Output) or returned as a duplicate.
-        Outputs of one stream are in seq order. Raises only on engine failure (device error);
+        Every record is either applied exactly once (one Output) or returned, unapplied, in
+        ``duplicates`` or ``out_of_order`` (see :class:`StepResult`). Outputs of one stream
+        are in seq order. Raises only on engine failure (device error);
         bad records must have been rejected by the codec before.
         """
         self.stats.batch_sizes = []
@@ -257,23 +276,30 @@ class Engine:
                 lst.append(r)
         outputs: list[Output] = []
         duplicates: list[Record] = []
+        out_of_order: list[tuple[Record, int]] = []
         # Groups of at most max_batch streams, so that every stream of a group has a slot
         # for the whole group (the cache cannot evict a stream the group still needs).
         items = list(by_stream.items())
         for start in range(0, len(items), self.max_batch):
-            self._process_group(items[start : start + self.max_batch], outputs, duplicates)
+            self._process_group(
+                items[start : start + self.max_batch], outputs, duplicates, out_of_order
+            )
         self.stats.duplicates += len(duplicates)
+        self.stats.out_of_order += len(out_of_order)
         if self.cache.idle_timeout_s is not None:
             self.cache.evict_idle()
-        return StepResult(outputs, duplicates)
+        return StepResult(outputs, duplicates, out_of_order)
 
     def _process_group(
         self,
         items: list[tuple[str, list[Record]]],
         outputs: list[Output],
         duplicates: list[Record],
+        out_of_order: list[tuple[Record, int]],
     ) -> None:
         # Hot path (every record passes here): kept to a few list operations per record.
+        # Telling a duplicate from an out-of-order record costs one more comparison, and
+        # only for records that are skipped anyway.
         cache = self.cache
         acquired = cache.acquire([stream for stream, _ in items])
         streams: list[str] = []
@@ -286,7 +312,10 @@ class Engine:
             if len(recs) == 1:  # the steady-state case: one record per stream
                 r = recs[0]
                 if r.seq <= last:
-                    duplicates.append(r)
+                    if r.seq == last:
+                        duplicates.append(r)
+                    else:
+                        out_of_order.append((r, last))
                     continue
                 kept = recs
                 flags = [new or r.reset]
@@ -298,7 +327,10 @@ class Engine:
                     if after_end:
                         last = -1  # `end` forgot the stream: a new life starts with any seq
                     if r.seq <= last:
-                        duplicates.append(r)
+                        if r.seq == last:
+                            duplicates.append(r)
+                        else:
+                            out_of_order.append((r, last))
                         continue
                     flags.append(r.reset or after_end or (new and not kept))
                     kept.append(r)
@@ -308,7 +340,9 @@ class Engine:
                     continue
                 # An `end` followed by a new life of the same id in this call frees nothing
                 # (the slot carries on), but the stream did end.
-                cache.stats.ended += sum(r.end for r in kept[:-1])
+                restarted = sum(r.end for r in kept[:-1])
+                if restarted:
+                    cache.note_ended(restarted)
             streams.append(stream)
             records.append(kept)
             fresh.append(flags)

@@ -1,15 +1,10 @@
-"""Exception hierarchy: one root type, small per-area subclasses.
-
-``retriable`` says whether repeating the same call can help (as in aiokafka's errors).
-"""
+"""Exception hierarchy: one root type, small per-area subclasses."""
 
 from __future__ import annotations
 
 
 class LstmStreamError(Exception):
     """Root of every error this package raises on purpose."""
-
-    retriable: bool = False
 
 
 class ConfigError(LstmStreamError):

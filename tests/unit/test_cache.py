@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from processor.cache import StateCache, StreamState, resolve_device
+import processor.cache as cache_module
+from processor.cache import StateCache, StreamState, describe_device, resolve_device
 from processor.errors import CapacityError, ConfigError
 from processor.model import StateSpec
 
@@ -125,6 +127,43 @@ def test_release_forgets_stream_and_frees_slot() -> None:
     assert cache.stats.ended == 1
     assert cache.acquire(["b"]).fresh.tolist() == [True]
     assert cache.stats.evicted_lru == 0  # the freed slot was reused, nothing evicted
+
+
+def test_note_ended_counts_lives_that_end_without_release() -> None:
+    cache = StateCache(SPEC, 2)
+    cache.acquire(["a"])
+    cache.note_ended(2)
+    assert cache.stats.ended == 2
+    assert "a" in cache and len(cache) == 1  # counting frees nothing
+
+
+def test_resolve_device_names_the_device_once_per_process(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "_announced_devices", set())
+    with caplog.at_level(logging.INFO, logger="processor.cache"):
+        assert resolve_device("cpu") == "/CPU:0"
+        assert resolve_device("/CPU:0") == "/CPU:0"
+    lines = [r.getMessage() for r in caplog.records if r.name == "processor.cache"]
+    assert lines == [f"device: {describe_device('/CPU:0')}"]
+    assert lines[0].startswith("device: /CPU:0 (")
+
+
+def test_describe_device_says_which_gpus_are_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpus: list[str] = []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus))
+    monkeypatch.setattr(
+        tf.config.experimental, "get_device_details", lambda dev: {"device_name": f"Card {dev}"}
+    )
+    assert describe_device("/CPU:0") == "/CPU:0 (no GPU visible)"
+    gpus[:] = ["g0", "g1"]
+    assert describe_device("/CPU:0") == "/CPU:0 (2 GPUs visible, not used)"
+    assert describe_device("/GPU:1") == "/GPU:1 (Card g1, 2 GPUs visible)"
+    gpus[:] = ["g0"]
+    assert describe_device("/GPU:0") == "/GPU:0 (Card g0, 1 GPU visible)"
+    # A detail TensorFlow cannot give is left out.
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda dev: {})
+    assert describe_device("/GPU:0") == "/GPU:0 (1 GPU visible)"
 
 
 def test_snapshot_restore_round_trip_in_reduced_precision() -> None:
