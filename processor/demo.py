@@ -1,11 +1,12 @@
 """``lstm-stream demo``: the main job embedded in one process, fed by synthetic live sensors.
 
 Thousands of :class:`~processor.example.SignalBank` streams send their samples at different
-rates, some fall quiet for a while and come back. Every message takes the production path:
-``codec.encode_input`` -> bytes -> ``codec.RecordDecoder.decode`` -> :class:`Engine` (with its
-:class:`StateCache`: admission, LRU and idle eviction to the spill store, restore) ->
-``codec.encode_output``. A small fraction of messages is delivered twice (as at-least-once
-delivery does after a rebalance) and must be dropped by the engine as duplicates.
+rates, some fall quiet for a while and come back. Every message takes the path of ``run`` and
+``replay``: ``codec.encode_input`` -> bytes -> :class:`~processor.pipeline.Pipeline` (batch
+decode -> :class:`Engine` on its own thread, with its :class:`StateCache`: admission, LRU and
+idle eviction to the spill store, restore -> batch encode). A small fraction of messages is
+delivered twice (as at-least-once delivery does after a rebalance) and must be skipped by the
+engine as duplicates.
 
 The model forecasts each stream's next sample, so the run measures what kept state is worth:
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import math
 import signal
 import sys
@@ -46,11 +46,12 @@ import numpy as np
 from processor import codec
 from processor.cache import StateCache, resolve_device
 from processor.engine import Engine, configure_threads
-from processor.errors import BadRecord, ConfigError
+from processor.errors import ConfigError
 from processor.example import FEED_SALT, SignalBank, TrainConfig, format_metrics
 from processor.example import train_example_model as _train
 from processor.model import KerasStepModel, StepModel, load_step_model
 from processor.options import EngineOptions, add_engine_arguments, build_engine
+from processor.pipeline import Pipeline, StalePolicy
 from processor.records import Record
 
 import tensorflow as tf  # isort: skip  (after processor: TF environment defaults)
@@ -423,8 +424,11 @@ class _Run:
         self.config = config
         opts = config.engine
         # Thread pools were sized by main() before TensorFlow ran; asking again only warns.
-        self.engine = build_engine(dataclasses.replace(opts, threads=0), model)
-        self.decoder = codec.RecordDecoder(model.input_shape, model.input_dtype)
+        self.pipeline = Pipeline(
+            lambda: build_engine(dataclasses.replace(opts, threads=0), model),
+            stale=StalePolicy.SKIP,
+            warmup=True,
+        )
         self.rng = np.random.default_rng([config.seed, FEED_SALT, 1])
         self.bank = SignalBank(config.streams, channels, config.seed, salt=FEED_SALT)
         self.traffic = Traffic(config.streams, self.rng, config)
@@ -438,16 +442,19 @@ class _Run:
         self.channels = channels
         self.t0 = 0.0
 
+    @property
+    def engine(self) -> Engine:
+        """The engine (once :meth:`loop` started the pipeline)."""
+        return self.pipeline.engine
+
     def loop(self, stop: threading.Event | None) -> tuple[float, bool]:
         """Run the live traffic until the duration is over or ``stop`` is set (or Ctrl-C
         arrives without a handler). Returns (seconds, stopped early)."""
-        self.engine.warmup()
+        self.pipeline.start().result()
         # Everything alive now (TensorFlow, Keras, the model) lives as long as the run:
-        # freeze it out of the garbage collector, else each full collection walks those
-        # millions of objects and stalls the loop for ~300 ms (measured: it dominated the
-        # p99 latency).
-        gc.collect()
-        gc.freeze()
+        # out of the collector's reach (else each full collection stalls the loop for
+        # ~300 ms; measured: it dominated the p99 latency). Undone by close().
+        self.pipeline.freeze_gc()
         self.t0 = time.perf_counter()
         stopped = False
         try:
@@ -455,7 +462,7 @@ class _Run:
         except KeyboardInterrupt:
             stopped = True
         finally:
-            gc.unfreeze()
+            self.pipeline.close()
             self.progress.close()
         return time.perf_counter() - self.t0, stopped
 
@@ -526,20 +533,15 @@ class _Run:
                     raws.append((ids[int(idx[r])], old))
         for j in range(k):
             last_raw[int(idx[j])] = raws[j][1]
-        records: list[Record] = []
-        bad = in_bytes = 0
-        for key, raw in raws:
-            in_bytes += len(raw)
-            try:
-                records.append(self.decoder.decode(raw, key))
-            except BadRecord:  # the real runtime dead-letters it; here it cannot happen
-                bad += 1
-        result = self.engine.process(records)
-        out_bytes = 0
-        y_by_stream: dict[str, np.ndarray] = {}
-        for o in result.outputs:
-            out_bytes += len(codec.encode_output(o))
-            y_by_stream[o.stream] = o.y
+        pipeline = self.pipeline
+        in_bytes = sum(len(raw) for _, raw in raws)
+        decoded = pipeline.decode([raw for _, raw in raws], [key for key, _ in raws])
+        # A bad record would be dead-lettered by `run`; the demo's feeds never make one.
+        records = [r for r in decoded if isinstance(r, Record)]
+        bad = len(decoded) - len(records)
+        result = pipeline.step(records).result()
+        out_bytes = sum(map(len, pipeline.encode(result.outputs)))
+        y_by_stream = {o.stream: o.y for o in result.outputs}
         done = time.perf_counter()
         # Counters change only once the tick is complete, so that they stay consistent
         # with each other when the run is interrupted.
@@ -549,7 +551,7 @@ class _Run:
         meter.bad += bad
         meter.decoded += len(records)
         meter.outputs += len(result.outputs)
-        meter.duplicates += len(result.duplicates)
+        meter.duplicates += result.duplicates + result.out_of_order
         meter.output_bytes += out_bytes
         meter.ticks += 1
         meter.compiled_calls += len(self.engine.stats.batch_sizes)

@@ -19,14 +19,18 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from processor.pipeline import Stepped
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -35,6 +39,7 @@ __all__ = [
     "BulkHistogram",
     "Metrics",
     "MetricsServer",
+    "RunStats",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,10 +116,41 @@ class BulkHistogram:
         return [family]
 
 
+@dataclass
+class RunStats:
+    """The summary of one run, read from the metrics (:meth:`Metrics.summary`): every
+    event is counted once, in its Prometheus collector, and this is a view of them."""
+
+    records_in: int = 0
+    outputs: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    dropped_on_revoke: int = 0
+    batches: int = 0
+    commits: int = 0
+    assignments: int = 0
+    pauses: int = 0
+    peak_in_flight: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _total(collector: Any, suffix: str = "_total") -> dict[tuple[str, ...], float]:
+    """Sample values of a collector whose name ends with ``suffix``, by label values."""
+    out: dict[tuple[str, ...], float] = {}
+    for family in collector.collect():
+        for sample in family.samples:
+            if sample.name.endswith(suffix):
+                key = tuple(sample.labels.values())
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
 class Metrics:
     """The processor's metrics, all prefixed ``lstm_stream_``.
 
-    Counters are incremented by the runtime as events happen; cache numbers are copied from
+    Counters are incremented by the stages as events happen, each event in one place; the
+    run's summary (:meth:`summary`) is read back from them. Cache numbers are copied from
     the engine's cache after each batch with :meth:`observe_cache` (the cache keeps
     monotonic counters; this turns their growth into counter increments).
     """
@@ -136,8 +172,13 @@ class Metrics:
         )
         self.duplicates = c(
             "duplicates_skipped",
-            "Records skipped because their seq was not greater than the stream's last applied "
-            "seq (a re-sent or re-delivered record); no output, not dead-lettered",
+            "Records skipped because their seq equals the stream's last applied seq (a "
+            "re-sent or re-delivered record); no output, not dead-lettered",
+        )
+        self.out_of_order = c(
+            "out_of_order_skipped",
+            "Records skipped because their seq is below the stream's last applied seq (the "
+            "producer broke the per-key order); no output, not dead-lettered, logged",
         )
         self.batch_size = Histogram(
             "batch_records",
@@ -184,9 +225,50 @@ class Metrics:
             "revoked_records_dropped",
             "Queued records of revoked partitions dropped unprocessed (re-read by the new owner)",
         )
+        self.backpressure_pauses = c(
+            "backpressure_pauses", "Times every partition was paused at the high-water mark"
+        )
         self.commits = c("commits", "Successful offset commits")
         self.commit_failures = c("commit_failures", "Failed offset commits")
         self._cache_seen: dict[str, int] = {}
+
+    def observe_step(self, stepped: Stepped) -> None:
+        """Count what one engine step did: its time, skipped records, cache numbers."""
+        self.step_seconds.observe(stepped.seconds)
+        if stepped.duplicates:
+            self.duplicates.inc(stepped.duplicates)
+        if stepped.out_of_order:
+            self.out_of_order.inc(stepped.out_of_order)
+        cache = stepped.cache
+        self.observe_cache(
+            active=cache.active,
+            capacity=cache.capacity,
+            spilled=cache.spilled,
+            counters=cache.counters,
+        )
+
+    def summary(self, *, peak_in_flight: int = 0) -> RunStats:
+        """The run's counters as a :class:`RunStats` (``peak_in_flight`` is the flow
+        control's, not a metric)."""
+
+        def one(collector: Any, suffix: str = "_total") -> int:
+            return int(sum(_total(collector, suffix).values()))
+
+        reasons = {k[0]: int(v) for k, v in _total(self.dead_letters).items() if v}
+        return RunStats(
+            records_in=one(self.records_in),
+            outputs=one(self.records_out),
+            dead_letters=sum(reasons.values()),
+            duplicates=one(self.duplicates),
+            out_of_order=one(self.out_of_order),
+            dropped_on_revoke=one(self.revoked_dropped),
+            batches=one(self.batch_size, "_count"),
+            commits=one(self.commits),
+            assignments=one(self.rebalances),
+            pauses=one(self.backpressure_pauses),
+            peak_in_flight=peak_in_flight,
+            dead_letter_reasons=reasons,
+        )
 
     def observe_cache(
         self, *, active: int, capacity: int, spilled: int, counters: dict[str, int]

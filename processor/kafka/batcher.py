@@ -151,8 +151,7 @@ class FlowControl:
     low: int
     in_flight: int = 0
     paused: bool = False
-    peak: int = 0  # the most records ever in flight (for stats and tests)
-    pauses: int = 0  # how many times fetching was paused
+    peak: int = 0  # the most records ever in flight (for the run summary and tests)
 
     def __post_init__(self) -> None:
         if self.high < 1 or not 0 <= self.low < max(self.high, 2):
@@ -181,7 +180,6 @@ class FlowControl:
         low-water mark, else ``None``."""
         if not self.paused and self.in_flight >= self.high:
             self.paused = True
-            self.pauses += 1
             return "pause"
         if self.paused and self.in_flight <= self.low:
             self.paused = False

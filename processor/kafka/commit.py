@@ -54,7 +54,6 @@ class CommitLoop:
         self._interval_s = interval_s
         self._metrics = metrics
         self._on_tick = on_tick
-        self.commits = 0
 
     async def commit_now(self, partitions: Collection[Hashable] | None = None) -> bool:
         """Commit the acknowledged offsets of ``partitions`` (default: all owned ones) that
@@ -83,7 +82,6 @@ class CommitLoop:
             return False
         self._ledger.mark_committed(offsets)
         self._metrics.commits.inc()
-        self.commits += 1
         log.debug("committed %s", {str(tp): off for tp, off in offsets.items()})
         return True
 

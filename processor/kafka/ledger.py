@@ -9,14 +9,14 @@ is not yet acknowledged. Batches take a prefix of each partition's queue, so tic
 each partition's offsets in increasing, contiguous order.
 
 The ledger is the commit loop's only input; an exactly-once commit path (transactions) can
-replace the commit loop and keep using the same tickets.
+replace the commit loop and keep using the same tickets (``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["OffsetLedger", "Ticket"]
@@ -25,15 +25,14 @@ __all__ = ["OffsetLedger", "Ticket"]
 @dataclass(eq=False)
 class Ticket:
     """One dispatched batch: ``seq`` (dispatch order), ``next_offsets`` (partition -> offset
-    after its last record in the batch), ``count`` (records) and ``done``. ``futures`` and
-    ``meta`` are the runtime's (send futures, numbers for metrics)."""
+    after its last record in the batch), ``count`` (records) and ``done``. Offsets and
+    counts only: what the runtime must await or count travels in its own
+    :class:`processor.kafka.items.Emitted`."""
 
     seq: int
     next_offsets: dict[Hashable, int]
     count: int
     done: bool = False
-    futures: list[Any] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class OffsetLedger:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from processor.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, BulkHistogram, Metrics, MetricsServer
+from processor.metrics import LATENCY_BUCKETS, BulkHistogram, Metrics, MetricsServer
+from processor.pipeline import CacheSnapshot, Stepped
 
 
 def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -18,32 +19,47 @@ def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None 
     return v
 
 
-def test_counters_histograms_and_gauges_are_registered_in_the_given_registry() -> None:
+def test_the_run_summary_is_read_back_from_the_collectors_that_count_each_event() -> None:
+    """Each event is counted once, in its Prometheus collector; RunStats is a view of them
+    (summed over labels, per reason for dead letters), so the two can never disagree."""
     reg = CollectorRegistry()
     m = Metrics(reg)
-    m.records_in.labels("in").inc(3)
-    m.records_out.labels("out").inc(2)
+    m.records_in.labels("in-a").inc(3)
+    m.records_in.labels("in-b").inc(4)
     m.dead_letters.labels("non_finite").inc()
-    m.duplicates.inc(4)
-    m.batch_size.observe(100)
-    m.step_seconds.observe(0.003)
-    m.latency_seconds.observe(0.2)
-    m.consumer_lag.labels("in", "0").set(17)
-    assert value(reg, "lstm_stream_records_in_total", {"topic": "in"}) == 3
-    assert value(reg, "lstm_stream_records_out_total", {"topic": "out"}) == 2
-    assert value(reg, "lstm_stream_dead_letters_total", {"reason": "non_finite"}) == 1
-    assert value(reg, "lstm_stream_duplicates_skipped_total") == 4
-    # 100 records fall in the 128 bucket, not in the 64 one.
-    assert value(reg, "lstm_stream_batch_records_bucket", {"le": "64.0"}) == 0
-    assert value(reg, "lstm_stream_batch_records_bucket", {"le": "128.0"}) == 1
-    assert value(reg, "lstm_stream_step_seconds_sum") == pytest.approx(0.003)
-    assert value(reg, "lstm_stream_end_to_end_latency_seconds_count") == 1
-    assert value(reg, "lstm_stream_consumer_lag_records", {"topic": "in", "partition": "0"}) == 17
-    assert BATCH_BUCKETS[-1] == 16384
+    m.dead_letters.labels("missing_key").inc(2)
+    for size in (10, 20, 30):
+        m.batch_size.observe(size)
+    m.observe_step(
+        Stepped(
+            [],
+            [],
+            [],
+            duplicates=2,
+            out_of_order=1,
+            seconds=0.003,
+            cache=CacheSnapshot(active=5, capacity=10, spilled=1, counters={"spilled": 4}),
+        )
+    )
+    stats = m.summary(peak_in_flight=42)
+    assert stats.records_in == 7
+    assert stats.dead_letters == 3
+    assert stats.dead_letter_reasons == {"non_finite": 1, "missing_key": 2}
+    assert stats.batches == 3
+    assert (stats.duplicates, stats.out_of_order) == (2, 1)
+    assert stats.peak_in_flight == 42
+    # What the summary reports is what a scrape shows.
+    assert value(reg, "lstm_stream_duplicates_skipped_total") == stats.duplicates
+    assert value(reg, "lstm_stream_out_of_order_skipped_total") == stats.out_of_order
+    assert value(reg, "lstm_stream_step_seconds_count") == 1
+    assert value(reg, "lstm_stream_cache_occupancy_ratio") == 0.5
+    assert value(reg, "lstm_stream_cache_spills_total") == 4
+    # 20 and 30 fall in the 32 bucket, not in the 16 one.
+    assert value(reg, "lstm_stream_batch_records_bucket", {"le": "16.0"}) == 1
+    assert value(reg, "lstm_stream_batch_records_bucket", {"le": "32.0"}) == 3
     # Another bundle in another registry is independent (one registry per test).
-    other = CollectorRegistry()
-    Metrics(other)
-    assert other.get_sample_value("lstm_stream_records_in_total", {"topic": "in"}) is None
+    other = Metrics(CollectorRegistry())
+    assert other.summary().records_in == 0
 
 
 def test_bulk_histogram_exposes_the_samples_of_a_histogram() -> None:

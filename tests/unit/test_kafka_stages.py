@@ -1,0 +1,496 @@
+"""The Kafka runtime's stages without a broker: small in-process fakes of the consumer and
+the producer drive the real fetch, dispatch, emit, ack and commit code (and, end to end, a
+real engine on a tiny model). The real-broker tests in tests/integration stay the
+authority on aiokafka's behaviour; these pin the runtime's own logic: ownership at the
+fetch boundary, emit contents, ack ordering, revocation and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import CollectorRegistry
+
+from processor.codec import decode_output, encode_input
+from processor.codec.reasons import MISSING_FIELD, MISSING_KEY, UNDECODABLE
+from processor.kafka.ack import Acker
+from processor.kafka.batcher import Batcher, FlowControl
+from processor.kafka.emit import Emitter
+from processor.kafka.fetch import Fetcher
+from processor.kafka.items import BadInput, Batch, Item
+from processor.kafka.ledger import OffsetLedger
+from processor.kafka.ownership import Ownership
+from processor.kafka.runtime import Processor
+from processor.kafka.settings import Settings
+from processor.metrics import Metrics
+from processor.model import KerasStepModel
+from processor.options import EngineOptions, build_engine
+from processor.pipeline import CacheSnapshot, Stepped
+from processor.records import Output, Record
+
+IN = "in"
+TP0, TP1 = TopicPartition(IN, 0), TopicPartition(IN, 1)
+
+# ---- fakes --------------------------------------------------------------------------------
+
+
+def _record(tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> Any:
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=1_000 + offset,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=[],
+    )
+
+
+class FakeConsumer:
+    """Records appended per partition, handed out by ``getmany`` in offset order; pause,
+    resume and commits are recorded."""
+
+    def __init__(self, partitions: tuple[TopicPartition, ...] = (TP0, TP1)) -> None:
+        self.buffered: dict[TopicPartition, list[Any]] = {tp: [] for tp in partitions}
+        self.next_offset = dict.fromkeys(partitions, 0)
+        self._paused: set[TopicPartition] = set()
+        self.pauses: list[set[TopicPartition]] = []
+        self.committed: dict[TopicPartition, int] = {}
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.arrived = asyncio.Event()
+
+    def add(self, tp: TopicPartition, key: bytes | None, value: bytes | None) -> int:
+        offset = self.next_offset[tp]
+        self.next_offset[tp] += 1
+        self.buffered[tp].append(_record(tp, offset, key, value))
+        self.arrived.set()
+        return offset
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.buffered)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self._paused |= set(tps)
+        self.pauses.append(set(tps))
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._paused -= set(tps)
+
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        left = max_records if max_records is not None else 1 << 30
+        out: dict[TopicPartition, list[Any]] = {}
+        for tp in tps or sorted(self.buffered):
+            if tp in self._paused or left <= 0:
+                continue
+            got = self.buffered[tp][:left]
+            del self.buffered[tp][: len(got)]
+            left -= len(got)
+            if got:
+                out[tp] = got
+        if not out and timeout_ms:
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout_ms / 1000)
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
+        self.commits.append(dict(offsets))
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.next_offset[tp]
+
+    async def stop(self) -> None:
+        pass
+
+
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: int | None) -> object:
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeProducer:
+    """Keeps every sent record per topic. Sends resolve at once unless ``hold`` is set:
+    then their futures wait until :meth:`release` (acknowledgement order is the test's)."""
+
+    def __init__(self, partitions: int = 2) -> None:
+        self.sent: dict[str, list[tuple[int | None, bytes | None, bytes, list[Any]]]] = {}
+        self._partitions = partitions
+        self.hold = False
+        self.held: list[asyncio.Future[Any]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self._partitions))
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    def _future(self) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.hold:
+            self.held.append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        for key, value in batch.records:
+            self.sent.setdefault(topic, []).append((partition, key, value, []))
+        return self._future()
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> Any:
+        self.sent.setdefault(topic, []).append((None, key, value, list(headers or [])))
+        return self._future()
+
+    def release(self, index: int) -> None:
+        self.held[index].set_result(None)
+
+    async def stop(self) -> None:
+        pass
+
+
+def _decoder() -> Callable[[list[bytes], list[bytes | None]], list[Any]]:
+    from processor.codec import RecordDecoder
+
+    return RecordDecoder((2,), np.dtype("float32")).decode_many
+
+
+def _value(stream: str, seq: int, x: float = 0.5) -> bytes:
+    return encode_input(stream, seq, np.full(2, x, np.float32))
+
+
+def _fetcher(consumer: FakeConsumer, *, high: int = 1000, max_batch: int = 64) -> Fetcher:
+    ownership: Ownership[TopicPartition] = Ownership()
+    ownership.assign(consumer.assignment())
+    return Fetcher(
+        consumer,  # type: ignore[arg-type]
+        _decoder(),
+        Batcher(max_batch, 0.0),
+        FlowControl(high, high // 2),
+        ownership,
+        Metrics(CollectorRegistry()),
+        max_batch=max_batch,
+        pipeline_depth=2,
+    )
+
+
+# ---- fetch --------------------------------------------------------------------------------
+
+
+def test_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() -> None:
+    tps = tuple(TopicPartition(IN, p) for p in range(5))
+    consumer = FakeConsumer(tps)
+    for tp, n in zip(tps, (100, 100, 3, 0, 50), strict=True):
+        for i in range(n):
+            consumer.add(tp, b"k", _value("k", i))
+    consumer.pause(tps[4])
+    fetcher = _fetcher(consumer)
+    got = asyncio.run(fetcher.fetch(64))
+    # 64 over the 4 fetchable partitions: 16 each at most; partition 4 is paused.
+    assert {tp.partition: len(rs) for tp, rs in got.items()} == {0: 16, 1: 16, 2: 3}
+    assert [r.offset for r in got[tps[0]]] == list(range(16))  # a prefix, in offset order
+    # A limit below the number of partitions: never more than the limit, and over a few
+    # fetches every partition gets its turn.
+    few = FakeConsumer(tps[:3])
+    for tp in tps[:3]:
+        for i in range(5):
+            few.add(tp, b"k", _value("k", i))
+    fetch_few = _fetcher(few)
+    served: set[int] = set()
+    for _ in range(3):
+        got = asyncio.run(fetch_few.fetch(2))
+        assert sum(map(len, got.values())) == 2
+        served |= {tp.partition for tp in got}
+    assert served == {0, 1, 2}
+
+
+def test_fetch_drops_records_of_a_partition_revoked_while_they_were_fetched() -> None:
+    consumer = FakeConsumer()
+    for i in range(4):
+        consumer.add(TP0, b"a", _value("a", i))
+        consumer.add(TP1, b"b", _value("b", i))
+    fetcher = _fetcher(consumer)
+    batches = asyncio.run(fetcher.fetch(100))
+    assert set(batches) == {TP0, TP1}
+    fetcher._ownership.revoke({TP1})  # the rebalance landed between fetch and hand-out
+    assert fetcher._admit(batches) == 4
+    taken = fetcher._batcher.take()
+    assert {it.tp for it in taken} == {TP0}
+    assert fetcher._flow.in_flight == 4  # only admitted records count against the bound
+
+
+def test_fetch_turns_bad_records_into_dead_letter_items_and_keeps_the_good_ones() -> None:
+    consumer = FakeConsumer((TP0,))
+    consumer.add(TP0, b"a", _value("a", 0))
+    consumer.add(TP0, None, _value("a", 1))  # no key
+    consumer.add(TP0, b"a", None)  # tombstone
+    consumer.add(TP0, b"a", b"\xc1")  # not msgpack
+    consumer.add(TP0, b"a", _value("a", 1))
+    fetcher = _fetcher(consumer)
+    items = fetcher.to_items(TP0, asyncio.run(fetcher.fetch(10))[TP0], time.monotonic())
+    assert [it.offset for it in items] == [0, 1, 2, 3, 4]
+    assert [it.record.seq if it.record else None for it in items] == [0, None, None, None, 1]
+    reasons = [it.bad.reason if it.bad else None for it in items]
+    assert reasons == [None, MISSING_KEY, UNDECODABLE, UNDECODABLE, None]
+    assert items[1].bad is not None and items[1].bad.value == _value("a", 1)  # kept verbatim
+
+
+def test_flow_control_pauses_owned_partitions_at_the_high_water_mark_and_resumes() -> None:
+    consumer = FakeConsumer()
+    for i in range(6):
+        consumer.add(TP0, b"a", _value("a", i))
+        consumer.add(TP1, b"b", _value("b", i))
+    fetcher = _fetcher(consumer, high=8)
+    fetcher._admit(asyncio.run(fetcher.fetch(fetcher._flow.headroom)))
+    assert fetcher._flow.in_flight == 8
+    assert consumer.paused() == {TP0, TP1}
+    assert asyncio.run(fetcher.fetch(max(1, fetcher._flow.headroom))) == {}  # nothing past it
+    fetcher._flow.release(3)  # 5 in flight: above the low-water mark (4)
+    fetcher.apply_flow()
+    assert consumer.paused() == {TP0, TP1}
+    fetcher._flow.release(1)
+    fetcher.apply_flow()
+    assert consumer.paused() == set()
+
+
+# ---- emit and ack -------------------------------------------------------------------------
+
+
+def _stepped(outputs: list[Output], skipped: list[Record] | None = None) -> Stepped:
+    return Stepped(
+        outputs, skipped or [], [], len(skipped or []), 0, 0.001, CacheSnapshot(1, 8, 0, {})
+    )
+
+
+def _item(tp: TopicPartition, offset: int, record: Record | None, bad: BadInput | None = None):
+    return Item(tp, offset, 0.0, 5_000 + offset, record, bad)
+
+
+def test_emit_sends_outputs_keyed_by_stream_then_dead_letters_with_their_source() -> None:
+    async def go() -> None:
+        producer = FakeProducer()
+        from processor.kafka.output import DeadLetterWriter, OutputWriter
+
+        metrics = Metrics(CollectorRegistry())
+        emitter = Emitter(
+            OutputWriter(producer, "out"),  # type: ignore[arg-type]
+            DeadLetterWriter(producer, "dlq", 100),  # type: ignore[arg-type]
+            lambda outs: [o.stream.encode() + b"!" for o in outs],
+            metrics,
+        )
+        r0, r1, dup = (
+            Record("a", 0, np.zeros(2)),
+            Record("b", 3, np.zeros(2)),
+            Record("a", 0, np.zeros(2)),
+        )
+        bad = BadInput("non_finite", "x has NaN", b"c", b"raw", (("h", b"v"),), 77)
+        items = [_item(TP0, 0, r0), _item(TP0, 1, None, bad), _item(TP1, 5, r1), _item(TP1, 6, dup)]
+        ledger = OffsetLedger()
+        batch = Batch(items, [items[0], items[2], items[3]], ledger.open(items), None)
+        outs = [Output("a", 0, np.zeros(1)), Output("b", 3, np.zeros(1))]
+        emitted = await emitter.emit(batch, _stepped(outs, skipped=[dup]))
+        assert sorted(v for _, _, v, _ in producer.sent["out"]) == [b"a!", b"b!"]
+        assert {k for _, k, _, _ in producer.sent["out"]} == {b"a", b"b"}
+        (_, key, value, headers) = producer.sent["dlq"][0]
+        header = dict(headers)
+        assert (key, value, header["h"]) == (b"c", b"raw", b"v")
+        assert header["lstm-stream.reason"] == b"non_finite"
+        assert header["lstm-stream.source.partition"] == b"0"
+        assert header["lstm-stream.source.offset"] == b"1"
+        assert emitted.outputs == 2 and emitted.reasons == ["non_finite"]
+        assert emitted.event_ms == [5_000, 5_005]  # the skipped duplicate has no latency
+        # One send future per output partition's batch, one per dead letter.
+        assert len(emitted.futures) == len({p for p, _, _, _ in producer.sent["out"]}) + 1
+        assert metrics.summary().duplicates == 1
+
+    asyncio.run(go())
+
+
+def test_ack_completes_tickets_in_dispatch_order_whatever_order_the_broker_acks() -> None:
+    async def go() -> None:
+        producer = FakeProducer()
+        producer.hold = True
+        metrics = Metrics(CollectorRegistry())
+        ledger = OffsetLedger()
+        released: list[int] = []
+        acker = Acker(ledger, released.append, metrics, "out")
+        from processor.kafka.items import Emitted
+
+        first = ledger.open([_item(TP0, 0, None), _item(TP0, 1, None)])
+        second = ledger.open([_item(TP0, 2, None)])
+        f1 = await producer.send("out", b"1")
+        f2 = await producer.send("out", b"2")
+        acker.put(Emitted(first, [f1], 2, [], []))
+        acker.put(Emitted(second, [f2], 1, [], []))
+        acker.finish()
+        task = asyncio.create_task(acker.run())
+        producer.release(1)  # the later batch is acknowledged first
+        assert not await acker.wait_completed(second.seq, 0.2)
+        assert ledger.committable() == {}  # nothing: the first batch is still unacked
+        producer.release(0)
+        assert await acker.wait_completed(second.seq, 5)
+        await task
+        assert ledger.committable() == {TP0: 3}
+        assert released == [2, 1]
+        assert metrics.summary().outputs == 3
+
+    asyncio.run(go())
+
+
+# ---- the whole processor over fakes -------------------------------------------------------
+
+
+class Harness:
+    """A Processor started on fakes with a tiny real model (2 features, LSTM of 4)."""
+
+    def __init__(self, make_model: Any, **settings: Any) -> None:
+        model = make_model(cells=("lstm",), features=2, units=4)
+        step_model = KerasStepModel(model.model)
+        opts = EngineOptions(model="unused.keras", max_batch=8, cache_capacity=64, threads=0)
+        s = Settings(
+            input_topics=(IN,),
+            output_topic="out",
+            engine=opts,
+            max_delay_ms=settings.pop("max_delay_ms", 1.0),
+            queue_max_records=settings.pop("queue_max_records", 64),
+            commit_interval_ms=50,
+            drain_timeout=10.0,
+            **settings,
+        )
+        self.consumer = FakeConsumer()
+        self.producer = FakeProducer()
+        self.proc = Processor(
+            s,
+            registry=CollectorRegistry(),
+            engine_factory=lambda o: build_engine(o, step_model),
+            metrics_server=False,
+        )
+
+    async def start(self) -> None:
+        await self.proc.start_with(self.consumer, self.producer)  # type: ignore[arg-type]
+        await self.proc.on_assigned({TP0, TP1})
+
+    def outputs(self) -> list[tuple[str, int]]:
+        out = []
+        for _, key, value, _ in self.producer.sent.get("out", []):
+            rec = decode_output(value)
+            assert key == rec["stream"].encode()
+            out.append((rec["stream"], rec["seq"]))
+        return out
+
+
+async def _until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_processor_over_fakes_answers_every_record_in_order_and_commits_on_drain(
+    make_model: Any,
+) -> None:
+    async def go() -> None:
+        h = Harness(make_model)
+        await h.start()
+        for seq in range(30):
+            for tp, stream in ((TP0, "s0"), (TP1, "s1"), (TP0, "s2")):
+                h.consumer.add(tp, stream.encode(), _value(stream, seq, seq / 30))
+        h.consumer.add(TP1, b"s1", b"\xc1")  # one bad record, offset 30 of TP1
+        await _until(lambda: len(h.outputs()) == 90, "90 outputs")
+        await h.proc._drain()
+        stats = h.proc.stats
+        await h.proc.close()
+        outs = h.outputs()
+        for stream in ("s0", "s1", "s2"):
+            assert [seq for s, seq in outs if s == stream] == list(range(30))
+        assert h.consumer.committed == {TP0: 60, TP1: 31}
+        assert stats.outputs == 90 and stats.dead_letters == 1 and stats.records_in == 91
+        assert len(h.producer.sent["out-dlq"]) == 1
+
+    asyncio.run(go())
+
+
+def test_revocation_drops_queued_records_finishes_in_flight_ones_and_commits_them(
+    make_model: Any,
+) -> None:
+    async def go() -> None:
+        # A long batch deadline keeps fetched records queued in the batcher.
+        h = Harness(make_model, max_delay_ms=60_000)
+        await h.start()
+        for seq in range(3):
+            h.consumer.add(TP1, b"q", _value("q", seq))
+        await _until(lambda: len(h.proc.batcher) == 3, "3 queued records")
+        await h.proc.on_revoked({TP0, TP1})
+        assert len(h.proc.batcher) == 0
+        assert h.proc.stats.dropped_on_revoke == 3
+        assert h.outputs() == []  # dropped, not processed: the next owner reads them
+        assert TP1 not in h.consumer.committed  # nothing of TP1 was acknowledged
+        assert h.proc.flow.in_flight == 0
+        assert not h.proc.ready
+        await h.proc.close()
+
+    asyncio.run(go())
+
+
+def test_stale_records_are_skipped_and_counted_by_kind(make_model: Any) -> None:
+    async def go() -> None:
+        h = Harness(make_model)
+        await h.start()
+        for seq in (0, 1, 2):
+            h.consumer.add(TP0, b"s", _value("s", seq))
+        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
+        h.consumer.add(TP0, b"s", _value("s", 2))  # a re-delivery
+        h.consumer.add(TP0, b"s", _value("s", 0))  # out of order
+        h.consumer.add(TP0, b"s", _value("s", 3))
+        await _until(lambda: len(h.outputs()) == 4, "4 outputs")
+        await h.proc._drain()
+        stats = h.proc.stats
+        await h.proc.close()
+        assert (stats.duplicates, stats.out_of_order) == (1, 1)
+        assert h.consumer.committed[TP0] == 6
+
+    asyncio.run(go())
+
+
+def test_a_bad_record_goes_to_the_dead_letter_topic_with_its_reason_and_is_committed(
+    make_model: Any,
+) -> None:
+    async def go() -> None:
+        h = Harness(make_model)
+        await h.start()
+        h.consumer.add(TP0, b"x", msgpack.packb({"stream": "x"}))  # no seq, no x
+        h.consumer.add(TP0, b"x", _value("x", 0))
+        await _until(lambda: len(h.outputs()) == 1, "the good record's output")
+        await h.proc._drain()
+        await h.proc.close()
+        headers = dict(h.producer.sent["out-dlq"][0][3])
+        assert headers["lstm-stream.reason"] == MISSING_FIELD.encode()
+        assert h.outputs() == [("x", 0)]
+        assert h.consumer.committed[TP0] == 2
+
+    asyncio.run(go())
