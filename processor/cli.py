@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from processor.tfenv import quiet_tensorflow_startup
+
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
@@ -90,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    parser, module = _command_parser(opts.command)
+    # The command's module may import TensorFlow, whose start-up lines (CUDA probing...)
+    # read like failures: shown only with --log-level DEBUG or if the import fails.
+    with quiet_tensorflow_startup(show=opts.log_level == "DEBUG"):
+        parser, module = _command_parser(opts.command)
     args = parser.parse_args(argv[1:])
     args.command = opts.command
     runner = getattr(module, f"main_{opts.command.replace('-', '_')}", None) or module.main
