@@ -1,7 +1,14 @@
 """Engine options shared by every command that runs the model (replay, demo, run, bench).
 
-One place defines the flags, their defaults and help, and one function turns them into a
-ready Engine, so the commands cannot drift apart.
+:class:`EngineOptions` declares each option once (see :mod:`processor.config`): its flag,
+default, help, checks, and for ``run`` its environment variable and TOML key.
+:func:`add_engine_arguments` puts the flags on a command's parser,
+:meth:`EngineOptions.from_args` reads them back, and :func:`build_engine` turns the options
+into a ready Engine, so the commands cannot drift apart.
+
+``replay``, ``demo`` and ``bench`` read these options from their flags only: their results
+must follow from their command line. ``run`` also reads the environment and a TOML file
+(:mod:`processor.kafka.settings`).
 """
 
 from __future__ import annotations
@@ -10,120 +17,145 @@ import argparse
 from dataclasses import dataclass
 
 from processor.cache import STORAGE_DTYPES, StateCache, resolve_device
+from processor.config import (
+    above,
+    add_arguments,
+    at_least,
+    at_least_or,
+    option,
+    options_of,
+    problems,
+)
 from processor.engine import Engine, configure_threads
+from processor.errors import ConfigError
 from processor.model import StepModel, load_step_model
+
+__all__ = ["ENGINE_GROUP", "EngineOptions", "add_engine_arguments", "build_engine"]
+
+#: The ``--help`` section of the engine flags.
+ENGINE_GROUP = "model and engine"
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Everything needed to build an Engine (a frozen view of the engine flags)."""
+    """Everything needed to build an Engine, validated on construction.
 
-    model: str | None = None
-    init_model: str | None = None
-    device: str = "auto"
-    state_dtype: str = "float32"
-    cache_capacity: int = 65_536
-    spill_capacity: int = 262_144
-    idle_timeout: float | None = None
-    max_batch: int = 1024
-    scan_min_steps: int = 4
-    max_scan_steps: int = 64
-    xla: bool = False
-    threads: int = 2
+    Construction raises :class:`ConfigError` listing every invalid value, so a command
+    rejects bad engine options before it loads a model or touches Kafka. The device name is
+    the one value checked later (by :func:`build_engine`): finding the devices initialises
+    TensorFlow, after which its thread pools can no longer be sized.
+    """
+
+    model: str | None = option(
+        None,
+        "trained model: a Keras 3 '.keras' file or a SavedModel directory with a 'step' signature",
+        group=ENGINE_GROUP,
+    )
+    init_model: str | None = option(
+        None,
+        "optional '.keras' model mapping a stream's first input to its initial states (one "
+        "output per state tensor); none = zero initial states",
+        group=ENGINE_GROUP,
+    )
+    device: str = option(
+        "auto",
+        "TensorFlow device for the state tables and the step: auto (first GPU, else CPU), "
+        "cpu, gpu, gpu:N or a full device name",
+        group=ENGINE_GROUP,
+    )
+    state_dtype: str = option(
+        "float32",
+        "storage dtype of the cached states (computation is always float32)",
+        choices=sorted(STORAGE_DTYPES),
+        group=ENGINE_GROUP,
+    )
+    cache_capacity: int = option(
+        65_536,
+        "streams whose state stays on the device; beyond it the least recently used are "
+        "spilled to host memory",
+        check=at_least(1),
+        group=ENGINE_GROUP,
+    )
+    spill_capacity: int = option(
+        262_144,
+        "evicted streams whose state is kept in host memory; beyond it the oldest are "
+        "dropped (logged and counted; they restart from the initial state)",
+        check=at_least(0),
+        group=ENGINE_GROUP,
+    )
+    idle_timeout: float | None = option(
+        None,
+        "seconds after which an idle stream is evicted to the spill store; none = never",
+        check=above(0),
+        group=ENGINE_GROUP,
+    )
+    max_batch: int = option(
+        1024,
+        "most streams in one compiled step (batches are padded to a few bucket sizes: "
+        "powers of two, and 1.5x steps from 192 rows); at most --cache-capacity",
+        check=at_least(1),
+        group=ENGINE_GROUP,
+    )
+    scan_min_steps: int = option(
+        4,
+        "a stream with at least this many pending records is caught up with one multi-step "
+        "scan instead of single-step waves (0 = never scan)",
+        check=at_least_or(2, 0, "never scan"),
+        group=ENGINE_GROUP,
+    )
+    max_scan_steps: int = option(
+        64, "most time steps in one scan call", check=at_least(2), group=ENGINE_GROUP
+    )
+    xla: bool = option(False, "compile the step with XLA (jit_compile)", group=ENGINE_GROUP)
+    threads: int = option(
+        2,
+        "TensorFlow intra-op threads (inter-op: 1); 0 = TensorFlow's default",
+        check=at_least(0),
+        group=ENGINE_GROUP,
+    )
+
+    def __post_init__(self) -> None:
+        found = problems(self)
+        if not found and self.max_batch > self.cache_capacity:
+            # A step needs a cache slot for every stream in it.
+            found.append(
+                f"--max-batch {self.max_batch} exceeds --cache-capacity {self.cache_capacity}"
+            )
+        if found:
+            raise ConfigError("invalid engine options: " + "; ".join(found))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EngineOptions:
-        names = cls.__dataclass_fields__
-        return cls(**{k: getattr(args, k) for k in names if hasattr(args, k)})
+        """The options of flags added by :func:`add_engine_arguments` (called by the
+        commands' ``main``). A missing attribute or ``None`` means "not given": the
+        declared default applies (a command may default a flag to ``None`` and fill the
+        value in itself). Raises :class:`ConfigError` for invalid values."""
+        given = {o.name: getattr(args, o.name, None) for o in options_of(cls)}
+        return cls(**{name: value for name, value in given.items() if value is not None})
 
 
 def add_engine_arguments(
     parser: argparse.ArgumentParser, *, model_required: bool = True, max_batch: int = 1024
 ) -> None:
-    """Add the engine flags to ``parser`` (defaults shown by ArgumentDefaultsHelpFormatter)."""
-    d = EngineOptions()
-    g = parser.add_argument_group("model and engine")
-    g.add_argument(
-        "--model",
-        required=model_required,
-        default=None,
-        help="trained model: a Keras 3 '.keras' file or a SavedModel directory with a 'step' "
-        "signature",
-    )
-    g.add_argument(
-        "--init-model",
-        default=None,
-        help="optional '.keras' model mapping a stream's first input to its initial states "
-        "(one output per state tensor); default: zero initial states",
-    )
-    g.add_argument(
-        "--device",
-        default=d.device,
-        help="TensorFlow device for the state tables and the step: auto (first GPU, else "
-        "CPU), cpu, gpu, gpu:N or a full device name",
-    )
-    g.add_argument(
-        "--state-dtype",
-        default=d.state_dtype,
-        choices=sorted(STORAGE_DTYPES),
-        help="storage dtype of the cached states (computation is always float32)",
-    )
-    g.add_argument(
-        "--cache-capacity",
-        type=int,
-        default=d.cache_capacity,
-        help="streams whose state stays on the device; beyond it the least recently used are "
-        "spilled to host memory",
-    )
-    g.add_argument(
-        "--spill-capacity",
-        type=int,
-        default=d.spill_capacity,
-        help="evicted streams whose state is kept in host memory; beyond it the oldest are "
-        "dropped (logged and counted; they restart from the initial state)",
-    )
-    g.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=d.idle_timeout,
-        help="seconds after which an idle stream is evicted to the spill store (default: never)",
-    )
-    g.add_argument(
-        "--max-batch",
-        type=int,
-        default=max_batch,
-        help="most streams in one compiled step (batches are padded to a few bucket sizes: "
-        "powers of two, and 1.5x steps from 192 rows)",
-    )
-    g.add_argument(
-        "--scan-min-steps",
-        type=int,
-        default=d.scan_min_steps,
-        help="a stream with at least this many pending records is caught up with one "
-        "multi-step scan instead of single-step waves (0 = never scan)",
-    )
-    g.add_argument(
-        "--max-scan-steps",
-        type=int,
-        default=d.max_scan_steps,
-        help="most time steps in one scan call",
-    )
-    g.add_argument(
-        "--xla",
-        action="store_true",
-        default=d.xla,
-        help="compile the step with XLA (jit_compile)",
-    )
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=d.threads,
-        help="TensorFlow intra-op threads (inter-op: 1); 0 = TensorFlow's default",
+    """Add the engine flags to ``parser`` in a "model and engine" group, each with its
+    declared default (``max_batch`` overrides that one) stated in its help; ``--model`` is
+    a required flag when ``model_required``. Read them back with
+    :meth:`EngineOptions.from_args`."""
+    group = parser.add_argument_group(ENGINE_GROUP)
+    add_arguments(
+        group,
+        options_of(EngineOptions),
+        layered=False,
+        defaults={"max_batch": max_batch},
+        required={"model"} if model_required else (),
     )
 
 
 def build_engine(options: EngineOptions, model: StepModel | None = None) -> Engine:
-    """Configure TensorFlow's threads, load the model (unless given) and build the engine."""
+    """Configure TensorFlow's threads, load the model (unless given) and build the engine.
+
+    Raises :class:`ConfigError` for a device TensorFlow does not have, and what
+    :func:`processor.model.load_step_model` raises for a model it cannot load."""
     if options.threads:
         configure_threads(options.threads, 1)
     if model is None:

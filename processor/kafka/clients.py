@@ -23,16 +23,24 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
+from processor.config import parse_bool, split_assignment
 from processor.errors import ConfigError
 
 __all__ = [
     "CONSUMER_DEFAULTS",
+    "METADATA_MAX_AGE_MS",
     "PRODUCER_DEFAULTS",
     "REBALANCE_MARGIN_MS",
     "client_kwargs",
     "parse_bool",
     "split_kafka_option",
 ]
+
+#: Metadata refresh interval of both clients (aiokafka's default: 5 minutes). The consumer
+#: learns of new partitions of its input topics, and of input topics that appear, only on a
+#: refresh, so a short interval lets it pick them up within seconds; a refresh is one small
+#: request to one broker.
+METADATA_MAX_AGE_MS: Final = 5_000
 
 #: Consumer defaults of the processor (overridable): manual commits are required for the
 #: at-least-once guarantee, so enable_auto_commit is not overridable at all.
@@ -42,6 +50,7 @@ CONSUMER_DEFAULTS: Final[dict[str, Any]] = {
     "session_timeout_ms": 10_000,
     "heartbeat_interval_ms": 1_000,  # notice rebalances quickly (a member joined/left)
     "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    "metadata_max_age_ms": METADATA_MAX_AGE_MS,
 }
 
 #: Producer defaults: acks=all so that an acknowledged output survives a broker failure
@@ -52,6 +61,7 @@ PRODUCER_DEFAULTS: Final[dict[str, Any]] = {
     "linger_ms": 5,
     "max_batch_size": 512 * 1024,
     "max_request_size": 8 * 1024 * 1024,
+    "metadata_max_age_ms": METADATA_MAX_AGE_MS,
 }
 
 #: rebalance_timeout_ms = drain timeout + this: on revocation the processor waits up to the
@@ -82,25 +92,11 @@ _SSL_PSEUDO: Final = {
 }
 
 
-def parse_bool(text: str) -> bool:
-    """``1/true/yes/on`` -> True, ``0/false/no/off`` -> False (any case, spaces ignored);
-    ValueError otherwise. The one boolean syntax of flags, env, TOML strings and Kafka
-    options."""
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
 def split_kafka_option(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` of a ``--kafka-option`` flag -> (stripped key, value as given);
-    :class:`ConfigError` without ``=`` or with an empty key."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--kafka-option expects KEY=VALUE, got {text!r}")
-    return key.strip(), value
+    :class:`ConfigError` without ``=`` or with an empty key. ``run`` parses its flags the
+    same way (:func:`processor.config.split_assignment`)."""
+    return split_assignment(text, "--kafka-option")
 
 
 def _params(cls: type) -> dict[str, inspect.Parameter]:

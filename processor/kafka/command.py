@@ -13,7 +13,7 @@ import signal
 import sys
 
 from processor.errors import ConfigError, LstmStreamError
-from processor.settings import (
+from processor.kafka.settings import (
     Settings,
     add_settings_arguments,
     configure_logging,

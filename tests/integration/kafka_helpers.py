@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from prometheus_client import CollectorRegistry
 import processor  # noqa: F401  (TF environment defaults before keras)
 from processor.codec import decode_output, encode_input, iter_framed
 from processor.kafka.runtime import Processor
+from processor.kafka.settings import Settings
 from processor.options import EngineOptions, build_engine
 from processor.replay import replay
-from processor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURES = 4
@@ -81,22 +81,22 @@ def free_port() -> int:
 def settings_for(
     bootstrap: str, model: str, inputs: Sequence[str], output: str, group: str, **kw: Any
 ) -> Settings:
-    """Small, fast settings for tests (override anything with keywords)."""
+    """Small, fast settings for tests (override anything with keywords: the engine's
+    options, such as ``max_batch``, go to ``Settings.engine``)."""
+    engine: dict[str, Any] = {"model": model, "max_batch": 64, "cache_capacity": 1024, "threads": 1}
     base: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
         "input_topics": tuple(inputs),
         "output_topic": output,
         "group_id": group,
-        "model": model,
-        "max_batch": 64,
-        "cache_capacity": 1024,
         "queue_max_records": 512,
         "commit_interval_ms": 200,
-        "threads": 1,
         "drain_timeout": 30.0,
     }
-    base.update(kw)
-    return Settings(**base)
+    engine_names = {f.name for f in fields(EngineOptions)}
+    for name, value in kw.items():
+        (engine if name in engine_names else base)[name] = value
+    return Settings(engine=EngineOptions(**engine), **base)
 
 
 # ---- producing ----------------------------------------------------------------------------

@@ -146,9 +146,12 @@ class FakeConsumer:
 def _fetcher() -> Callable[[FakeConsumer, int], dict[str, list[int]]]:
     """The runtime's fetch (Processor._fetch) of a processor that never starts."""
     from processor.kafka.runtime import Processor  # imports TensorFlow: only here
-    from processor.settings import Settings
+    from processor.kafka.settings import Settings
+    from processor.options import EngineOptions
 
-    settings = Settings(input_topics=("in",), output_topic="out", model="unused.keras")
+    settings = Settings(
+        input_topics=("in",), output_topic="out", engine=EngineOptions(model="unused.keras")
+    )
     proc = Processor(settings, registry=CollectorRegistry(), metrics_server=False)
 
     def fetch(consumer: FakeConsumer, limit: int) -> dict[str, list[int]]:
