@@ -335,6 +335,7 @@ def add_arguments(
     defaults: Mapping[str, Any] | None = None,
     required: Collection[str] = (),
     groups: Mapping[str, argparse._ArgumentGroup] | None = None,
+    helps: Mapping[str, str] | None = None,
 ) -> None:
     """Add a flag for each option.
 
@@ -344,9 +345,12 @@ def add_arguments(
     ``argparse.SUPPRESS`` (see :func:`resolve`), the help names the environment variable and
     the printed default (``required`` options say so instead), and a ``bool`` is a
     ``--name/--no-name`` pair so that a flag can override the environment either way.
-    ``groups`` maps an option's ``group`` to the argument group it goes in.
+    ``groups`` maps an option's ``group`` to the argument group it goes in. ``helps``
+    (plain only) replaces an option's help text for one command, whole: it states the
+    default itself (``%(default)s``).
     """
     defaults = defaults or {}
+    helps = helps or {}
     for opt in options:
         target = (groups or {}).get(opt.group, parser)
         text = opt.help.replace("%", "%%")
@@ -364,7 +368,7 @@ def add_arguments(
             kwargs["help"] = f"{text} [{sources}] (default: {shown.replace('%', '%%')})"
         else:
             kwargs["default"] = defaults.get(opt.name, opt.default)
-            kwargs["help"] = f"{text} (default: %(default)s)"
+            kwargs["help"] = helps.get(opt.name, f"{text} (default: %(default)s)")
             kwargs["required"] = opt.name in required
         if opt.shape == "map":
             kwargs.update(action="append", metavar=opt.metavar or "KEY=VALUE")

@@ -118,11 +118,6 @@ class DemoConfig:
             raise ConfigError(f"--redeliver must be in [0, 1), got {self.redeliver}")
         if self.sample_streams < 0:
             raise ConfigError(f"--sample-streams must be >= 0, got {self.sample_streams}")
-        if self.engine.max_batch > self.engine.cache_capacity:
-            raise ConfigError(
-                f"--max-batch {self.engine.max_batch} exceeds --cache-capacity "
-                f"{self.engine.cache_capacity}"
-            )
 
 
 @dataclass(frozen=True)
@@ -775,8 +770,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``lstm-stream demo``: the shared engine flags (with demo defaults that make
     evictions visible) plus the synthetic traffic."""
     d = DemoConfig()
-    add_engine_arguments(parser, model_required=False)
-    parser.set_defaults(cache_capacity=None, idle_timeout=d.engine.idle_timeout)
     helps = {
         "model": "trained model ('.keras' or SavedModel) with per-step input and output shape "
         "(C,) (default %(default)s = train the example model now, ~20 s)",
@@ -784,9 +777,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of --streams, at least --max-batch: fewer than the streams, so that the cache evicts)",
         "idle_timeout": "seconds after which an idle stream is evicted to the spill store",
     }
-    for action in parser._actions:  # argparse has no public way to reword one flag's help
-        if action.dest in helps:
-            action.help = helps[action.dest]
+    add_engine_arguments(
+        parser,
+        model_required=False,
+        defaults={"cache_capacity": None, "idle_timeout": d.engine.idle_timeout},
+        helps=helps,
+    )
     g = parser.add_argument_group("synthetic traffic")
     g.add_argument("--streams", type=int, default=d.streams, help="synthetic sensor streams")
     g.add_argument("--duration", type=float, default=d.duration, help="seconds of live traffic")

@@ -14,7 +14,9 @@ must follow from their command line. ``run`` also reads the environment and a TO
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from processor.cache import STORAGE_DTYPES, StateCache, resolve_device
 from processor.config import (
@@ -135,19 +137,25 @@ class EngineOptions:
 
 
 def add_engine_arguments(
-    parser: argparse.ArgumentParser, *, model_required: bool = True, max_batch: int = 1024
+    parser: argparse.ArgumentParser,
+    *,
+    model_required: bool = True,
+    max_batch: int = 1024,
+    defaults: Mapping[str, Any] | None = None,
+    helps: Mapping[str, str] | None = None,
 ) -> None:
     """Add the engine flags to ``parser`` in a "model and engine" group, each with its
-    declared default (``max_batch`` overrides that one) stated in its help; ``--model`` is
-    a required flag when ``model_required``. Read them back with
-    :meth:`EngineOptions.from_args`."""
+    declared default (``max_batch`` and ``defaults`` override those) stated in its help;
+    ``--model`` is a required flag when ``model_required``; ``helps`` rewords a flag's help
+    for one command. Read them back with :meth:`EngineOptions.from_args`."""
     group = parser.add_argument_group(ENGINE_GROUP)
     add_arguments(
         group,
         options_of(EngineOptions),
         layered=False,
-        defaults={"max_batch": max_batch},
+        defaults={"max_batch": max_batch, **(defaults or {})},
         required={"model"} if model_required else (),
+        helps=helps,
     )
 
 

@@ -250,7 +250,7 @@ class Processor:
         admin = AIOKafkaAdminClient(**admin_kw)
         await admin.start()
         try:
-            await prepare_topics(
+            ready = await prepare_topics(
                 admin,
                 input_topics=s.input_topics,
                 output_topics=(s.output_topic, s.dlq_topic),
@@ -261,6 +261,7 @@ class Processor:
             )
         finally:
             await admin.close()
+        log.info("topics ready (partitions): %s", dict(ready.partitions))
 
     def _attach(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         """Build the stages bound to the clients (no I/O)."""

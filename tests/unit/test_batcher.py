@@ -3,12 +3,9 @@ how the fetch shares a fetch among partitions."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from processor.kafka.batcher import Batcher, FlowControl
 from processor.kafka.ledger import OffsetLedger
@@ -106,82 +103,6 @@ def test_batcher_rejects_bad_limits() -> None:
         Batcher(0, 0.0)
     with pytest.raises(ValueError):
         Batcher(1, -1.0)
-
-
-# ---- the runtime's fetch -------------------------------------------------------------------
-
-
-class FakeConsumer:
-    """Buffered records per partition; ``getmany`` drains partitions in order, the first one
-    first, as aiokafka does with its buffered fetches."""
-
-    def __init__(self, buffered: dict[str, int], paused: tuple[str, ...] = ()) -> None:
-        self.buffered = {tp: list(range(n)) for tp, n in buffered.items()}
-        self._paused = set(paused)
-        self.calls: list[tuple[tuple[str, ...], int, int | None]] = []
-
-    def assignment(self) -> set[str]:
-        return set(self.buffered)
-
-    def paused(self) -> set[str]:
-        return set(self._paused)
-
-    async def getmany(
-        self, *tps: str, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[str, list[int]]:
-        self.calls.append((tps, timeout_ms, max_records))
-        left = max_records if max_records is not None else 1 << 30
-        out: dict[str, list[int]] = {}
-        for tp in tps or sorted(self.buffered):
-            if tp in self._paused or not left:
-                continue
-            got = self.buffered[tp][:left]
-            del self.buffered[tp][: len(got)]
-            left -= len(got)
-            if got:
-                out[tp] = got
-        return out
-
-
-def _fetcher() -> Callable[[FakeConsumer, int], dict[str, list[int]]]:
-    """The runtime's fetch (Processor._fetch) of a processor that never starts."""
-    from processor.kafka.runtime import Processor  # imports TensorFlow: only here
-    from processor.kafka.settings import Settings
-    from processor.options import EngineOptions
-
-    settings = Settings(
-        input_topics=("in",), output_topic="out", engine=EngineOptions(model="unused.keras")
-    )
-    proc = Processor(settings, registry=CollectorRegistry(), metrics_server=False)
-
-    def fetch(consumer: FakeConsumer, limit: int) -> dict[str, list[int]]:
-        fetched: dict[str, list[int]] = asyncio.run(proc._fetch(consumer, limit))  # type: ignore[arg-type]
-        return fetched
-
-    return fetch
-
-
-def test_the_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() -> None:
-    fetch = _fetcher()
-    consumer = FakeConsumer({"a": 100, "b": 100, "c": 3, "d": 0, "e": 50}, paused=("e",))
-    got = fetch(consumer, 64)
-    # 64 over the 4 fetchable partitions: 16 each at most; e is paused, d has nothing.
-    assert {tp: len(rs) for tp, rs in got.items()} == {"a": 16, "b": 16, "c": 3}
-    assert got["a"] == list(range(16))  # a prefix, in offset order
-    assert all(tps and tps[0] != "e" for tps, _, _ in consumer.calls)
-    # A limit below the number of partitions: never more than the limit, and over a few
-    # fetches every partition gets its turn.
-    few = FakeConsumer({"a": 5, "b": 5, "c": 5})
-    served: set[str] = set()
-    for _ in range(3):
-        got = fetch(few, 2)
-        assert sum(map(len, got.values())) == 2
-        served |= set(got)
-    assert served == {"a", "b", "c"}
-    # Nothing buffered: one waiting getmany over all partitions.
-    idle = FakeConsumer({"a": 0, "b": 0})
-    assert fetch(idle, 64) == {}
-    assert idle.calls[-1] == ((), 100, 64)
 
 
 # ---- FlowControl --------------------------------------------------------------------------
