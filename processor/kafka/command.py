@@ -42,10 +42,12 @@ Bad records (undecodable, schema violations, wrong shape/dtype, non-finite value
   cut to --dlq-max-value-bytes (header lstm-stream.value-truncated = original size), and a
   dead letter refused as too large is re-sent without its value.
 
-Duplicates: a record whose seq is not greater than its stream's last applied seq (an input
-  record sent twice, or an at-least-once re-delivery while the stream's state is cached) is
-  skipped and counted in the lstm_stream_duplicates_skipped_total metric; it gets no output
-  and is NOT dead-lettered.
+Stale records: a record whose seq equals its stream's last applied seq (an at-least-once
+  re-delivery, or a record sent twice) is a duplicate; one whose seq is below it arrived out
+  of order (a producer without idempotence retried a batch after a later one: producers must
+  keep per-key order). Both are skipped, get no output and are NOT dead-lettered; they are
+  counted in lstm_stream_duplicates_skipped_total and lstm_stream_out_of_order_skipped_total,
+  and out-of-order records are logged (rate-limited WARNING naming the stream).
 
 Delivery: at-least-once. Offsets are committed only after the outputs and dead letters of
   the records they cover are acknowledged by the broker; after a crash, records since the
