@@ -228,6 +228,11 @@ class Pipeline:
             gc_tuned(False)
 
     @property
+    def max_record_bytes(self) -> int:
+        """Values larger than this are bad records (``oversize``)."""
+        return self._max_record_bytes
+
+    @property
     def engine(self) -> Engine:
         """The engine, once started. From other threads read only its immutable facts
         (model, buckets, max_batch); everything else goes through :meth:`call`."""

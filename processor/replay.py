@@ -12,30 +12,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
-from processor.codec import (
-    RecordDecoder,
-    encode_dead_letter,
-    encode_outputs,
-    iter_framed,
-)
-from processor.engine import Engine, StepResult
+from processor.codec import encode_dead_letter, iter_framed
+from processor.codec.reasons import UNDECODABLE
+from processor.engine import Engine
 from processor.errors import BadRecord, LstmStreamError
 from processor.options import EngineOptions, add_engine_arguments, build_engine
+from processor.pipeline import Pipeline, StalePolicy, Stepped
 from processor.records import Record
 
 import tensorflow as tf  # isort: skip
 
 log = logging.getLogger(__name__)
 
-DUPLICATE = "non_increasing_seq"
 # How many decoded records are applied at once: large enough that a catch-up backlog of a
 # stream becomes one scan, small enough to bound memory.
 GROUP_RECORDS = 4096
@@ -52,15 +47,9 @@ class ReplayStats:
     outputs: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    out_of_order: int = 0
     seconds: float = 0.0
     framing_error: str | None = None
-
-
-def _stops_framing(error: str) -> bool:
-    """True for the frame errors after which :func:`iter_framed` cannot go on: corrupt bytes,
-    or a header declaring an oversize payload (a plain ``oversize`` is skipped and
-    ``truncated`` is the last bytes of the input anyway)."""
-    return error.startswith("undecodable") or error.startswith("oversize:")
 
 
 class _DeadLetters:
@@ -92,86 +81,104 @@ def replay(
     source: str | None = None,
     max_record_bytes: int = 4 * 1024 * 1024,
     group_records: int = GROUP_RECORDS,
+    freeze_gc: bool = False,
 ) -> ReplayStats:
     """Run every record of ``input`` through ``engine``; see the module docstring.
 
-    The engine runs on one worker thread (its only user during the call) while this thread
-    frames and decodes the next group and encodes the previous group's outputs: TensorFlow
-    releases the GIL during the step, so decoding overlaps the model's computation.
+    The records take the :class:`~processor.pipeline.Pipeline` (stale records dead-lettered
+    as ``non_increasing_seq``): the engine runs on the pipeline's thread while this thread
+    frames and decodes the next group and encodes the previous group's outputs (TensorFlow
+    releases the GIL during the step). ``freeze_gc``: apply the pipeline's collector policy
+    for the call (the command does; a library caller measuring its own policy may not).
     """
-    model = engine.model
-    decoder = RecordDecoder(model.input_shape, model.input_dtype, max_record_bytes)
+    pipeline = Pipeline(
+        lambda: engine,
+        stale=StalePolicy.DEAD_LETTER,
+        max_record_bytes=max_record_bytes,
+        warmup=False,
+    )
+    pipeline.start().result()
+    if freeze_gc:
+        pipeline.freeze_gc()
+    try:
+        return _replay(pipeline, input, output, dlq, dlq_text, source, group_records)
+    finally:
+        pipeline.close()
+
+
+def _replay(
+    pipeline: Pipeline,
+    input: BinaryIO,
+    output: BinaryIO,
+    dlq: BinaryIO | None,
+    dlq_text: TextIO | None,
+    source: str | None,
+    group_records: int,
+) -> ReplayStats:
     dead = _DeadLetters(dlq, dlq_text or sys.stderr, source)
     stats = ReplayStats()
     started = time.perf_counter()
     # A group: its records and, in parallel, where each came from (raw bytes, byte offset,
-    # index), for dead-lettering duplicates verbatim. Looked up by identity only when a
-    # group has duplicates, so the common path costs no per-record dictionary work.
+    # index), for dead-lettering stale records verbatim. Looked up by identity only when a
+    # group has some, so the common path costs no per-record dictionary work.
     Origins = list[tuple[bytes, int, int]]
-    inflight: tuple[Future[StepResult], list[Record], Origins] | None = None
+    inflight: tuple[Future[Stepped], list[Record], Origins] | None = None
 
-    def finish(job: tuple[Future[StepResult], list[Record], Origins]) -> None:
+    def finish(job: tuple[Future[Stepped], list[Record], Origins]) -> None:
         future, records, origin = job
         result = future.result()
-        output.write(b"".join(encode_outputs(result.outputs)))
+        output.write(b"".join(pipeline.encode(result.outputs)))
         stats.outputs += len(result.outputs)
-        if result.duplicates:
+        if result.dead_letters:
             where = {id(r): i for i, r in enumerate(records)}
-            for r in result.duplicates:
+            for r, bad in result.dead_letters:
                 raw, offset, index = origin[where[id(r)]]
-                dead.put(
-                    raw,
-                    DUPLICATE,
-                    f"seq {r.seq} of stream {r.stream!r} is not greater than its last applied seq",
-                    offset,
-                    index,
-                )
-        stats.duplicates += len(result.duplicates)
+                dead.put(raw, bad.reason, bad.detail, offset, index)
+        stats.duplicates += result.duplicates
+        stats.out_of_order += result.out_of_order
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-stream-engine") as worker:
-
-        def submit(records: list[Record], origin: Origins) -> None:
-            nonlocal inflight
-            job = (worker.submit(engine.process, records), records, origin)
-            if inflight is not None:
-                finish(inflight)  # its outputs are encoded while the new group computes
-            inflight = job
-
-        pending: list[Record] = []
-        origin: Origins = []
-        frames: Origins = []  # awaiting decoding
-
-        def decode_frames() -> None:
-            nonlocal pending, origin
-            results = decoder.decode_many([f[0] for f in frames], [None] * len(frames))
-            for frame, res in zip(frames, results, strict=True):
-                if isinstance(res, BadRecord):
-                    dead.put(frame[0], res.reason, res.detail, frame[1], frame[2])
-                else:
-                    pending.append(res)
-                    origin.append(frame)
-            frames.clear()
-            if len(pending) >= group_records:
-                submit(pending, origin)
-                pending, origin = [], []
-
-        for index, frame in enumerate(iter_framed(input, max_record_bytes)):
-            stats.records_in += 1
-            if frame.error is not None:
-                reason = frame.reason or "undecodable"
-                dead.put(frame.raw or b"", reason, frame.error, frame.offset, index)
-                if _stops_framing(frame.error):
-                    stats.framing_error = f"{frame.error} at byte {frame.offset}"
-                continue
-            frames.append((frame.raw or b"", frame.offset, index))
-            if len(frames) >= DECODE_CHUNK:
-                decode_frames()
-        if frames:
-            decode_frames()
-        if pending:
-            submit(pending, origin)
+    def submit(records: list[Record], origin: Origins) -> None:
+        nonlocal inflight
+        job = (pipeline.step(records), records, origin)
         if inflight is not None:
-            finish(inflight)
+            finish(inflight)  # its outputs are encoded while the new group computes
+        inflight = job
+
+    pending: list[Record] = []
+    origin: Origins = []
+    frames: Origins = []  # awaiting decoding
+
+    def decode_frames() -> None:
+        nonlocal pending, origin
+        results = pipeline.decode([f[0] for f in frames], [None] * len(frames))
+        for frame, res in zip(frames, results, strict=True):
+            if isinstance(res, BadRecord):
+                dead.put(frame[0], res.reason, res.detail, frame[1], frame[2])
+            else:
+                pending.append(res)
+                origin.append(frame)
+        frames.clear()
+        if len(pending) >= group_records:
+            submit(pending, origin)
+            pending, origin = [], []
+
+    for index, frame in enumerate(iter_framed(input, pipeline.max_record_bytes)):
+        stats.records_in += 1
+        if frame.error is not None:
+            reason = frame.reason or UNDECODABLE
+            dead.put(frame.raw or b"", reason, frame.error, frame.offset, index)
+            if frame.fatal:  # the input after it could not be read
+                stats.framing_error = f"{frame.error} at byte {frame.offset}"
+            continue
+        frames.append((frame.raw or b"", frame.offset, index))
+        if len(frames) >= DECODE_CHUNK:
+            decode_frames()
+    if frames:
+        decode_frames()
+    if pending:
+        submit(pending, origin)
+    if inflight is not None:
+        finish(inflight)
     stats.dead_letters = dead.count
     stats.seconds = time.perf_counter() - started
     return stats
@@ -208,10 +215,6 @@ def main(args: argparse.Namespace) -> int:
     except LstmStreamError as exc:
         print(f"lstm-stream replay: {exc}", file=sys.stderr)
         return 1
-    # TF/Keras objects live for the whole run: freeze them out of the collector, whose full
-    # collections would otherwise walk them every time (measured: ~25% of a replay's time).
-    gc.collect()
-    gc.freeze()
     try:
         with contextlib.ExitStack() as files:
             in_fp = (
@@ -232,6 +235,7 @@ def main(args: argparse.Namespace) -> int:
                 dlq_fp,
                 source=None if args.input == "-" else args.input,
                 max_record_bytes=args.max_record_bytes,
+                freeze_gc=True,  # TF/Keras objects live for the whole run
             )
             out_fp.flush()
     except (OSError, LstmStreamError, tf.errors.OpError) as exc:
@@ -241,7 +245,8 @@ def main(args: argparse.Namespace) -> int:
     rate = stats.outputs / stats.seconds if stats.seconds > 0 else 0.0
     print(
         f"replay: {stats.records_in} records in, {stats.outputs} outputs, "
-        f"{stats.dead_letters} dead letters ({stats.duplicates} duplicates) in "
+        f"{stats.dead_letters} dead letters ({stats.duplicates} duplicates, "
+        f"{stats.out_of_order} out of order) in "
         f"{stats.seconds:.2f} s ({rate:,.0f} msg/s)",
         file=sys.stderr,
     )
