@@ -1,15 +1,10 @@
 """The Kafka runtime's lifecycle: build the stages, run their loops, handle rebalances, drain.
 
-Each stage has its own module (``docs/architecture.md`` draws the whole path)::
-
-    fetch.py ──► batcher.py ──► dispatch.py ──► pipeline (engine thread) ──► emit.py ──► ack.py
-    (consumer,    (batches       (tickets,        (decode before, encode     (producer)   (acks,
-     ownership,    across         depth-2          after: processor/                       ledger)
-     decode,       partitions)    queue)           pipeline.py)                              │
-     flow control)                                                        commit.py ◄───────┘
-
-:class:`Processor` only composes them: it starts the clients and the loops, fails loudly when
-a loop fails, forwards rebalances, and drains on stop.
+Each stage has its own module: fetch.py -> batcher.py -> dispatch.py -> (the pipeline's
+engine thread) -> emit.py -> ack.py -> commit.py, wired by stages.py
+(``docs/architecture.md`` draws the path). :class:`Processor` only composes them: it starts
+the clients and the loops, fails loudly when a loop fails, forwards rebalances, and drains
+on stop.
 
 Guarantees:
 
@@ -35,30 +30,23 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from processor.engine import Engine
 from processor.errors import LstmStreamError
-from processor.kafka.ack import Acker
 from processor.kafka.batcher import Batcher, FlowControl
 from processor.kafka.clients import client_kwargs
-from processor.kafka.commit import CommitLoop
-from processor.kafka.dispatch import Dispatcher
-from processor.kafka.emit import Emitter
-from processor.kafka.fetch import Fetcher
 from processor.kafka.items import Item
 from processor.kafka.ledger import OffsetLedger
-from processor.kafka.output import DeadLetterWriter, OutputWriter
 from processor.kafka.ownership import Ownership
 from processor.kafka.rebalance import RebalanceListener
 from processor.kafka.settings import Settings
+from processor.kafka.stages import Stages
 from processor.kafka.streams import PartitionIndex
-from processor.kafka.topics import TopicWaitStopped, admin_kwargs, prepare_topics
+from processor.kafka.topics import TopicWaitStopped, admin_kwargs, prepare_topics_with
 from processor.metrics import Metrics, MetricsServer, RunStats
 from processor.options import EngineOptions, build_engine
 from processor.pipeline import Pipeline, StalePolicy
@@ -66,8 +54,6 @@ from processor.pipeline import Pipeline, StalePolicy
 __all__ = ["KafkaRuntimeError", "Processor", "RunStats", "run_processor"]
 
 log = logging.getLogger(__name__)
-
-_PIPELINE_DEPTH = 2  # batches submitted to the engine thread ahead of their emission
 
 
 class KafkaRuntimeError(LstmStreamError):
@@ -84,18 +70,6 @@ class Phase(enum.Enum):
     RUNNING = "running"
     REBALANCING = "rebalancing"
     STOPPING = "stopping"
-
-
-@dataclass
-class _Clients:
-    """What exists only between start and close: the clients and the stages bound to them."""
-
-    consumer: AIOKafkaConsumer
-    producer: AIOKafkaProducer
-    fetcher: Fetcher
-    dispatcher: Dispatcher
-    acker: Acker
-    committer: CommitLoop
 
 
 class Processor:
@@ -143,7 +117,7 @@ class Processor:
                 port=settings.metrics_port,
                 ready=lambda: self.ready,
             )
-        self._clients: _Clients | None = None
+        self._stages: Stages | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._phase = Phase.CREATED
         self._failure: BaseException | None = None
@@ -192,7 +166,7 @@ class Processor:
         return self.stats
 
     async def start(self, stop_event: asyncio.Event | None = None) -> None:
-        """Metrics server, engine (built and warmed up on its thread), topics, clients,
+        """Metrics server, engine (built and warmed up on its thread), topics, stages,
         the stages' loops. Call once. A set ``stop_event`` ends a wait for input topics."""
         s = self.settings
         self._phase = Phase.STARTING
@@ -205,13 +179,22 @@ class Processor:
         )
         consumer_kw.setdefault("max_poll_records", s.engine.max_batch)
         try:
-            await self._prepare_topics(admin_kwargs(consumer_kw), stop_event)
+            ready = await prepare_topics_with(
+                admin_kwargs(consumer_kw),
+                input_topics=s.input_topics,
+                output_topics=(s.output_topic, s.dlq_topic),
+                partitions=s.topic_partitions,
+                replication_factor=s.topic_replication_factor,
+                create_inputs=s.create_input_topics,
+                stop=stop_event,
+            )
+            log.info("topics ready (partitions): %s", dict(ready.partitions))
         except TopicWaitStopped:
             log.info("stopped while waiting for the input topics: nothing was consumed")
             return
         consumer = AIOKafkaConsumer(**consumer_kw)
         producer = AIOKafkaProducer(**producer_kw)
-        self._attach(consumer, producer)  # from here on close() stops both clients
+        self._attach(consumer, producer)  # from here on close() stops both stages
         await producer.start()
         await consumer.start()
         consumer.subscribe(topics=list(s.input_topics), listener=RebalanceListener(self))
@@ -225,7 +208,7 @@ class Processor:
         )
 
     async def start_with(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        """Start on clients the caller made, started and subscribed (in-process fakes in
+        """Start on stages the caller made, started and subscribed (in-process fakes in
         the stage tests): the engine, the stages and their loops; no topic preparation.
         Rebalances are the caller's to deliver (:meth:`on_assigned`, :meth:`on_revoked`)."""
         self._phase = Phase.STARTING
@@ -234,75 +217,30 @@ class Processor:
         self._start_loops()
 
     def _start_loops(self) -> None:
-        c = self._clients
+        c = self._stages
         assert c is not None
-        # After the engine's warm-up and the clients' start-up: everything long-lived exists.
+        # After the engine's warm-up and the stages' start-up: everything long-lived exists.
         self.pipeline.freeze_gc()
         self._spawn(c.fetcher.run(), "fetch")
         self._spawn(c.dispatcher.run(), "dispatch")
         self._spawn(c.acker.run(), "ack")
         self._spawn(c.committer.run(), "commit")
 
-    async def _prepare_topics(
-        self, admin_kw: dict[str, Any], stop_event: asyncio.Event | None
-    ) -> None:
-        s = self.settings
-        admin = AIOKafkaAdminClient(**admin_kw)
-        await admin.start()
-        try:
-            ready = await prepare_topics(
-                admin,
-                input_topics=s.input_topics,
-                output_topics=(s.output_topic, s.dlq_topic),
-                partitions=s.topic_partitions,
-                replication_factor=s.topic_replication_factor,
-                create_inputs=s.create_input_topics,
-                stop=stop_event,
-            )
-        finally:
-            await admin.close()
-        log.info("topics ready (partitions): %s", dict(ready.partitions))
-
     def _attach(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        """Build the stages bound to the clients (no I/O)."""
-        s = self.settings
-        acker = Acker(self.ledger, self._release, self.metrics, s.output_topic)
-        emitter = Emitter(
-            OutputWriter(producer, s.output_topic),
-            DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes),
-            self.pipeline.encode,
-            self.metrics,
-        )
-        fetcher = Fetcher(
+        """Build the stages bound to the stages (no I/O)."""
+        self._stages = Stages(
             consumer,
-            self.pipeline.decode,
-            self.batcher,
-            self.flow,
-            self.ownership,
-            self.metrics,
-            max_batch=s.engine.max_batch,
-            pipeline_depth=_PIPELINE_DEPTH,
-        )
-        dispatcher = Dispatcher(
-            self.pipeline,
-            self.batcher,
-            self.ledger,
-            self._index,
-            emitter.emit,
-            acker.put,
-            pipeline_depth=_PIPELINE_DEPTH,
-            on_taken=fetcher.on_taken,
-        )
-        fetcher.on_fetched = dispatcher.notify
-        committer = CommitLoop(
-            consumer,
-            self.ledger,
-            owned=lambda: self.ownership.owned,
-            interval_s=s.commit_interval_ms / 1000,
+            producer,
+            self.settings,
+            pipeline=self.pipeline,
+            batcher=self.batcher,
+            flow=self.flow,
+            ledger=self.ledger,
+            ownership=self.ownership,
+            index=self._index,
             metrics=self.metrics,
-            on_tick=self._refresh_lag,
+            release=self._release,
         )
-        self._clients = _Clients(consumer, producer, fetcher, dispatcher, acker, committer)
 
     async def close(self) -> None:
         """Cancel the loops, stop every client and the engine thread; idempotent. Does not
@@ -315,12 +253,12 @@ class Processor:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        clients, self._clients = self._clients, None
-        if clients is not None:
+        stages, self._stages = self._stages, None
+        if stages is not None:
             with _logged("stopping the consumer"):
-                await clients.consumer.stop()
+                await stages.consumer.stop()
             with _logged("stopping the producer"):
-                await clients.producer.stop()
+                await stages.producer.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.pipeline.close)
         if self._server is not None:
             self._server.close()
@@ -344,8 +282,8 @@ class Processor:
             log.error("processor failing: %r", exc)
             self._failure = exc
         self._failed.set()
-        if self._clients is not None:
-            self._clients.acker.abandon()  # wake anyone waiting on a barrier
+        if self._stages is not None:
+            self._stages.acker.abandon()  # wake anyone waiting on a barrier
 
     def on_listener_error(self, exc: BaseException) -> None:
         """See :class:`processor.kafka.rebalance.RebalanceHandler`."""
@@ -362,25 +300,8 @@ class Processor:
     def _release(self, n: int) -> None:
         """Records left the pipeline (acknowledged, or dropped on revocation)."""
         self.flow.release(n)
-        if self._clients is not None:
-            self._clients.fetcher.apply_flow()
-
-    async def _refresh_lag(self) -> None:
-        clients = self._clients
-        if clients is None:
-            return
-        for tp in list(self.ownership.owned):
-            high = clients.consumer.highwater(tp)
-            if high is None:
-                continue
-            position = self.ledger.acked(tp)
-            if position is None:
-                position = clients.fetcher.first_offset(tp)
-            if position is None:
-                continue
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                max(0, high - position)
-            )
+        if self._stages is not None:
+            self._stages.fetcher.apply_flow()
 
     # ---- rebalance (called by RebalanceListener inside aiokafka's coordinator) ----------
 
@@ -388,18 +309,18 @@ class Processor:
         """Drop queued records of ``partitions``, let in-flight batches finish, commit."""
         if self._phase is not Phase.STOPPING:
             self._phase = Phase.REBALANCING
-        clients = self._clients
-        if not partitions or clients is None:
+        stages = self._stages
+        if not partitions or stages is None:
             return
         self.ownership.revoke(partitions)
         dropped = self.batcher.drop(partitions)
         if dropped:
             self._release(len(dropped))
             self.metrics.revoked_dropped.inc(len(dropped))
-        finished = await clients.acker.wait_completed(
+        finished = await stages.acker.wait_completed(
             self.ledger.last_seq, self.settings.drain_timeout
         )
-        committed = finished and await clients.committer.commit_now(partitions)
+        committed = finished and await stages.committer.commit_now(partitions)
         if committed:
             self.ownership.mark_clean(partitions)
         else:
@@ -411,7 +332,7 @@ class Processor:
             )
             await self._forget_streams(lambda tp: tp in partitions)
         self.ledger.forget(partitions)
-        clients.fetcher.forget(partitions)
+        stages.fetcher.forget(partitions)
         for tp in partitions:
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
@@ -428,9 +349,9 @@ class Processor:
         keep = self.ownership.assign(partitions)
         forgotten = await self._forget_streams(lambda tp: tp not in keep)
         self.ledger.forget(set(partitions) - keep)
-        clients = self._clients
-        if clients is not None and self.flow.paused and partitions:
-            clients.consumer.pause(*partitions)
+        stages = self._stages
+        if stages is not None and self.flow.paused and partitions:
+            stages.consumer.pause(*partitions)
         self.metrics.rebalances.inc()
         self.metrics.assigned_partitions.set(len(partitions))
         if self._phase is not Phase.STOPPING:
@@ -452,24 +373,24 @@ class Processor:
 
     async def _drain(self) -> None:
         """Stop fetching, process what was fetched, wait for the acknowledgements, commit."""
-        clients = self._clients
-        if clients is None:
-            return  # stopped before the clients started
+        stages = self._stages
+        if stages is None:
+            return  # stopped before the stages started
         timeout = self.settings.drain_timeout
         self._phase = Phase.STOPPING
-        clients.fetcher.stop()
+        stages.fetcher.stop()
         fetch = self._tasks.pop("fetch", None)
         if fetch is not None:
             try:
                 await asyncio.wait_for(fetch, timeout)
             except TimeoutError:
                 log.warning("fetch loop did not stop in time; cancelled")
-        clients.dispatcher.flush()
+        stages.dispatcher.flush()
         try:
             dispatch = self._tasks.pop("dispatch", None)
             if dispatch is not None:
                 await asyncio.wait_for(dispatch, timeout)
-            clients.acker.finish()
+            stages.acker.finish()
             ack = self._tasks.pop("ack", None)
             if ack is not None:
                 await asyncio.wait_for(ack, timeout)
@@ -479,7 +400,7 @@ class Processor:
                 "committed (they will be re-processed)"
             ) from None
         self._raise_if_failed()
-        if not await clients.committer.commit_now():
+        if not await stages.committer.commit_now():
             raise KafkaRuntimeError("the final offset commit failed")
         stats = self.stats
         log.info(

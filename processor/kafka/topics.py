@@ -53,6 +53,7 @@ __all__ = [
     "TopicsReady",
     "admin_kwargs",
     "prepare_topics",
+    "prepare_topics_with",
 ]
 
 log = logging.getLogger(__name__)
@@ -402,3 +403,14 @@ def _describe_error(exc: BaseException) -> str:
     """``ErrorClass: text`` on one line (aiokafka errors often have no text)."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def prepare_topics_with(admin_kw: Mapping[str, Any], **kw: Any) -> TopicsReady:
+    """:func:`prepare_topics` through an admin client opened with ``admin_kw`` (see
+    :func:`admin_kwargs`) for this call only, and closed whatever happens."""
+    admin = AIOKafkaAdminClient(**admin_kw)
+    await admin.start()
+    try:
+        return await prepare_topics(admin, **kw)
+    finally:
+        await admin.close()

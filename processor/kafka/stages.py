@@ -1,0 +1,118 @@
+"""The event-loop stages of one started processor, bound to its two clients.
+
+:class:`Stages` wires fetch -> dispatch -> emit -> ack -> commit (see
+``docs/architecture.md``) around the objects the processor keeps across restarts of its
+clients (pipeline, batcher, flow control, ledger, ownership); building it does no I/O. The
+:class:`~processor.kafka.runtime.Processor` runs the stages' loops and owns their lifecycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from processor.kafka.ack import Acker
+from processor.kafka.batcher import Batcher, FlowControl
+from processor.kafka.commit import CommitLoop
+from processor.kafka.dispatch import Dispatcher
+from processor.kafka.emit import Emitter
+from processor.kafka.fetch import Fetcher
+from processor.kafka.items import Item
+from processor.kafka.ledger import OffsetLedger
+from processor.kafka.output import DeadLetterWriter, OutputWriter
+from processor.kafka.ownership import Ownership
+from processor.kafka.settings import Settings
+from processor.kafka.streams import PartitionIndex
+from processor.metrics import Metrics
+from processor.pipeline import Pipeline
+
+__all__ = ["PIPELINE_DEPTH", "Stages"]
+
+PIPELINE_DEPTH = 2  # batches submitted to the engine thread ahead of their emission
+
+
+class Stages:
+    """The stages of one run; attributes are the clients and the stage objects.
+
+    Args:
+        consumer, producer: the clients (started by the caller, before or after).
+        settings: topics, batch size, commit interval, dead-letter limits.
+        pipeline, batcher, flow, ledger, ownership, index, metrics: the processor's.
+        release: called with the number of records that left the pipeline (the ack stage
+            calls it; the processor releases flow control and re-applies it).
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        *,
+        pipeline: Pipeline,
+        batcher: Batcher[Item],
+        flow: FlowControl,
+        ledger: OffsetLedger,
+        ownership: Ownership[TopicPartition],
+        index: PartitionIndex,
+        metrics: Metrics,
+        release: Callable[[int], None],
+    ) -> None:
+        s = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.acker = Acker(ledger, release, metrics, s.output_topic)
+        emitter = Emitter(
+            OutputWriter(producer, s.output_topic),
+            DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes),
+            pipeline.encode,
+            metrics,
+        )
+        self.fetcher = Fetcher(
+            consumer,
+            pipeline.decode,
+            batcher,
+            flow,
+            ownership,
+            metrics,
+            max_batch=s.engine.max_batch,
+            pipeline_depth=PIPELINE_DEPTH,
+        )
+        self.dispatcher = Dispatcher(
+            pipeline,
+            batcher,
+            ledger,
+            index,
+            emitter.emit,
+            self.acker.put,
+            pipeline_depth=PIPELINE_DEPTH,
+            on_taken=self.fetcher.on_taken,
+        )
+        self.fetcher.on_fetched = self.dispatcher.notify
+        self._ownership = ownership
+        self._ledger = ledger
+        self._metrics = metrics
+        self.committer = CommitLoop(
+            consumer,
+            ledger,
+            owned=lambda: ownership.owned,
+            interval_s=s.commit_interval_ms / 1000,
+            metrics=metrics,
+            on_tick=self.refresh_lag,
+        )
+
+    def refresh_lag(self) -> None:
+        """Set the lag gauge of every owned partition: its high watermark minus the next
+        offset to acknowledge (before any acknowledgement: the first offset fetched)."""
+        for tp in list(self._ownership.owned):
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            position = self._ledger.acked(tp)
+            if position is None:
+                position = self.fetcher.first_offset(tp)
+            if position is None:
+                continue
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, high - position)
+            )
