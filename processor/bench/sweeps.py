@@ -865,16 +865,16 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
     through the broker at ``cfg.bootstrap_servers``, on this benchmark's model (saved to a
     temporary ``.keras`` file, same weights).
 
-    Uses the Kafka runtime's own measurement, :func:`processor.kafka.bench.bench_end_to_end`
-    (its owner's definition: N records produced to a fresh topic first, then timed from the
-    processor's first fetched record to the broker's acknowledgement of its last output),
-    and, for the same records and batch size, its engine-only twin
-    :func:`processor.kafka.bench.bench_engine_only`. ``msg_per_s`` is the end-to-end rate.
+    Measured by :func:`processor.bench.kafka.bench_end_to_end` (N records produced to a
+    fresh topic first, then timed from the processor's first fetched record to the broker's
+    acknowledgement of its last output) and, for the same records and batch size, its
+    engine-only twin :func:`processor.bench.kafka.bench_engine_only`. ``msg_per_s`` is the
+    end-to-end rate.
     """
     if cfg.bootstrap_servers is None:
         return {"status": "not_run", "reason": "no --bootstrap-servers given"}
     try:
-        from processor.kafka import bench as kafka_bench
+        from processor.bench import kafka as kafka_bench
         from processor.options import EngineOptions
     except ImportError as exc:  # the runtime is optional for the rest of the benchmark
         return {"status": "not_run", "reason": f"Kafka runtime not importable: {exc}"}
@@ -925,7 +925,7 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
         "msg_per_s": round(float(e2e["records_per_s"]), 3),
         "end_to_end": e2e,
         "engine_only_same_records": engine_only,
-        "measured_by": "processor.kafka.bench.bench_end_to_end",
+        "measured_by": "processor.bench.kafka.bench_end_to_end",
         "repeats": [
             {
                 "engine_only_msg_per_s": round(float(eo["records_per_s"]), 1),

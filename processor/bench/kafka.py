@@ -1,0 +1,351 @@
+"""End-to-end throughput of the Kafka runtime (``lstm-stream run``) through a real broker,
+next to the engine alone on the same model in the same process.
+
+Method: produce N synthetic records of S streams (step-major: every stream's seq k before any
+stream's seq k+1) to a fresh input topic first, then start the processor in this process
+(engine built and warmed up, group joined) and time from its first fetched record to the
+broker's acknowledgement of its last output. The engine-only figure runs the same number of
+pre-made records through ``Engine.process`` in chunks of ``max_batch`` (no Kafka, no
+decoding or encoding).
+
+``lstm-stream bench --bootstrap-servers HOST:PORT`` runs both as its Kafka section
+(:func:`processor.bench.sweeps.kafka_end_to_end`); the module also runs on its own::
+
+    python -m processor.bench.kafka --bootstrap-servers 127.0.0.1:19092
+
+which prints one JSON object. With ``--repeat N`` the two measurements alternate N times and
+the reported ratio is the median of the N per-pair ratios (the machine is shared: a pair's two
+figures are taken close together).
+
+The records are made here from the wire-format encoder (:func:`processor.codec.encode_input`)
+and written with the runtime's own :class:`~processor.kafka.output.OutputWriter` and producer
+settings, so the benchmark depends on the library, not on any command of the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from processor.engine import configure_threads
+from processor.options import EngineOptions, build_engine
+from processor.records import Record
+
+__all__ = [
+    "bench_end_to_end",
+    "bench_engine_only",
+    "main",
+    "make_lstm_model",
+    "produce_records",
+    "synthetic_steps",
+]
+
+log = logging.getLogger(__name__)
+
+#: How often the end-to-end timer looks at the processor's counters. Reading them collects
+#: the runtime's metrics on the event loop the processor also runs on, so polling much faster
+#: would take time from the thing measured; 10 ms is < 0.1% of a run of several seconds.
+_POLL_S: Final = 0.01
+
+#: Outstanding produce batches before the producer waits for acknowledgements (bounds memory).
+_MAX_PENDING_BATCHES: Final = 256
+
+
+def make_lstm_model(path: str, *, features: int = 32, units: int = 256, layers: int = 2,
+                    head: int = 8, seed: int = 0) -> str:  # fmt: skip
+    """Save a random-weight LSTM stack (the benchmark's 2x256-on-32 by default) to ``path``
+    (a ``.keras`` file) and return ``path``."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, features))
+    h = inp
+    for _ in range(layers):
+        h = keras.layers.LSTM(units, return_sequences=True)(h)
+    keras.Model(inp, keras.layers.Dense(head)(h)).save(path)
+    return path
+
+
+def synthetic_steps(
+    streams: int, shape: tuple[int, ...], dtype: str, *, seed: int = 1
+) -> Iterator[np.ndarray]:
+    """Endless steps of synthetic input, one ``[streams, *shape]`` array of ``dtype`` per
+    step: standard-normal values for float dtypes, uniform over the range for integer ones
+    (frames). Deterministic for a seed; the values only need to be valid model input."""
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    while True:
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            yield rng.integers(info.min, info.max, (streams, *shape), dtype=dt, endpoint=True)
+        else:
+            yield rng.standard_normal((streams, *shape), dtype=np.float32).astype(dt, copy=False)
+
+
+async def produce_records(
+    bootstrap: str,
+    topic: str,
+    *,
+    records: int,
+    streams: int,
+    shape: tuple[int, ...],
+    dtype: str = "float32",
+    stream_prefix: str = "s",
+) -> float:
+    """Write ``records`` input records of ``streams`` streams (ids ``{stream_prefix}0..``,
+    key = stream id, ``seq`` from 0, step-major, ``ts`` = now) to ``topic``, as fast as the
+    broker takes them. Returns the produce rate in records/s once every record is
+    acknowledged; raises what aiokafka raises when a send fails.
+
+    Uses the runtime's producer settings (:func:`processor.kafka.clients.client_kwargs`) and
+    its batching writer, so the records reach the broker in the same way outputs do."""
+    from aiokafka import AIOKafkaProducer
+
+    from processor.codec import encode_input
+    from processor.kafka.clients import client_kwargs
+    from processor.kafka.output import OutputWriter
+
+    _, producer_kw = client_kwargs(bootstrap, "unused", {})
+    producer = AIOKafkaProducer(**producer_kw)
+    await producer.start()
+    names = [f"{stream_prefix}{i}" for i in range(streams)]
+    writer = OutputWriter(producer, topic)
+    pending: list[asyncio.Future[Any]] = []
+    sent = 0
+    t0 = time.perf_counter()
+    try:
+        for seq, xs in enumerate(synthetic_steps(streams, shape, dtype)):
+            if sent >= records:
+                break
+            n = min(streams, records - sent)
+            ts = int(time.time() * 1000)
+            batch = [(names[i], encode_input(names[i], seq, xs[i], ts=ts)) for i in range(n)]
+            pending += await writer.write(batch)
+            sent += n
+            if len(pending) > _MAX_PENDING_BATCHES:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    seconds = time.perf_counter() - t0
+    return sent / seconds if seconds > 0 else float("inf")
+
+
+def bench_engine_only(options: EngineOptions, *, records: int, streams: int) -> dict[str, Any]:
+    """Records/s of ``Engine.process`` alone over ``records`` pre-made records of
+    ``streams`` streams, step-major, in chunks of ``options.max_batch`` (engine built from
+    ``options`` and warmed up first, outside the timed region). Returns ``records``,
+    ``seconds`` and ``records_per_s``."""
+    engine = build_engine(options)
+    engine.warmup()
+    shape = tuple(engine.model.input_shape)
+    names = [f"s{i}" for i in range(streams)]
+    recs: list[Record] = []
+    steps = synthetic_steps(streams, shape, engine.model.input_dtype)
+    for t in range(-(-records // streams)):
+        xs = next(steps)
+        recs.extend(Record(names[i], t, xs[i]) for i in range(streams))
+    recs = recs[:records]
+    b = options.max_batch
+    t0 = time.perf_counter()
+    for start in range(0, len(recs), b):
+        engine.process(recs[start : start + b])
+    seconds = time.perf_counter() - t0
+    return {"records": len(recs), "seconds": seconds, "records_per_s": len(recs) / seconds}
+
+
+async def bench_end_to_end(
+    bootstrap: str,
+    options: EngineOptions,
+    *,
+    records: int,
+    streams: int,
+    partitions: int = 4,
+    max_delay_ms: float = 5.0,
+    queue_max_records: int = 16_384,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Produce ``records`` first, then time the processor draining them (see the module
+    docstring). Input, output and dead-letter topics are fresh (random names, ``partitions``
+    partitions each), created before producing and deleted afterwards.
+
+    Returns ``records``, ``seconds``, ``records_per_s`` (the end-to-end rate),
+    ``produce_records_per_s``, ``batches``, ``mean_batch``, ``pauses``,
+    ``engine_busy_fraction`` and ``partitions``. Raises :class:`TimeoutError` when the
+    processor has not written every output within ``timeout_s`` seconds of starting, and
+    what the processor raises if it fails."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from prometheus_client import CollectorRegistry
+
+    from processor.kafka.runtime import Processor
+    from processor.kafka.settings import Settings
+    from processor.kafka.topics import prepare_topics
+    from processor.model import load_step_model
+
+    if options.model is None:
+        raise ValueError("bench_end_to_end needs options.model")
+    tag = uuid.uuid4().hex[:8]
+    source, out = f"bench-in-{tag}", f"bench-out-{tag}"
+    dlq = f"{out}-dlq"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        # Returns once every partition of the new topics has a leader.
+        await prepare_topics(
+            admin,
+            input_topics=(source,),
+            output_topics=(out, dlq),
+            partitions=partitions,
+            create_inputs=True,
+        )
+        model = load_step_model(options.model)
+        produced = await produce_records(
+            bootstrap,
+            source,
+            records=records,
+            streams=streams,
+            shape=tuple(model.input_shape),
+            dtype=model.input_dtype,
+        )
+        settings = Settings(
+            bootstrap_servers=bootstrap,
+            input_topics=(source,),
+            output_topic=out,
+            dlq_topic=dlq,
+            group_id=f"bench-{tag}",
+            engine=options,
+            max_delay_ms=max_delay_ms,
+            queue_max_records=queue_max_records,
+        )
+        registry = CollectorRegistry()
+        proc = Processor(settings, registry=registry, metrics_server=False)
+        stop = asyncio.Event()
+        task = asyncio.create_task(proc.run(stop))
+        deadline = time.monotonic() + timeout_s
+
+        async def until(done: Any, what: str) -> None:
+            while not done():
+                if task.done():
+                    await task  # the processor stopped early: raise its error
+                    raise RuntimeError(f"the processor stopped before {what}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
+                await asyncio.sleep(_POLL_S)
+
+        try:
+            await until(lambda: proc.stats.records_in > 0, "first record fetched")
+            t0 = time.perf_counter()
+            await until(lambda: proc.stats.outputs >= records, f"{records} outputs written")
+            seconds = time.perf_counter() - t0
+        finally:
+            stop.set()
+            await task
+        stats = proc.stats
+        busy = registry.get_sample_value("lstm_stream_step_seconds_sum") or 0.0
+        return {
+            "records": records,
+            "seconds": seconds,
+            "records_per_s": records / seconds,
+            "produce_records_per_s": produced,
+            "batches": stats.batches,
+            "mean_batch": stats.records_in / max(1, stats.batches),
+            "pauses": stats.pauses,
+            # Share of the timed window the engine thread spent in Engine.process: near 1
+            # means compute-bound, well below 1 means the Kafka/event-loop side limits.
+            "engine_busy_fraction": busy / seconds,
+            "partitions": partitions,
+        }
+    finally:
+        try:
+            await admin.delete_topics([source, out, dlq])
+        finally:
+            await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m processor.bench.kafka``: prints one JSON object, returns 0."""
+    parser = argparse.ArgumentParser(
+        prog="python -m processor.bench.kafka",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bootstrap-servers", required=True, help="a broker to use")
+    parser.add_argument(
+        "--model", default=None, help="model file (default: a random 2x256 LSTM on 32 features)"
+    )
+    parser.add_argument("--records", type=int, default=200_000, help="records (default 200000)")
+    parser.add_argument("--streams", type=int, default=2048, help="streams (default 2048)")
+    parser.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
+    parser.add_argument("--max-batch", type=int, default=1024, help="max batch (default 1024)")
+    parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (default 2)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="engine-only/end-to-end pairs to run back to back (default 1); the ratio is "
+        "taken per pair and the median reported, so load changes between pairs cancel out",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    # Before anything runs TensorFlow (building the default model does): the pools are fixed
+    # at TensorFlow's first use, and --threads would otherwise be silently ignored.
+    configure_threads(args.threads, 1)
+    pairs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or make_lstm_model(str(Path(tmp) / "lstm2x256.keras"))
+        options = EngineOptions(
+            model=model,
+            max_batch=args.max_batch,
+            cache_capacity=max(4096, args.streams * 2),
+            threads=args.threads,
+        )
+        for _ in range(max(1, args.repeat)):
+            engine = bench_engine_only(options, records=args.records, streams=args.streams)
+            e2e = asyncio.run(
+                bench_end_to_end(
+                    args.bootstrap_servers,
+                    options,
+                    records=args.records,
+                    streams=args.streams,
+                    partitions=args.partitions,
+                )
+            )
+            ratio = e2e["records_per_s"] / engine["records_per_s"]
+            pairs.append({"engine_only": engine, "end_to_end": e2e, "ratio": ratio})
+    result: dict[str, Any] = {
+        "model": args.model or "lstm 2x256 on 32 features, Dense(8) head (random weights)",
+        "streams": args.streams,
+        "max_batch": args.max_batch,
+        "threads": args.threads,
+        "engine_only": pairs[-1]["engine_only"],
+        "end_to_end": pairs[-1]["end_to_end"],
+        "end_to_end_over_engine": statistics.median(p["ratio"] for p in pairs),
+    }
+    if len(pairs) > 1:
+        result["pairs"] = [
+            {
+                "engine_only_records_per_s": p["engine_only"]["records_per_s"],
+                "end_to_end_records_per_s": p["end_to_end"]["records_per_s"],
+                "ratio": p["ratio"],
+            }
+            for p in pairs
+        ]
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
