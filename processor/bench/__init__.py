@@ -4,15 +4,17 @@ side by side in one process, on the same models and the same inputs.
 Methods (see :mod:`processor.bench.baselines`): B0 a Keras ``stateful=True`` model called
 per message, B1 a compiled step per message with host-side state, B2 a batched compiled step
 with a host state table, the engine (device-resident state cache), replay (decode -> engine
--> encode) and, given ``--bootstrap-servers``, Kafka end to end (the runtime's own
-measurement, :mod:`processor.kafka.bench`). Sections (see
+-> encode) and, given ``--bootstrap-servers``, Kafka end to end through a real broker
+(:mod:`processor.bench.kafka`). Sections (see
 :mod:`processor.bench.sweeps`): agreement of all methods' outputs, throughput over batch
 sizes, step time over cached streams, state dtype, catch-up scan vs waves, replay, a
 breakdown of an engine step, and this machine's matmul rate as the compute reference.
 
-Writes ``results.json``, ``results.md`` and PNG plots into ``--out``. The exit code is 0 when
-every section ran and every method agreed with the Keras model (targets that are missed are
-findings, reported as MISS, not failures), 1 otherwise.
+Writes ``results.json``, ``results.md`` and PNG plots into ``--out``, with a verdict on each
+of the project's performance goals (:data:`processor.bench.report.GOALS`, explained in
+``docs/benchmarks/goals.md``). The exit code is 0 when every section ran and every method
+agreed with the Keras model (goals that are missed are findings, reported as MISS, not
+failures), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     report.write_all(results, out)
     print(f"bench: results in {out}/ (results.json, results.md, {', '.join(results['plots'])})")
-    for t in results["targets"]:
-        print(f"  {t['status']:<8} {t['target']}: {t['measured']}")
+    for g in results["goals"]:
+        print(f"  {g['status']:<8} {g['goal']}: {g['measured']}")
     ok = not results["errors"] and all(a.get("ok") for a in results["agreement"].values())
     if not ok:
         print("bench: some sections failed or methods disagree; see results.md", file=sys.stderr)
@@ -142,7 +144,7 @@ def run(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every section of ``cfg`` (a :class:`processor.bench.sweeps.Config`) and return
-    the results dict (with ``targets`` evaluated). A section that raises is recorded in
+    the results dict (with ``goals`` evaluated). A section that raises is recorded in
     ``errors`` and the run goes on."""
     from processor.bench import harness, report, sweeps
     from processor.bench.models import load
@@ -150,7 +152,7 @@ def run(
     started = time.perf_counter()
     say = progress or _progress_printer(started)
     results: dict[str, Any] = {
-        "schema": "lstm-stream-bench/1",
+        "schema": "lstm-stream-bench/2",
         "command": command,
         "quick": cfg.quick,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -176,7 +178,7 @@ def run(
             f"slices of {cfg.slice_s} s, so that load from other jobs on this shared machine "
             "falls on all of them alike.",
             "B0 is measured with model.predict, predict_on_batch and a direct call; the "
-            "target ratio uses the fastest B0 variant (the one least favourable to the "
+            "engine_vs_b0 goal uses the fastest B0 variant (the one least favourable to the "
             "engine).",
             "B0 interleaved: one stateful model holds one state, so each switch of stream "
             "reads the layer state variables back to the host and assigns the next stream's "
@@ -301,7 +303,7 @@ def run(
     section("matmul_end", matmul_end)
     results["load_average_at_end"] = harness.load_average()
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
-    results["targets"] = report.evaluate_targets(results)
+    results["goals"] = report.evaluate_goals(results)
     results["methods"] = sorted(
         {r["method"] for r in results["throughput"]}
         | ({"replay"} if results["replay"].get("msg_per_s") else set())
