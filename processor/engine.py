@@ -6,10 +6,13 @@ strictly in order and at most one per step:
 
 * a record whose ``seq`` equals the stream's last applied ``seq`` is a re-delivery of the
   record already applied: it is skipped and returned in ``duplicates``;
-* a record whose ``seq`` is below the stream's last applied ``seq`` arrived out of order (a
-  producer without idempotence can store a retried batch after a later one): it is skipped
-  too and returned in ``out_of_order`` with the last applied seq it was compared against,
-  so callers can tell the two apart (one is harmless, the other is lost input upstream);
+* a record whose ``seq`` is below the stream's last applied ``seq`` is skipped too and
+  returned in ``out_of_order`` with the last applied seq it was compared against. Such a
+  record arrived out of order (a producer without idempotence can store a retried batch
+  after a later one; its input never reaches the model) -- or it is one of several records
+  of a stream re-delivered at once, of which only the last one has the equal seq. The
+  engine sees seqs only and cannot tell these apart; a caller that knows more (a Kafka
+  consumer knows which offsets it already processed) can;
 * after a stream's ``end`` record the stream is forgotten and its next record starts a new
   life, with any ``seq``;
 * streams with fewer than ``scan_min_steps`` pending records go through *waves*: wave ``t``
