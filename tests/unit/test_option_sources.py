@@ -8,25 +8,44 @@ without a row fails here; a row whose option is gone fails too.
 
 ``run`` takes each option as a flag, an environment variable and a TOML key; ``replay``
 takes the engine options as flags (its results must follow from its command line alone).
+
+A second table (``RUNTIME_ROWS``) follows every ``run`` option one step further, through
+the real command line (``processor.cli.main(["run", ...])``, the environment, a TOML file)
+into a started :class:`processor.kafka.runtime.Processor`: the Batcher, the FlowControl,
+the Pipeline's decoder, the Kafka clients, topic preparation, the writers, the commit loop,
+the metrics server, the EngineOptions the engine is built from and the root log level. Only
+the network is replaced (clients, admin, topic preparation and metrics server record what
+they were given) and the engine is a stand-in, so a start costs milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 import json
+import logging
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 import processor  # noqa: F401  (TF/Keras environment defaults before keras)
+from processor import cli, replay
 from processor import options as options_module
-from processor import replay
+from processor import pipeline as pipeline_module
+from processor.codec.reasons import OVERSIZE
 from processor.config import Option, options_of
 from processor.engine import Engine
+from processor.kafka import runtime
 from processor.kafka.clients import REBALANCE_MARGIN_MS, client_kwargs
 from processor.kafka.settings import (
     Settings,
@@ -313,3 +332,377 @@ def test_every_option_reaches_what_it_configures(
 
 def test_every_row_is_a_declared_option() -> None:
     assert set(ROWS) - set(RUN) == set()
+
+
+# ---- run: through the command line into a started Processor --------------------------------
+
+RUNTIME_MODEL = "/models/step.keras"  # never loaded: the engine builder is a stand-in here
+RUNTIME_INIT = "/models/init.keras"
+STANDIN_SHAPE = (3,)
+
+
+@dataclass
+class Started:
+    """What ``lstm-stream run`` configured, recorded while its Processor started: keyword
+    arguments of the (stand-in) Kafka clients, admin client, topic preparation and metrics
+    server, the arguments of the real writers and commit loop, the EngineOptions the
+    engine was built from, and the Processor itself (its batcher, flow control and
+    pipeline are the real ones)."""
+
+    processor: runtime.Processor | None = None
+    engine_options: list[EngineOptions] = field(default_factory=list)
+    consumer: dict[str, Any] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+    admin: dict[str, Any] = field(default_factory=dict)
+    subscribed: list[str] = field(default_factory=list)
+    topics: dict[str, Any] = field(default_factory=dict)
+    built: dict[str, dict[str, Any]] = field(default_factory=dict)
+    server: dict[str, Any] | None = None
+    root_level: int = logging.NOTSET
+
+    @property
+    def proc(self) -> runtime.Processor:
+        assert self.processor is not None, "run did not build a Processor"
+        return self.processor
+
+    @property
+    def engine(self) -> EngineOptions:
+        (only,) = self.engine_options  # the engine is built exactly once, at start
+        return only
+
+    def oversize(self, size: int) -> bool:
+        """Whether the started pipeline rejects a ``size``-byte value as oversize."""
+        (result,) = self.proc.pipeline.decode([b"\x00" * size], [b"k"])
+        return getattr(result, "reason", None) == OVERSIZE
+
+    def delay_s(self) -> float:
+        """How long a lone record waits in the batcher before its batch is due."""
+        batcher = self.proc.batcher
+        batcher.add([SimpleNamespace(tp="t-0", arrived=100.0)])  # type: ignore[list-item]
+        wait = batcher.time_until_due(100.0)
+        batcher.take()
+        assert wait is not None
+        return wait
+
+    def flow_marks(self) -> tuple[str | None, str | None]:
+        """Where the flow control pauses and resumes: the decisions one record above and
+        below the marks (hysteresis: resume only once paused)."""
+        flow = self.proc.flow
+        flow.acquire(flow.high - 1)
+        below = flow.decide()
+        flow.acquire(1)
+        paused = flow.decide()
+        flow.release(flow.in_flight - flow.low - 1)
+        above_low = flow.decide()
+        flow.release(1)
+        resumed = flow.decide()
+        assert (below, above_low) == (None, None)
+        return paused, resumed
+
+
+class _StandinEngine:
+    """Just enough of an Engine for the pipeline to start: a model signature, a warm-up."""
+
+    model = SimpleNamespace(input_shape=STANDIN_SHAPE, input_dtype=np.dtype("float32"))
+
+    def warmup(self, scan: bool = False) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RuntimeRow:
+    """As :class:`Row`, observed on :class:`Started`. ``extra``: flags given in both runs
+    (with and without the value) that the observation needs."""
+
+    text: str
+    observe: Callable[[Started], Any]
+    expected: Any
+    extra: tuple[str, ...] = ()
+
+
+def _engine_row(name: str) -> RuntimeRow:
+    """The value reaches the EngineOptions the Processor builds its engine from (how those
+    reach the Engine is the first table's job)."""
+    text = {"<model>": RUNTIME_MODEL, "<init>": RUNTIME_INIT}.get(ROWS[name].text, ROWS[name].text)
+    return RuntimeRow(text, lambda s: getattr(s.engine, name), ENGINE[name].parse(text))
+
+
+def _arg(s: Started, component: str, name: str) -> Any:
+    return s.built[component][name]
+
+
+RUNTIME_ROWS: dict[str, RuntimeRow] = {
+    # Kafka: the clients the Processor creates.
+    "bootstrap_servers": RuntimeRow(
+        "broker-a:9093",
+        lambda s: {
+            s.consumer["bootstrap_servers"],
+            s.producer["bootstrap_servers"],
+            s.admin["bootstrap_servers"],
+        },
+        {"broker-a:9093"},
+    ),
+    "group_id": RuntimeRow("grp-7", lambda s: s.consumer["group_id"], "grp-7"),
+    "kafka": RuntimeRow(
+        "consumer.max_poll_records=7",
+        lambda s: (s.consumer["max_poll_records"], "max_poll_records" in s.producer),
+        (7, False),
+    ),
+    # Topics: prepared, subscribed, written to.
+    "input_topics": RuntimeRow(
+        "a,b", lambda s: (s.subscribed, tuple(s.topics["input_topics"])), (["a", "b"], ("a", "b"))
+    ),
+    "output_topic": RuntimeRow(
+        "results",
+        lambda s: (
+            _arg(s, "OutputWriter", "topic"),
+            _arg(s, "DeadLetterWriter", "topic"),
+            tuple(s.topics["output_topics"]),
+        ),
+        ("results", "results-dlq", ("results", "results-dlq")),
+    ),
+    "dlq_topic": RuntimeRow(
+        "bad",
+        lambda s: (_arg(s, "DeadLetterWriter", "topic"), tuple(s.topics["output_topics"])[1]),
+        ("bad", "bad"),
+    ),
+    "topic_partitions": RuntimeRow("6", lambda s: s.topics["partitions"], 6),
+    "topic_replication_factor": RuntimeRow("3", lambda s: s.topics["replication_factor"], 3),
+    "create_input_topics": RuntimeRow("true", lambda s: s.topics["create_inputs"], True),
+    # Runtime: batching, backpressure, decoding, dead letters, commits, shutdown.
+    "max_delay_ms": RuntimeRow("12.5", lambda s: s.delay_s(), pytest.approx(0.0125)),
+    "queue_max_records": RuntimeRow(
+        "4096",
+        lambda s: (s.proc.flow.high, s.proc.flow.low, s.flow_marks()),
+        (4096, 2048, ("pause", "resume")),
+    ),
+    "queue_low_records": RuntimeRow(
+        "100", lambda s: (s.proc.flow.low, s.flow_marks()), (100, ("pause", "resume"))
+    ),
+    "commit_interval_ms": RuntimeRow(
+        "250", lambda s: _arg(s, "CommitLoop", "interval_s"), pytest.approx(0.25)
+    ),
+    # The consumer may take this long to rejoin while in-flight work drains.
+    "drain_timeout": RuntimeRow(
+        "12",
+        lambda s: (s.consumer["rebalance_timeout_ms"], s.proc.settings.drain_timeout),
+        (12_000 + REBALANCE_MARGIN_MS, 12.0),
+    ),
+    "max_record_bytes": RuntimeRow(
+        "2048", lambda s: (s.oversize(2048), s.oversize(2049)), (False, True)
+    ),
+    "dlq_max_value_bytes": RuntimeRow(
+        "100", lambda s: _arg(s, "DeadLetterWriter", "max_value_bytes"), 100
+    ),
+    "metrics_port": RuntimeRow("9100", lambda s: s.server and s.server["port"], 9100),
+    "metrics_host": RuntimeRow(
+        "127.0.0.1",
+        lambda s: s.server and s.server["host"],
+        "127.0.0.1",
+        extra=("--metrics-port", "9100"),
+    ),
+    "log_level": RuntimeRow("DEBUG", lambda s: s.root_level, logging.DEBUG),
+    # Engine: what the engine is built from; max_batch also sizes batches and fetches.
+    **{name: _engine_row(name) for name in ENGINE if name != "max_batch"},
+    "max_batch": RuntimeRow(
+        "64",
+        lambda s: (s.engine.max_batch, s.proc.batcher.max_batch, s.consumer["max_poll_records"]),
+        (64, 64, 64),
+        # a full batch must fit the queue: keep the queue within reach of the default batch
+        extra=("--queue-max-records", "1024"),
+    ),
+}
+
+RUNTIME_CASES = [(name, source) for name in RUN for source in ("flag", "env", "toml")]
+
+
+def _runtime_modules() -> list[Any]:
+    """The modules of the Kafka runtime that create its clients and stages."""
+    return [
+        sys.modules[name]
+        for name in sorted(sys.modules)
+        if name == "processor.kafka.runtime"
+        or (name.startswith("processor.kafka.") and name.rpartition(".")[2] in _COMPOSERS)
+    ]
+
+
+#: Modules (besides the runtime) that construct the clients, the stages or the topics.
+_COMPOSERS = ("stages", "topics")
+
+
+class _Recorder:
+    """A stand-in client: records its keyword arguments into ``Started``."""
+
+    def __init__(self, into: dict[str, Any], **kwargs: Any) -> None:
+        into.update(kwargs)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
+    """Make ``lstm-stream run`` start its real Processor without a network: the clients,
+    admin, topic preparation and metrics server record their arguments, the engine builder
+    records its EngineOptions, the writers and the commit loop are the real classes with
+    their arguments recorded, and ``run`` returns right after the start. The root logger's
+    level is restored afterwards (``--log-level`` sets it)."""
+    seen = Started()
+    real_processor = runtime.Processor
+
+    class StartOnly(real_processor):  # type: ignore[misc, valid-type]
+        def __init__(self, settings: Settings, **kwargs: Any) -> None:
+            kwargs.setdefault("registry", CollectorRegistry())  # not the process-wide one
+            super().__init__(settings, **kwargs)
+            seen.processor = self
+
+        async def run(self, stop_event: asyncio.Event | None = None) -> Any:
+            try:
+                await self.start(stop_event)
+            finally:
+                await self.close()
+            return self.stats
+
+    class Consumer(_Recorder):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(seen.consumer, **kwargs)
+
+        def subscribe(self, topics: list[str], listener: Any = None) -> None:
+            seen.subscribed.extend(topics)
+
+        async def getmany(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            await asyncio.Event().wait()  # nothing to fetch; the loop is cancelled on close
+            return {}
+
+        def assignment(self) -> set[Any]:
+            return set()
+
+        def paused(self) -> set[Any]:
+            return set()
+
+    class Producer(_Recorder):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(seen.producer, **kwargs)
+
+    class Admin(_Recorder):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(seen.admin, **kwargs)
+
+    async def prepare_topics(admin: Any, **kwargs: Any) -> Any:
+        seen.topics.update(kwargs)
+        names = [*kwargs["input_topics"], *kwargs["output_topics"]]
+        return SimpleNamespace(partitions=dict.fromkeys(names, 1))
+
+    class Server:
+        def __init__(self, registry: Any, **kwargs: Any) -> None:
+            seen.server = kwargs
+
+        def start(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    def build(options: EngineOptions, model: Any = None) -> Any:
+        seen.engine_options.append(options)
+        return _StandinEngine()
+
+    def recorded(cls: type) -> Callable[..., Any]:
+        def make(*args: Any, **kwargs: Any) -> Any:
+            bound = inspect.signature(cls).bind(*args, **kwargs)
+            seen.built[cls.__name__] = dict(bound.arguments)
+            return cls(*args, **kwargs)
+
+        return make
+
+    def replace(name: str, value: Callable[[Any], Any]) -> None:
+        """Replace ``name`` in every runtime module that uses it (the runtime composes
+        modules that import these names themselves); at least one must."""
+        users = [m for m in _runtime_modules() if name in vars(m)]
+        assert users, f"no runtime module uses {name}"
+        for module in users:
+            monkeypatch.setattr(module, name, value(getattr(module, name)))
+
+    monkeypatch.setattr(runtime, "Processor", StartOnly)
+    # The hot path's collector policy (a full collection, then freeze) is no option's
+    # business and costs a second per start in a process that has imported TensorFlow.
+    monkeypatch.setattr(pipeline_module, "gc_tuned", lambda enable: None)
+    replace("AIOKafkaConsumer", lambda _: Consumer)
+    replace("AIOKafkaProducer", lambda _: Producer)
+    replace("AIOKafkaAdminClient", lambda _: Admin)
+    replace("prepare_topics", lambda _: prepare_topics)
+    replace("MetricsServer", lambda _: Server)
+    replace("build_engine", lambda _: build)
+    for name in ("OutputWriter", "DeadLetterWriter", "CommitLoop"):
+        replace(name, recorded)
+    for name in list(os.environ):
+        if name.startswith("LSTM_STREAM_"):
+            monkeypatch.delenv(name)  # only the case's own variables
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield seen
+    finally:
+        root.setLevel(level)
+
+
+def _start_run(
+    name: str, source: str | None, seen: Started, monkeypatch: pytest.MonkeyPatch, tmp: Path
+) -> Started:
+    """``lstm-stream run`` with the row's value given through ``source`` (None: not at
+    all), started and closed; what it configured."""
+    opt, row = RUN[name], RUNTIME_ROWS[name]
+    base = {"input_topics": "in", "output_topic": "out", "model": RUNTIME_MODEL}
+    argv = [a for n in REQUIRED if n != name for a in _flag_args(RUN[n], base[n])]
+    argv += row.extra
+    if source == "flag":
+        argv += _flag_args(opt, row.text)
+    elif source == "env":
+        for key, value in _env(opt, row.text).items():
+            monkeypatch.setenv(key, value)
+    elif source == "toml":
+        path = tmp / "run.toml"
+        path.write_text(_toml(opt, row.text))
+        argv += ["--config", str(path)]
+    assert cli.main(["run", *argv]) == 0
+    seen.root_level = logging.getLogger().level
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("name", "source"), RUNTIME_CASES, ids=[f"{n}-{s}" for n, s in RUNTIME_CASES]
+)
+def test_every_run_option_reaches_the_started_processor(
+    name: str,
+    source: str,
+    started: Started,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    row = RUNTIME_ROWS.get(name)
+    if row is None:
+        pytest.fail(f"run option {name!r} has no row in RUNTIME_ROWS: add one")
+    assert row.observe(_start_run(name, source, started, monkeypatch, tmp_path)) == row.expected
+
+
+@pytest.mark.parametrize("name", [n for n in RUN if n not in REQUIRED])
+def test_without_the_option_the_started_processor_differs(
+    name: str, started: Started, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The observation of every runtime row changes with the value: without it the row
+    would not notice a lost value."""
+    row = RUNTIME_ROWS.get(name)
+    if row is None:
+        pytest.fail(f"run option {name!r} has no row in RUNTIME_ROWS: add one")
+    assert row.observe(_start_run(name, None, started, monkeypatch, tmp_path)) != row.expected
+
+
+def test_every_runtime_row_is_a_run_option() -> None:
+    assert set(RUNTIME_ROWS) - set(RUN) == set()
