@@ -126,6 +126,7 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
         out += ["--min-time", str(args.min_time)]
     if args.bootstrap_servers:
         out += ["--bootstrap-servers", args.bootstrap_servers]
+    out += ["--seed", str(args.seed)]
     return out
 
 
