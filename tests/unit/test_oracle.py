@@ -165,18 +165,23 @@ def feed(
     before_call: Callable[[Sequence[Record]], None] | None = None,
 ) -> tuple[dict[str, list[Output]], list[Record]]:
     """Feed ``chunks`` to ``engine.process``; outputs per stream (arrival order) and all
-    duplicates. Checks the per-call contract: each record applied once or a duplicate."""
+    stale records (duplicates and out-of-order ones). Checks the per-call contract: each
+    record applied once or stale, a duplicate's seq equal to its stream's last applied seq
+    and an out-of-order one below it."""
     got: dict[str, list[Output]] = defaultdict(list)
-    dups: list[Record] = []
+    stale: list[Record] = []
     for chunk in chunks:
         if before_call is not None:
             before_call(chunk)
         res = engine.process(chunk)
-        assert len(res.outputs) + len(res.duplicates) == len(chunk)
+        assert len(res.outputs) + len(res.duplicates) + len(res.out_of_order) == len(chunk)
         for o in res.outputs:
             got[o.stream].append(o)
-        dups.extend(res.duplicates)
-    return got, dups
+        for r, last in res.out_of_order:
+            assert r.seq < last, (r, last)
+        stale.extend(res.duplicates)
+        stale.extend(r for r, _ in res.out_of_order)
+    return got, stale
 
 
 def expected_outputs(
@@ -381,10 +386,13 @@ def test_engine_random_interleavings_match_offline_model(
         else:
             assert engine.stats.scan_calls == 0
         runs.append(outputs_by_key(got))
+    # Waves and scans run different kernels, so they agree to float32 rounding, not to the
+    # bit: up to 2.8e-6 apart on an AVX2-only CPU for the 3-layer stack below. Still ten
+    # times tighter than the agreement with the offline model asserted above.
     for other in runs[1:]:
         assert other.keys() == runs[0].keys()
         for key, y in runs[0].items():
-            np.testing.assert_allclose(other[key], y, rtol=1e-5, atol=1e-6, err_msg=str(key))
+            np.testing.assert_allclose(other[key], y, rtol=1e-5, atol=1e-5, err_msg=str(key))
 
 
 def test_many_small_streams_single_records(make_model: MakeModel, rng: np.random.Generator) -> None:
@@ -452,7 +460,8 @@ def test_duplicates_are_skipped_and_do_not_change_outputs(
     scan_min_steps: int, make_model: MakeModel, rng: np.random.Generator
 ) -> None:
     """Records whose seq is not greater than the stream's last applied seq are returned as
-    duplicates (the same objects) and never applied: replays right after the original
+    duplicates (equal seq) or out of order (lower seq) -- the same objects -- and never
+    applied: replays right after the original
     (within a call), older seqs, and a redelivery of earlier records (as after a consumer
     restart) mixed into later calls. Each duplicate carries a different ``x``, so applying
     one would change that stream's later outputs."""
@@ -487,7 +496,8 @@ def test_duplicates_are_skipped_and_do_not_change_outputs(
     got, dups = feed(engine, chunks)
     assert {id(d) for d in dups} == {id(d) for d in injected}
     assert len(dups) == len(injected)
-    assert engine.stats.duplicates == len(injected)
+    assert engine.stats.duplicates + engine.stats.out_of_order == len(injected)
+    assert engine.stats.duplicates > 0 and engine.stats.out_of_order > 0
     assert engine.stats.records_applied == len(records)
     assert_matches(scripts, got, expected_outputs(rm, scripts))
 
