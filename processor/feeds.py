@@ -96,15 +96,14 @@ class Feeds:
         self._rng = rng
         self._redeliver = redeliver
         self._next_seq = np.zeros(streams, np.int64)
-        self._last_raw: list[bytes | None] = [None] * streams
 
     def messages(self, idx: np.ndarray) -> tuple[np.ndarray, list[tuple[str, bytes]]]:
         """One new sample of each stream in ``idx``: its values ``x`` (``[len(idx), channels]``)
         and the (key, record bytes) to deliver. The first ``len(idx)`` entries are the new
         messages in ``idx`` order (``seq`` one above the stream's previous message); redelivered
-        copies of a stream's previous message, if any, follow them."""
+        copies of some of them, if any, follow them."""
         k = idx.size
-        ids, next_seq, last_raw = self.ids, self._next_seq, self._last_raw
+        ids, next_seq = self.ids, self._next_seq
         x = self.bank.next(idx)
         ts_ms = int(time.time() * 1000)
         raws: list[tuple[str, bytes]] = []
@@ -113,11 +112,9 @@ class Feeds:
             raws.append((ids[s], codec.encode_input(ids[s], int(next_seq[s]), x[j], ts=ts_ms)))
             next_seq[s] += 1
         if self._redeliver > 0:
-            # At-least-once delivery: some messages arrive again, after the new ones.
+            # At-least-once delivery: some messages arrive a second time, after the new ones
+            # (a producer retrying a send whose acknowledgement was lost). Each copy repeats
+            # its stream's newest seq, so the engine skips it as a duplicate.
             for r in np.flatnonzero(self._rng.random(k) < self._redeliver):
-                old = last_raw[int(idx[r])]
-                if old is not None:
-                    raws.append((ids[int(idx[r])], old))
-        for j in range(k):
-            last_raw[int(idx[j])] = raws[j][1]
+                raws.append(raws[int(r)])
         return x, raws
