@@ -228,6 +228,15 @@ class Pipeline:
             gc_tuned(False)
 
     @property
+    def decoder(self) -> RecordDecoder:
+        """The validating batch decoder (once started); :meth:`decode` is its
+        ``decode_many``. A transport whose stages live in their own modules (Kafka) calls it
+        directly, so that a record enters this module only for its step."""
+        if self._decoder is None:
+            raise RuntimeError("pipeline not started")
+        return self._decoder
+
+    @property
     def max_record_bytes(self) -> int:
         """Values larger than this are bad records (``oversize``)."""
         return self._max_record_bytes
@@ -248,9 +257,7 @@ class Pipeline:
         """Decode and validate a batch (caller's thread): element ``i`` is the record of
         ``values[i]`` (stream id from ``keys[i]`` or the value's ``stream`` field) or the
         :class:`BadRecord` saying why it is rejected."""
-        if self._decoder is None:
-            raise RuntimeError("pipeline not started")
-        return self._decoder.decode_many(values, keys)
+        return self.decoder.decode_many(values, keys)
 
     def step(
         self,

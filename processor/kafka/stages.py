@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from processor.codec import encode_outputs
 from processor.kafka.ack import Acker
 from processor.kafka.batcher import Batcher, FlowControl
 from processor.kafka.commit import CommitLoop
@@ -62,15 +63,17 @@ class Stages:
         self.consumer = consumer
         self.producer = producer
         self.acker = Acker(ledger, release, metrics, s.output_topic)
+        # The codec's decoder and encoder directly (configured by the pipeline): a record
+        # then enters each module of its path once (docs/architecture.md).
         emitter = Emitter(
             OutputWriter(producer, s.output_topic),
             DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes),
-            pipeline.encode,
+            encode_outputs,
             metrics,
         )
         self.fetcher = Fetcher(
             consumer,
-            pipeline.decode,
+            pipeline.decoder.decode_many,
             batcher,
             flow,
             ownership,
