@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import random
-import tracemalloc
 import warnings
 from typing import Any
 
@@ -14,16 +12,16 @@ import pytest
 
 from processor import codec
 from processor.codec import (
+    DECODE_REASONS,
     DTYPES,
     REASONS,
-    Frame,
+    Reason,
     RecordDecoder,
     decode_dead_letter,
     decode_output,
     encode_dead_letter,
     encode_input,
     encode_output,
-    iter_framed,
 )
 from processor.errors import BadRecord
 from processor.records import Output, Record
@@ -312,10 +310,26 @@ def test_rejects_with_reason_and_detail(
     assert str(caught.value) == f"{reason}: {caught.value.detail}"
 
 
-def test_every_reason_is_exercised() -> None:
+def test_every_decode_reason_is_exercised_and_registered() -> None:
     covered = {r[0] for r in REJECTS} | {"bad_dtype"}
-    assert covered == set(REASONS)
-    assert {codec.OVERSIZE, codec.BAD_VALUE, codec.NON_FINITE} <= set(REASONS)
+    assert covered == set(DECODE_REASONS)
+    assert set(DECODE_REASONS) <= set(REASONS)
+    assert {codec.OVERSIZE, codec.BAD_VALUE, codec.NON_FINITE} <= set(DECODE_REASONS)
+
+
+def test_the_reason_registry_names_every_code_once_with_a_meaning() -> None:
+    constants = {
+        value
+        for name, value in vars(codec).items()
+        if name.isupper() and isinstance(value, str) and name != "MAX_SEQ"
+    }
+    assert constants == set(REASONS)
+    for code, reason in REASONS.items():
+        assert reason == Reason(code, reason.meaning)
+        assert reason.meaning and "\n" not in reason.meaning and "|" not in reason.meaning
+    assert codec.MISSING_KEY == "missing_key"
+    assert codec.NON_INCREASING_SEQ == "non_increasing_seq"
+    assert codec.TRUNCATED == "truncated"
 
 
 @pytest.mark.parametrize("model_dtype", INT_DTYPES)
@@ -424,7 +438,7 @@ def _decode_any(decoder: RecordDecoder, raw: bytes, key: bytes | None = None) ->
         try:
             record = decoder.decode(raw, key)
         except BadRecord as exc:
-            assert exc.reason in REASONS, exc
+            assert exc.reason in DECODE_REASONS, exc
             return exc.reason
     assert isinstance(record, Record)
     assert record.x.shape == decoder.input_shape
@@ -760,193 +774,3 @@ def test_encode_input_writes_the_documented_fields() -> None:
         "x": x.astype("<i2").tobytes(),
         "dtype": "int16",
     }
-
-
-# -- framing -----------------------------------------------------------------------------------
-
-
-def _records(n: int) -> list[bytes]:
-    return [encode_input(f"s-{i % 3}", i, sample(seed=i), ts=i) for i in range(n)]
-
-
-def _frames(data: bytes, max_record_bytes: int = 1 << 20, chunk_size: int = 1 << 20) -> list[Frame]:
-    return list(iter_framed(io.BytesIO(data), max_record_bytes, chunk_size))
-
-
-def _offsets(parts: list[bytes]) -> list[int]:
-    offsets, at = [], 0
-    for part in parts:
-        offsets.append(at)
-        at += len(part)
-    return offsets
-
-
-@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, 1 << 20])
-def test_framing_yields_original_bytes_and_offsets(chunk_size: int) -> None:
-    parts = _records(5)
-    parts.insert(2, pack(42))  # valid msgpack, not a record
-    parts.insert(4, b"\x81\xa1a\xa2\xff\xfe")  # valid structure, invalid UTF-8 inside
-    frames = _frames(b"".join(parts), chunk_size=chunk_size)
-    assert frames == [Frame(o, p, None) for o, p in zip(_offsets(parts), parts, strict=True)]
-    decoder = RecordDecoder(SHAPE)
-    outcomes = [_decode_any(decoder, f.raw) for f in frames if f.raw is not None]
-    assert outcomes == ["ok", "ok", "not_a_map", "ok", "undecodable", "ok", "ok"]
-
-
-@pytest.mark.parametrize("chunk_size", [1, 5, 1 << 20])
-def test_framing_reports_a_truncated_tail(chunk_size: int) -> None:
-    parts = _records(3)
-    partial = parts[2][:-5]
-    data = parts[0] + parts[1] + partial
-    frames = _frames(data, chunk_size=chunk_size)
-    assert frames[:2] == [Frame(0, parts[0]), Frame(len(parts[0]), parts[1])]
-    assert frames[2] == Frame(len(parts[0]) + len(parts[1]), partial, "truncated")
-    assert frames[2].reason == "truncated" and frames[0].reason is None
-    assert len(frames) == 3
-
-
-def test_framing_an_empty_file_yields_nothing() -> None:
-    assert _frames(b"") == []
-
-
-@pytest.mark.parametrize("chunk_size", [1, 4, 1 << 20])
-def test_framing_stops_at_corrupt_bytes(chunk_size: int) -> None:
-    parts = _records(2)
-    data = parts[0] + b"\x92\x01\xc1" + parts[1]  # 0xc1 is never valid msgpack
-    frames = _frames(data, chunk_size=chunk_size)
-    assert frames[0] == Frame(0, parts[0])
-    assert frames[1].offset == len(parts[0]) and frames[1].raw is None
-    assert frames[1].reason == "undecodable"
-    assert frames[1].error is not None and frames[1].error.startswith("undecodable: ")
-    assert len(frames) == 2
-
-
-@pytest.mark.parametrize("chunk_size", [1, 16, 100, 1 << 20])
-def test_framing_skips_an_oversize_object_and_goes_on(chunk_size: int) -> None:
-    small = _records(2)
-    big = pack({"stream": "s", "seq": 1, "x": [1.5] * 500})  # 4.5 kB of many small items
-    parts = [small[0], big, small[1]]
-    frames = _frames(b"".join(parts), max_record_bytes=1000, chunk_size=chunk_size)
-    offsets = _offsets(parts)
-    assert frames == [
-        Frame(offsets[0], small[0]),
-        Frame(offsets[1], None, "oversize"),
-        Frame(offsets[2], small[1]),
-    ]
-
-
-def test_framing_an_oversize_truncated_tail() -> None:
-    big = pack([1.5] * 500)
-    frames = _frames(_records(1)[0] + big[:-20], max_record_bytes=1000, chunk_size=64)
-    assert frames[1:] == [Frame(len(frames[0].raw or b""), None, "truncated")]
-
-
-@pytest.mark.parametrize("chunk_size", [64, 1 << 20])
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b"\xc6\x00\x30\x00\x00" + b"\x00" * (3 << 20),  # bin32 of 3 MiB
-        b"\x92\x01\xdb\x00\x30\x00\x00" + b"a" * (3 << 20),  # str32 inside an array
-    ],
-    ids=["bin", "nested-str"],
-)
-def test_framing_stops_at_a_payload_too_large_to_skip(payload: bytes, chunk_size: int) -> None:
-    """The parse buffer holds max_record_bytes + chunk_size: a payload beyond cannot pass."""
-    record = _records(1)[0]
-    frames = _frames(record + payload + record, max_record_bytes=1000, chunk_size=chunk_size)
-    assert frames[0] == Frame(0, record)
-    assert frames[1].offset == len(record) and frames[1].reason == "oversize"
-    assert frames[1].error is not None and frames[1].error.startswith("oversize: ")
-    assert frames[1].error.endswith("; cannot skip safely")
-    assert len(frames) == 2
-
-
-def test_framing_skips_a_payload_just_over_the_limit() -> None:
-    record = _records(1)[0]
-    big = pack(b"\x00" * 1020)
-    frames = _frames(record + big + record, max_record_bytes=1000, chunk_size=1 << 20)
-    assert frames == [Frame(0, record), Frame(96, None, "oversize"), Frame(96 + len(big), record)]
-
-
-def test_framing_a_lying_array_header_swallows_the_rest_with_bounded_memory() -> None:
-    record = _records(1)[0]
-    lying = b"\xdd\xff\xff\xff\xff"  # array32 of 4 Gi items, followed by ordinary records
-    reader = _CountingReader(record + lying + record * 2000)
-    frames = list(iter_framed(reader, max_record_bytes=1000, chunk_size=4096))
-    assert frames == [Frame(0, record), Frame(96, None, "truncated")]
-    assert reader.delivered == len(reader.getvalue())
-
-
-def test_framing_stops_at_nesting_too_deep_to_parse() -> None:
-    frames = _frames(pack(1) + DEEP + pack(2))
-    assert frames[0] == Frame(0, b"\x01")
-    assert frames[1].offset == 1 and frames[1].reason == "undecodable"
-    assert len(frames) == 2
-
-
-def test_framing_a_lying_header_at_the_end_is_truncated() -> None:
-    record = _records(1)[0]
-    tail = b"\xc6\x00\x10\x00\x00" + b"\x00" * 10
-    frames = _frames(record + tail, max_record_bytes=1000)
-    assert frames == [Frame(0, record), Frame(len(record), tail, "truncated")]
-
-
-class _CountingReader(io.BytesIO):
-    """Records how many bytes each read asked for and got."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.requests: list[int] = []
-        self.delivered = 0
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        assert size is not None and size > 0, "iter_framed must never read the whole file"
-        self.requests.append(size)
-        chunk = super().read(size)
-        self.delivered += len(chunk)
-        return chunk
-
-
-def test_framing_reads_lazily_in_chunks() -> None:
-    parts = _records(200)
-    reader = _CountingReader(b"".join(parts))
-    frames = iter_framed(reader, max_record_bytes=1000, chunk_size=256)
-    assert next(frames) == Frame(0, parts[0])
-    assert reader.delivered <= 256
-    assert len(list(frames)) == 199
-    assert set(reader.requests) == {256}
-
-
-def test_framing_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="chunk_size"):
-        list(iter_framed(io.BytesIO(b""), 10, chunk_size=0))
-    with pytest.raises(ValueError, match="max_record_bytes"):
-        list(iter_framed(io.BytesIO(b""), 0))
-
-
-def test_framed_dead_letters_are_themselves_framed_files() -> None:
-    """A dead-letter file is concatenated dead-letter records: framing reads it back."""
-    bad = [pack(1), b"\x90"]
-    data = b"".join(encode_dead_letter(b, "not_a_map", "d", index=i) for i, b in enumerate(bad))
-    letters = [decode_dead_letter(f.raw) for f in _frames(data) if f.raw is not None]
-    assert [d["record"] for d in letters] == bad
-
-
-def test_framing_memory_stays_bounded_by_the_limits() -> None:
-    """A 9 MB oversize array and a lying header over 4 MB pass with ~60 kB traced."""
-    small = pack({"a": 1})
-    data = small + pack([1.5] * 1_000_000) + small + b"\xdd\xff\xff\xff\xff" + b"\x01" * 4_000_000
-    fp = io.BytesIO(data)
-    tracemalloc.start()
-    try:
-        frames = list(iter_framed(fp, max_record_bytes=1000, chunk_size=4096))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert frames == [
-        Frame(0, small),
-        Frame(4, None, "oversize"),
-        Frame(9_000_009, small),
-        Frame(9_000_013, None, "truncated"),
-    ]
-    assert peak < 4 * (1000 + 4096) + 64 * 1024

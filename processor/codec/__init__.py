@@ -1,0 +1,93 @@
+"""Wire format: msgpack input, output and dead-letter records, and file framing (no I/O here
+beyond reading a file object handed in by the caller).
+
+The format is fixed; other tools depend on it. The JSON Schemas in ``schemas/`` describe the
+same records (with msgpack ``bin`` values mapped to base64 strings).
+
+Input record, a msgpack map:
+
+============  ========================================================================
+``stream``    str, the stream id (in Kafka it is the message key; may then be omitted)
+``seq``       int >= 0, strictly increasing per stream (checked by the engine, not here)
+``x``         bin (raw little-endian tensor bytes in C order) or an array of numbers,
+              flat in C order or nested to match ``shape``
+``dtype``     optional str, default ``"float32"``; one of :data:`DTYPES`
+``shape``     optional array of int, default the model's per-step input shape; must match it
+``ts``        optional int, event time in ms since the epoch
+``reset``     optional bool: start from the initial state before this step
+``end``       optional bool: free the stream's state after this step
+============  ========================================================================
+
+Unknown extra keys are ignored (forward compatibility). Output records carry ``stream``,
+``seq``, ``y`` (bin, little-endian float32), ``shape``, ``dtype`` (``"float32"``) and ``ts``
+when the input had one. Dead-letter records carry ``reason``, ``detail``, ``record`` (bin, the
+original bytes) and optionally ``source``, ``offset`` and ``index``.
+
+Modules: :mod:`~processor.codec.decode` (:class:`RecordDecoder`, input records),
+:mod:`~processor.codec.encode` (input and output records), :mod:`~processor.codec.deadletter`
+(dead-letter records), :mod:`~processor.codec.framing` (files of concatenated records) and
+:mod:`~processor.codec.reasons` (the one registry of dead-letter reason codes,
+:data:`REASONS`). This package re-exports their public names; import them from here.
+"""
+
+from __future__ import annotations
+
+from processor.codec.deadletter import decode_dead_letter, encode_dead_letter
+from processor.codec.decode import MAX_SEQ, RecordDecoder
+from processor.codec.encode import decode_output, encode_input, encode_output, encode_outputs
+from processor.codec.framing import Frame, iter_framed
+from processor.codec.reasons import (
+    BAD_DTYPE,
+    BAD_STREAM_ID,
+    BAD_VALUE,
+    DECODE_REASONS,
+    KEY_MISMATCH,
+    MISSING_FIELD,
+    MISSING_KEY,
+    NEGATIVE_SEQ,
+    NON_FINITE,
+    NON_INCREASING_SEQ,
+    NOT_A_MAP,
+    OVERSIZE,
+    REASONS,
+    SHAPE_MISMATCH,
+    SIZE_MISMATCH,
+    TRUNCATED,
+    UNDECODABLE,
+    WRONG_TYPE,
+    Reason,
+)
+from processor.dtypes import DTYPES
+
+__all__ = [
+    "BAD_DTYPE",
+    "BAD_STREAM_ID",
+    "BAD_VALUE",
+    "DECODE_REASONS",
+    "DTYPES",
+    "KEY_MISMATCH",
+    "MAX_SEQ",
+    "MISSING_FIELD",
+    "MISSING_KEY",
+    "NEGATIVE_SEQ",
+    "NON_FINITE",
+    "NON_INCREASING_SEQ",
+    "NOT_A_MAP",
+    "OVERSIZE",
+    "REASONS",
+    "SHAPE_MISMATCH",
+    "SIZE_MISMATCH",
+    "TRUNCATED",
+    "UNDECODABLE",
+    "WRONG_TYPE",
+    "Frame",
+    "Reason",
+    "RecordDecoder",
+    "decode_dead_letter",
+    "decode_output",
+    "encode_dead_letter",
+    "encode_input",
+    "encode_output",
+    "encode_outputs",
+    "iter_framed",
+]

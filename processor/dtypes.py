@@ -1,0 +1,29 @@
+"""Tensor element types lstm-stream carries (no I/O, no TensorFlow).
+
+A neutral table shared by the model loader (:mod:`processor.model` refuses a model whose
+input dtype is not listed, since no record could feed it) and the wire format
+(:mod:`processor.codec` accepts exactly these ``dtype`` names), so that neither depends on
+the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import numpy as np
+
+__all__ = ["DTYPES", "WIRE_DTYPES"]
+
+#: Supported dtype names and their little-endian numpy dtypes (tensor bytes on the wire are
+#: always little-endian, whatever the host).
+WIRE_DTYPES: Final[Mapping[str, np.dtype[Any]]] = MappingProxyType(
+    {
+        name: np.dtype(name).newbyteorder("<")
+        for name in ("float32", "float16", "float64", "uint8", "int8", "int16", "int32")
+    }
+)
+
+#: The supported dtype names, in a stable order (the input schema's ``dtype`` enum).
+DTYPES: Final[tuple[str, ...]] = tuple(WIRE_DTYPES)
