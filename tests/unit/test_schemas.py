@@ -1,4 +1,5 @@
-"""The JSON Schemas in schemas/ agree with the codec (bin values mapped to base64 strings)."""
+"""The JSON Schemas in schemas/ agree with the codec (bin values mapped to base64 strings), and
+the dead-letter schema and the README list exactly the registry's reason codes."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from processor.codec import (
 from processor.errors import BadRecord
 from processor.records import Output
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "schemas"
+README = ROOT / "README.md"
 NAMES = ("input-record", "output-record", "dead-letter-record")
 SHAPE = (4, 3)
 
@@ -98,9 +101,14 @@ def _inputs() -> list[bytes]:
 
 
 @pytest.mark.parametrize("raw", _inputs())
-def test_encoded_inputs_validate_and_decode(raw: bytes) -> None:
+def test_encoded_inputs_validate_and_decode_to_what_they_carry(raw: bytes) -> None:
     validator("input-record").validate(wire(raw))
-    RecordDecoder(SHAPE).decode(raw, key=b"s")
+    fields = msgpack.unpackb(raw, raw=False)
+    record = RecordDecoder(SHAPE).decode(raw, key=b"s")
+    assert (record.stream, record.seq, record.ts) == ("s", fields["seq"], fields.get("ts"))
+    assert (record.reset, record.end) == (fields.get("reset", False), fields.get("end", False))
+    assert record.x.dtype == np.float32 and record.x.shape == SHAPE
+    np.testing.assert_array_equal(record.x, np.arange(12, dtype=np.float32).reshape(SHAPE))
 
 
 @pytest.mark.parametrize("ts", [None, 0, 1_700_000_000_000])
@@ -120,10 +128,37 @@ def test_encoded_outputs_and_decode_output_results_validate(
     "options",
     [{}, {"source": "in.msgpack"}, {"offset": 0, "index": 0}, {"source": "t", "offset": 9}],
 )
-@pytest.mark.parametrize("reason", [*REASONS, "truncated"])
+@pytest.mark.parametrize("reason", list(REASONS))
 def test_encoded_dead_letters_validate(reason: str, options: dict[str, Any]) -> None:
     raw = encode_dead_letter(b"\xc1\x00", reason, f"detail of {reason}", **options)
     validator("dead-letter-record").validate(wire(raw))
+
+
+def test_dead_letter_schema_lists_exactly_the_registry_reasons_with_their_meanings() -> None:
+    listed = load("dead-letter-record")["properties"]["reason"]["oneOf"]
+    assert [(c["const"], c["description"]) for c in listed] == [
+        (r.code, r.meaning) for r in REASONS.values()
+    ]
+    record = {"detail": "d", "record": ""}
+    assert not validator("dead-letter-record").is_valid({**record, "reason": "no_such_reason"})
+
+
+def _readme_reason_table() -> list[tuple[str, str]]:
+    """The rows of the README's table under "### Dead-letter reasons": (code, meaning)."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    at = lines.index("### Dead-letter reasons")
+    header = lines.index("| reason | meaning |", at)
+    rows: list[tuple[str, str]] = []
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        code, meaning = (cell.strip() for cell in line.strip().strip("|").split("|", 1))
+        rows.append((code.strip("`"), meaning))
+    return rows
+
+
+def test_readme_reason_table_lists_exactly_the_registry_reasons_with_their_meanings() -> None:
+    assert _readme_reason_table() == [(r.code, r.meaning) for r in REASONS.values()]
 
 
 def _base(**changes: Any) -> dict[str, Any]:
