@@ -97,7 +97,7 @@ _ALL: Final = (
     Reason(NON_FINITE, "`x` holds NaN or infinity, also after conversion to the model's dtype"),
     Reason(
         BAD_VALUE,
-        "a value out of range: `seq` above 2**63 - 1, a non-number in `x`, a float for an "
+        "a value out of range: `seq` above `2**63 - 1`, a non-number in `x`, a float for an "
         "integer dtype, or an int the dtype cannot hold",
     ),
     Reason(TRUNCATED, "the input file ends inside this record"),
