@@ -5,9 +5,11 @@ Fixtures (import them into a test module to use them):
 * ``no_leftover_tasks`` -- fails a test that leaves asyncio tasks running;
 * ``tiny_model`` -- a small LSTM saved to a temporary ``.keras`` file (session-wide).
 
-Functions: producing raw or synthetic records, reading a whole topic, running a processor
-in-process, and the reference outputs of the same records through an in-process Engine
-(the replay path).
+Functions: producing raw or synthetic records (at once, or step after step until stopped:
+``SteppedProducer``), reading a whole topic, each stream's outputs in topic order
+(``seqs_by_stream``, ``assert_outputs_in_seq_order``), running a processor in-process or as
+a ``lstm-stream run`` subprocess (``RunProcess``), and the reference outputs of the same
+records through an in-process Engine (the replay path).
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -148,6 +155,51 @@ async def send_synthetic(bootstrap: str, topic: str, records: list[tuple[str, by
     await send_raw(bootstrap, topic, [(s.encode(), v) for s, v in records])
 
 
+class SteppedProducer:
+    """Produces one record per stream per step (``synthetic_records``, step k has seq k),
+    a step every ``interval`` seconds, until :meth:`stop`: input keeps arriving for as long
+    as a test needs, however slow or fast the machine. ``steps`` counts complete steps."""
+
+    def __init__(self, bootstrap: str, topic: str, streams: int, interval: float) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.streams = streams
+        self.interval = interval
+        self.steps = 0
+        self._stop = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2)
+        await producer.start()
+        try:
+            while not self._stop.is_set():
+                step = synthetic_records(self.streams, 1, seed=self.steps, start_seq=self.steps)
+                futures = [
+                    await producer.send(self.topic, value=v, key=s.encode()) for s, v in step
+                ]
+                await asyncio.gather(*futures)
+                self.steps += 1
+                await asyncio.sleep(self.interval)
+        finally:
+            await producer.stop()
+
+    async def wait_steps(self, n: int, timeout: float = 60) -> None:
+        """Until ``n`` steps are complete (fails the test if the producer failed)."""
+        deadline = time.monotonic() + timeout
+        while self.steps < n:
+            assert not self.task.done(), self.task
+            if time.monotonic() > deadline:
+                pytest.fail(f"only {self.steps} of {n} steps produced after {timeout}s")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> int:
+        """Stop after the current step; returns the number of complete steps produced."""
+        self._stop.set()
+        await self.task
+        return self.steps
+
+
 # ---- reading ------------------------------------------------------------------------------
 
 
@@ -187,6 +239,44 @@ async def read_topic(
     finally:
         await consumer.stop()
     return out
+
+
+def seqs_by_stream(records: Iterable[ConsumerRecord[bytes, bytes]]) -> dict[str, list[int]]:
+    """Each stream's output seqs in the order the output topic holds them (by partition and
+    offset); also checks that every stream's outputs are in one partition (keyed by stream
+    id), the only place where their order is defined."""
+    seqs: dict[str, list[int]] = {}
+    partition_of: dict[str, int] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        d = decode_output(r.value or b"")
+        stream = d["stream"]
+        assert partition_of.setdefault(stream, r.partition) == r.partition, (
+            f"{stream}: outputs in partitions {partition_of[stream]} and {r.partition}"
+        )
+        seqs.setdefault(stream, []).append(d["seq"])
+    return seqs
+
+
+def assert_outputs_in_seq_order(
+    records: Iterable[ConsumerRecord[bytes, bytes]], *, redelivered: bool = False
+) -> dict[str, list[int]]:
+    """Every stream's outputs are in the output topic in seq order: strictly increasing; with
+    ``redelivered`` (at-least-once re-deliveries after a rebalance), each seq's first output
+    comes after the first outputs of every lower seq (repeats of earlier seqs may follow).
+    Returns :func:`seqs_by_stream`."""
+    seqs = seqs_by_stream(records)
+    for stream, order in seqs.items():
+        if redelivered:
+            first: list[int] = []
+            for seq in order:
+                if seq not in first:
+                    first.append(seq)
+            assert first == sorted(first), f"{stream}: first outputs out of seq order: {order}"
+        else:
+            assert all(a < b for a, b in itertools.pairwise(order)), (
+                f"{stream}: outputs out of seq order: {order}"
+            )
+    return seqs
 
 
 def outputs_by_key(
@@ -286,3 +376,97 @@ def subprocess_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+# ---- ``lstm-stream run`` as a subprocess ----------------------------------------------------
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
+def metric_total(body: str, name: str) -> float:
+    """The sum of every sample of metric ``name`` in a /metrics text body."""
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class RunProcess:
+    """``python -m processor.cli run ARGS`` with its output (stdout and stderr) in ``log``
+    and a metrics server on a free port. Call :meth:`kill` in a ``finally``."""
+
+    def __init__(self, args: list[str], log: Path, *, metrics: bool = True) -> None:
+        self.port = free_port()
+        self.log = log
+        self._fp = log.open("w")
+        extra = ["--metrics-port", str(self.port), "--metrics-host", "127.0.0.1"] if metrics else []
+        self.popen = subprocess.Popen(
+            [PYTHON, "-m", "processor.cli", "run", *args, *extra],
+            stdout=self._fp,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=subprocess_env(),
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def wait_ready(self, timeout: float = 120) -> None:
+        """Until /readyz answers 200 (fails the test if the process exits first)."""
+        await self.wait_until(lambda: http_get(self.url("/readyz"))[0] == 200, timeout, "readiness")
+
+    async def wait_for_log(self, text: str, timeout: float = 120) -> None:
+        """Until ``text`` appears in the log (fails the test if the process exits first)."""
+        await self.wait_until(lambda: text in self.log.read_text(), timeout, repr(text))
+
+    async def wait_until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not await asyncio.to_thread(cond):
+            if self.popen.poll() is not None:
+                pytest.fail(f"run exited ({self.popen.returncode}) before {what}:\n{self.text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} after {timeout}s:\n{self.text()}")
+            await asyncio.sleep(0.2)
+
+    async def outputs_acked(self) -> float:
+        status, body = await asyncio.to_thread(http_get, self.url("/metrics"))
+        return metric_total(body, "lstm_stream_records_out_total") if status == 200 else 0.0
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.popen.send_signal(signum)
+
+    async def wait(self, timeout: float = 60) -> int:
+        """The exit code (fails the test if the process is still running after ``timeout``)."""
+        try:
+            rc = await asyncio.to_thread(self.popen.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            pytest.fail(f"run did not exit within {timeout}s:\n{self.text()}")
+        self._fp.close()
+        return rc
+
+    async def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, then the exit code."""
+        self.signal(signal.SIGTERM)
+        return await self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+        self._fp.close()
+
+    def text(self) -> str:
+        if not self._fp.closed:
+            self._fp.flush()
+        return self.log.read_text()[-5000:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
 
@@ -12,14 +11,14 @@ from kafka_helpers import (  # type: ignore[import-not-found]
     free_port,
     no_leftover_tasks,
     running,
+    send_synthetic,
     settings_for,
+    synthetic_records,
     tiny_model,
     wait_for,
 )
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-
-from processor.tools import produce
 
 __all__ = ["no_leftover_tasks", "tiny_model"]
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
@@ -48,6 +47,8 @@ def _total(samples: dict, name: str) -> float:  # type: ignore[type-arg]
 async def test_metrics_endpoint_shows_counters_moving_during_a_run(
     kafka_bootstrap: str, topic_factory, unique_group: str, tiny_model: str
 ) -> None:
+    """Two scrapes, each after a known number of records was answered: the counters equal
+    those numbers, so they moved between the scrapes by exactly the second batch."""
     source = await topic_factory(partitions=2, prefix="in")
     out = await topic_factory(partitions=1, prefix="out")
     port = free_port()
@@ -56,35 +57,32 @@ async def test_metrics_endpoint_shows_counters_moving_during_a_run(
         metrics_port=port, metrics_host="127.0.0.1",
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    streams, steps = 20, 5
+    first_half = synthetic_records(streams, steps, seed=1)
+    second_half = synthetic_records(streams, steps, seed=2, start_seq=steps)
     async with running(settings, CollectorRegistry()) as run:
         await wait_for(lambda: run.proc.ready, 60, "readiness", run)
         assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 200
         assert (await asyncio.to_thread(_get, f"{base}/healthz")) == (200, "ok\n")
-        producing = asyncio.create_task(
-            produce(kafka_bootstrap, source, streams=20, shape=(4,), duration=4.0, rate=400)
-        )
         scrapes = []
-        deadline = time.monotonic() + 30
-        while len(scrapes) < 3:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.8)
+        done = 0
+        for half in (first_half, second_half):
+            await send_synthetic(kafka_bootstrap, source, half)
+            done += len(half)
+            await wait_for(lambda n=done: run.proc.stats.outputs >= n, 60, f"{done} outputs", run)
             status, body = await asyncio.to_thread(_get, f"{base}/metrics")
             assert status == 200
-            samples = _samples(body)
-            if _total(samples, "lstm_stream_records_out_total") > 0:
-                scrapes.append(samples)
-        await producing
-    first, last = scrapes[0], scrapes[-1]
-    for name in (
-        "lstm_stream_records_in_total",
-        "lstm_stream_records_out_total",
-        "lstm_stream_batch_records_count",
-        "lstm_stream_step_seconds_count",
-        "lstm_stream_end_to_end_latency_seconds_count",
-    ):
+            scrapes.append(_samples(body))
+    first, last = scrapes
+    for samples, n in ((first, len(first_half)), (last, done)):
+        assert _total(samples, "lstm_stream_records_in_total") == n
+        assert _total(samples, "lstm_stream_records_out_total") == n
+        assert _total(samples, "lstm_stream_end_to_end_latency_seconds_count") == n
+    for name in ("lstm_stream_batch_records_count", "lstm_stream_step_seconds_count"):
         assert _total(last, name) > _total(first, name) > 0, name
-    assert _total(last, "lstm_stream_active_streams") == 20
-    assert _total(last, "lstm_stream_cache_capacity") == settings.cache_capacity
+    assert _total(last, "lstm_stream_batch_records_sum") == done
+    assert _total(last, "lstm_stream_active_streams") == streams
+    assert _total(last, "lstm_stream_cache_capacity") == settings.engine.cache_capacity
     assert _total(last, "lstm_stream_rebalances_total") >= 1
     assert _total(last, "lstm_stream_assigned_partitions") == 2
     assert any(n == "lstm_stream_consumer_lag_records" for n, _ in last)

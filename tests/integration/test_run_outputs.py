@@ -1,6 +1,7 @@
-"""``lstm-stream run`` against a real broker: outputs equal the in-process replay, bad
-records go to the dead-letter topic, duplicates are skipped, backpressure bounds the
-pipeline."""
+"""``lstm-stream run`` against a real broker: outputs equal the in-process replay and each
+stream's are in seq order in the output topic, bad records go to the dead-letter topic,
+duplicates and out-of-order records are skipped (and counted apart), backpressure bounds
+the pipeline."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from kafka_helpers import (  # type: ignore[import-not-found]
     FEATURES,
+    assert_outputs_in_seq_order,
     no_leftover_tasks,
     outputs_by_key,
     read_topic,
@@ -63,12 +65,15 @@ async def test_outputs_equal_the_replay_of_the_same_records(
     assert proc.stats.records_in == total
     assert proc.stats.outputs == total and proc.stats.dead_letters == 0
 
-    got = outputs_by_key(await read_topic(kafka_bootstrap, out, until=lambda rs: len(rs) >= total))
+    records = await read_topic(kafka_bootstrap, out, until=lambda rs: len(rs) >= total)
+    got = outputs_by_key(records)
     ref = reference_outputs(tiny_model, [v for _, v in records_a + records_b])
     assert set(got) == set(ref) and len(ref) == total
     for key, ys in got.items():
         assert len(ys) == 1, f"{key} has {len(ys)} outputs"
         np.testing.assert_allclose(ys[0], ref[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+    order = assert_outputs_in_seq_order(records)
+    assert len(order) == 64 and all(seqs == list(range(20)) for seqs in order.values())
     # Metrics moved with the run (each test has its own registry).
     assert registry.get_sample_value("lstm_stream_records_in_total", {"topic": in_a}) == len(
         records_a
@@ -116,8 +121,10 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
     dlq = await topic_factory(partitions=1, prefix="dlq")
     good = synthetic_records(streams=10, steps=12, seed=3)
     bad = _bad_records(b"s3")
-    # Interleave: after every few good records, one bad one; then re-send one good record
-    # (same seq: a duplicate the engine must skip, not dead-letter).
+    # Interleave: after every few good records, one bad one; then re-send a stream's last
+    # record (its seq equals the last applied one: a duplicate) and another stream's first
+    # (its seq is below the last applied one: out of order). The engine skips and counts
+    # both, apart; neither is dead-lettered.
     plan: list[tuple[str | None, bytes | None, bytes | None]] = []
     bad_iter = iter(bad)
     for i, (stream, value) in enumerate(good):
@@ -128,8 +135,11 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
                 plan.append(extra)
     for reason, key, val in bad_iter:
         plan.append((reason, key, val))
-    dup_stream, dup_value = good[5]
+    dup_stream, dup_value = good[-1]
     plan.append((None, dup_stream.encode(), dup_value))
+    late_stream, late_value = good[5]
+    assert late_stream != dup_stream
+    plan.append((None, late_stream.encode(), late_value))
     sent = await send_raw(kafka_bootstrap, source, [(k, v) for _, k, v in plan])
     expected_bad = {
         (s.partition, s.offset): (reason, s.key, s.value)
@@ -149,9 +159,15 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
         max_record_bytes=4096,
     )
     async with running(settings, registry) as run:
-        stats = run.proc.stats
+        proc = run.proc
         await wait_for(
-            lambda: stats.outputs + stats.dead_letters + stats.duplicates >= len(plan),
+            lambda: (
+                proc.stats.outputs
+                + proc.stats.dead_letters
+                + proc.stats.duplicates
+                + proc.stats.out_of_order
+                >= len(plan)
+            ),
             90,
             "every record handled",
             run,
@@ -159,8 +175,9 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
     proc = run.proc
     assert proc.stats.dead_letters == len(expected_bad)
     assert proc.stats.outputs == len(good)
-    assert proc.stats.duplicates == 1
+    assert proc.stats.duplicates == 1 and proc.stats.out_of_order == 1
     assert registry.get_sample_value("lstm_stream_duplicates_skipped_total") == 1
+    assert registry.get_sample_value("lstm_stream_out_of_order_skipped_total") == 1
 
     letters = await read_topic(kafka_bootstrap, dlq, until=lambda rs: len(rs) >= len(expected_bad))
     assert len(letters) == len(expected_bad)
@@ -184,14 +201,15 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_are_unaffec
     for reason, n in by_reason.items():
         assert registry.get_sample_value("lstm_stream_dead_letters_total", {"reason": reason}) == n
 
-    got = outputs_by_key(
-        await read_topic(kafka_bootstrap, out, until=lambda rs: len(rs) >= len(good))
-    )
+    records = await read_topic(kafka_bootstrap, out, until=lambda rs: len(rs) >= len(good))
+    got = outputs_by_key(records)
     ref = reference_outputs(tiny_model, [v for _, v in good])
     assert set(got) == set(ref)
     for key, ys in got.items():
         assert len(ys) == 1, key
         np.testing.assert_allclose(ys[0], ref[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
+    order = assert_outputs_in_seq_order(records)
+    assert len(order) == 10 and all(seqs == list(range(12)) for seqs in order.values())
 
 
 async def _send_one(
@@ -238,19 +256,19 @@ async def test_dead_letters_too_large_for_the_dead_letter_topic_never_stop_the_p
         dlq_topic=dlq,
         max_record_bytes=8192,
         dlq_max_value_bytes=1000,
-        kafka_options=(("producer.max_request_size", "4000"),),
+        kafka={"producer.max_request_size": "4000"},
     )
     async with running(settings) as run:
-        stats = run.proc.stats
+        proc = run.proc
         await send_synthetic(kafka_bootstrap, source, good_1)
         # One bad record at a time, so that no dead letter shares a produce batch with
         # another (the broker's limit applies to the whole batch).
         for i, (key, value, headers, _) in enumerate(cases):
             await _send_one(kafka_bootstrap, source, key, value, headers)
-            await wait_for(lambda i=i: stats.dead_letters > i, 60, f"dead letter {key!r}", run)
+            await wait_for(lambda i=i: proc.stats.dead_letters > i, 60, f"dead letter {key!r}", run)
         await send_synthetic(kafka_bootstrap, source, good_2)
         total = len(good_1) + len(good_2)
-        await wait_for(lambda: stats.outputs >= total, 60, "all outputs", run)
+        await wait_for(lambda: proc.stats.outputs >= total, 60, "all outputs", run)
         run.check()  # still running
         assert not run.task.done()
     assert run.proc.stats.dead_letter_reasons == {"shape_mismatch": 3, "oversize": 1}
@@ -267,12 +285,15 @@ async def test_dead_letters_too_large_for_the_dead_letter_topic_never_stop_the_p
             b"oversize" if key == b"huge" else b"shape_mismatch"
         )
         assert "trace" not in headers, key  # the retry dropped the original headers
-    got = outputs_by_key(await read_topic(kafka_bootstrap, out, until=lambda rs: len(rs) >= total))
+    records = await read_topic(kafka_bootstrap, out, until=lambda rs: len(rs) >= total)
+    got = outputs_by_key(records)
     ref = reference_outputs(tiny_model, [v for _, v in good_1 + good_2])
     assert set(got) == set(ref) and len(ref) == total
     for key2, ys in got.items():
         assert len(ys) == 1, key2
         np.testing.assert_allclose(ys[0], ref[key2], rtol=1e-5, atol=1e-6, err_msg=str(key2))
+    order = assert_outputs_in_seq_order(records)
+    assert len(order) == 8 and all(seqs == list(range(10)) for seqs in order.values())
 
 
 async def test_backpressure_pauses_partitions_and_bounds_in_flight_records(

@@ -77,6 +77,11 @@ async def test_produce_then_run_then_tail_outputs_and_dead_letters(
         (f"s{i}", s) for i in range(6) for s in range(5)
     }
     assert all(len(r["y"]) == 2 and r["shape"] == [2] for r in rows)
+    # One output partition: tail prints it in offset order, each stream's outputs by seq.
+    out_order: dict[str, list[int]] = {}
+    for r in rows:
+        out_order.setdefault(r["stream"], []).append(r["seq"])
+    assert out_order == {f"s{i}": list(range(5)) for i in range(6)}, out_order
 
     rc, text = await asyncio.to_thread(
         _cli,

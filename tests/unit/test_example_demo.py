@@ -1,7 +1,8 @@
 """The example model (`lstm-stream example-model`) and the embedded demo (`lstm-stream demo`).
 
 Everything runs with tiny settings (a 32-unit model trained for ~2 s, demos of a few seconds
-over a few hundred streams). No timing is asserted: only counts, identities and errors.
+over a few hundred streams, or until enough has happened). No timing is asserted: only
+counts, identities and errors.
 """
 
 from __future__ import annotations
@@ -163,11 +164,50 @@ def _check_counters(s: DemoSummary) -> None:
     assert s.all_streams.streams == s.streams_seen
 
 
-def test_demo_run_answers_every_message_and_kept_state_wins(step_model: StepModel) -> None:
+class _StopWhenEnough:
+    """Ends a demo run (through its ``stop`` event) once it has done enough to be judged:
+    so many messages, re-deliveries, more streams than the cache holds, LRU or idle
+    evictions, restores from the spill store and a progress line. Installed over the
+    demo's live-run class for one test; the run's ``duration`` is then only a deadline."""
+
+    GENERATED = 5000
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, progress: io.StringIO) -> None:
+        self.stop = threading.Event()
+        self.progress = progress
+        live_run = demo._Run
+        watcher = self
+
+        class Watched(live_run):  # type: ignore[misc, valid-type]
+            def _tick(self, idx: np.ndarray) -> None:
+                super()._tick(idx)
+                if watcher.enough(self):
+                    watcher.stop.set()
+
+        monkeypatch.setattr(demo, "_Run", Watched)
+
+    def enough(self, run: Any) -> bool:
+        m, st = run.meter, run.engine.cache.stats
+        return bool(
+            m.generated >= self.GENERATED
+            and m.redelivered > 0
+            and m.seen.sum() > run.engine.cache.capacity
+            and st.evicted_lru + st.evicted_idle > 0
+            and st.restored_from_spill > 0
+            and "msg/s" in self.progress.getvalue()
+        )
+
+
+def test_demo_run_answers_every_message_and_kept_state_wins(
+    step_model: StepModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     progress = io.StringIO()
-    s = run_demo(_config(progress=True), step_model, out=progress)
+    watch = _StopWhenEnough(monkeypatch, progress)
+    # The run lasts until it has done enough (counts, not a time window); 120 s is the limit.
+    s = run_demo(_config(progress=True, duration=120.0), step_model, out=progress, stop=watch.stop)
+    assert s.stopped_early, f"not enough happened within the limit: {s}"
     _check_counters(s)
-    assert s.generated > 1000 and s.redelivered > 0 and not s.stopped_early
+    assert s.generated >= _StopWhenEnough.GENERATED and s.redelivered > 0
     assert s.streams_seen > 128  # more streams than the cache holds...
     assert s.evicted_lru + s.evicted_idle > 0 and s.restored_from_spill > 0  # ...so it spilled
     assert s.spill_dropped == 0 and s.cached <= s.cache_capacity == 128
