@@ -166,8 +166,8 @@ class Metrics:
         self.records_out = c("records_out", "Output records acknowledged by the broker", ["topic"])
         self.dead_letters = c(
             "dead_letters",
-            "Bad input records sent to the dead-letter topic, by reason (a reason code of "
-            "processor.codec.REASONS, or missing_key: a Kafka record without a message key)",
+            "Bad input records sent to the dead-letter topic, by reason (a code of "
+            "processor.codec.reasons.REASONS)",
             ["reason"],
         )
         self.duplicates = c(

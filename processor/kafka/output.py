@@ -28,6 +28,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import murmur2
 
+from processor.codec.reasons import OVERSIZE
+
 __all__ = ["DLQ_HEADERS", "DeadLetterWriter", "OutputWriter", "default_partition"]
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,6 @@ DLQ_HEADERS: Final = {
 #: or the broker refusing it: topic max.message.bytes). Not transient: retrying the same
 #: record cannot succeed.
 _TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
-#: The reason code of an input record above --max-record-bytes (processor.codec.OVERSIZE).
-_OVERSIZE: Final = "oversize"
 _MAX_DETAIL: Final = 1000  # headers are not for essays: the detail is clipped
 _MAX_MEMO: Final = 1 << 20  # memoised stream -> partition entries before the memo is reset
 
@@ -160,7 +160,7 @@ class DeadLetterWriter:
         original = value if value is not None else b""
         size = len(original)
         sent = original
-        if reason == _OVERSIZE:
+        if reason == OVERSIZE:
             sent = b""  # above --max-record-bytes: likely above the DLQ topic's limit too
         elif size > self._max_value:
             sent = original[: self._max_value]
