@@ -19,6 +19,7 @@ from processor.kafka.settings import (
     configure_logging,
     settings_from_args,
 )
+from processor.tfenv import quiet_tensorflow_startup
 
 __all__ = ["EPILOG", "add_arguments", "main"]
 
@@ -74,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _run_until_signalled(settings: Settings) -> int:
-    from processor.kafka.runtime import Processor  # heavy imports only when running
+    # Heavy imports only when running (``run --help`` stays cheap), with TensorFlow's
+    # start-up lines kept off the terminal as for every other command (processor.tfenv).
+    with quiet_tensorflow_startup(show=logging.getLogger().isEnabledFor(logging.DEBUG)):
+        from processor.kafka.runtime import Processor
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -54,6 +54,8 @@ from processor.pipeline import Pipeline, StalePolicy
 __all__ = ["KafkaRuntimeError", "Processor", "RunStats", "run_processor"]
 
 log = logging.getLogger(__name__)
+
+_CLOSE_TIMEOUT_S = 10.0  # longest a client's stop may take at close (see _stop_client)
 
 
 class KafkaRuntimeError(LstmStreamError):
@@ -158,7 +160,6 @@ class Processor:
                     stop_wait.cancel()
                     fail_wait.cancel()
             self._raise_if_failed()
-            log.info("stop requested: draining")
             await self._drain()
             self._raise_if_failed()
         finally:
@@ -255,10 +256,8 @@ class Processor:
                 await task
         stages, self._stages = self._stages, None
         if stages is not None:
-            with _logged("stopping the consumer"):
-                await stages.consumer.stop()
-            with _logged("stopping the producer"):
-                await stages.producer.stop()
+            await _stop_client("consumer", stages.consumer.stop())
+            await _stop_client("producer", stages.producer.stop())
         await asyncio.get_running_loop().run_in_executor(None, self.pipeline.close)
         if self._server is not None:
             self._server.close()
@@ -376,6 +375,7 @@ class Processor:
         stages = self._stages
         if stages is None:
             return  # stopped before the stages started
+        log.info("stop requested: draining")
         timeout = self.settings.drain_timeout
         self._phase = Phase.STOPPING
         stages.fetcher.stop()
@@ -414,12 +414,22 @@ class Processor:
         )
 
 
-@contextlib.contextmanager
-def _logged(what: str) -> Iterator[None]:
+async def _stop_client(what: str, stopping: Awaitable[None]) -> None:
+    """Stop a client within ``_CLOSE_TIMEOUT_S``. A producer's stop flushes what it still
+    holds, which never ends when the broker does not answer; after an abort or a failure
+    nothing depends on those sends (their offsets were not committed: a restart produces
+    them again), so the process must not wait for them."""
     try:
-        yield
+        await asyncio.wait_for(stopping, _CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning(
+            "the %s did not stop within %.0f s; abandoned (records whose outputs were not "
+            "acknowledged are processed again after a restart)",
+            what,
+            _CLOSE_TIMEOUT_S,
+        )
     except Exception:
-        log.exception("%s failed", what)
+        log.exception("stopping the %s failed", what)
 
 
 async def run_processor(

@@ -92,6 +92,8 @@ async def test_run_started_before_its_input_topic_answers_every_record(
         proc.kill()
     log = proc.log.read_text()
     assert rc == 0, log[-5000:]
+    # No TensorFlow start-up noise on the terminal (processor.tfenv), for `run` too.
+    assert "cuInit" not in log and "E0000" not in log and "absl" not in log, log[-5000:]
     waiting = [line for line in log.splitlines() if WAITING in line]
     assert len(waiting) == 1 and "WARNING" in waiting[0] and source in waiting[0], waiting
     got = outputs_by_key(records)
