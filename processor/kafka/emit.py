@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from processor.kafka.items import Batch, Emitted
+from processor.kafka.output import DeadLetterWriter, OutputWriter
 from processor.metrics import Metrics
 from processor.pipeline import Stepped
 from processor.records import Output
@@ -20,37 +21,13 @@ from processor.records import Output
 __all__ = ["Emitter"]
 
 
-class OutputSink(Protocol):
-    """What the emitter needs of :class:`~processor.kafka.output.OutputWriter`."""
-
-    async def write(self, records: Sequence[tuple[str, bytes]]) -> list[asyncio.Future[Any]]: ...
-
-
-class DeadLetterSink(Protocol):
-    """What the emitter needs of :class:`~processor.kafka.output.DeadLetterWriter`."""
-
-    async def write(
-        self,
-        *,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
-        reason: str,
-        detail: str,
-        topic: str,
-        partition: int,
-        offset: int,
-        timestamp_ms: int | None,
-    ) -> asyncio.Future[Any]: ...
-
-
 class Emitter:
     """See the module docstring. ``encode`` is the pipeline's batch encoder."""
 
     def __init__(
         self,
-        outputs: OutputSink,
-        dead_letters: DeadLetterSink,
+        outputs: OutputWriter,
+        dead_letters: DeadLetterWriter,
         encode: Callable[[Sequence[Output]], list[bytes]],
         metrics: Metrics,
     ) -> None:

@@ -146,14 +146,16 @@ class Fetcher:
             batches = await self.fetch(max(1, min(self._flow.headroom, self._max_batch)))
             if self._stopping:
                 return
-            if self._admit(batches):
+            if self.admit(batches):
                 # getmany returns without awaiting anything while records are buffered: let
                 # the dispatcher submit and emit between two fetches.
                 await asyncio.sleep(0)
 
-    def _admit(self, batches: Records) -> int:
-        """Decode the fetched records of owned partitions into the batcher; returns how
-        many items were added."""
+    def admit(self, batches: Records) -> int:
+        """Hand fetched records to the pipeline: those of partitions this member still owns
+        are decoded into the batcher and counted against the in-flight bound; those of a
+        partition revoked since they were fetched are dropped here (the new owner reads
+        them). Returns how many items were added."""
         added = 0
         now = time.monotonic()
         for tp, records in batches.items():

@@ -160,7 +160,7 @@ class Processor:
                     stop_wait.cancel()
                     fail_wait.cancel()
             self._raise_if_failed()
-            await self._drain()
+            await self.drain()
             self._raise_if_failed()
         finally:
             await self.close()
@@ -228,7 +228,7 @@ class Processor:
         self._spawn(c.committer.run(), "commit")
 
     def _attach(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        """Build the stages bound to the stages (no I/O)."""
+        """Build the stages bound to the clients (no I/O)."""
         self._stages = Stages(
             consumer,
             producer,
@@ -370,8 +370,10 @@ class Processor:
 
     # ---- drain --------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
-        """Stop fetching, process what was fetched, wait for the acknowledgements, commit."""
+    async def drain(self) -> None:
+        """Stop fetching, process what was fetched, wait for the acknowledgements, commit
+        (what :meth:`run` does on stop; callers of :meth:`start_with` call it themselves,
+        then :meth:`close`). Raises :class:`KafkaRuntimeError` when that cannot finish."""
         stages = self._stages
         if stages is None:
             return  # stopped before the stages started

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -184,19 +185,32 @@ def _value(stream: str, seq: int, x: float = 0.5) -> bytes:
     return encode_input(stream, seq, np.full(2, x, np.float32))
 
 
-def _fetcher(consumer: FakeConsumer, *, high: int = 1000, max_batch: int = 64) -> Fetcher:
+@dataclass
+class FetchParts:
+    """A fetch stage and the objects it shares with the rest of the runtime."""
+
+    fetcher: Fetcher
+    batcher: Batcher[Item]
+    flow: FlowControl
+    ownership: Ownership[TopicPartition]
+
+
+def _fetch_stage(consumer: FakeConsumer, *, high: int = 1000, max_batch: int = 64) -> FetchParts:
     ownership: Ownership[TopicPartition] = Ownership()
     ownership.assign(consumer.assignment())
-    return Fetcher(
+    batcher: Batcher[Item] = Batcher(max_batch, 0.0)
+    flow = FlowControl(high, high // 2)
+    fetcher = Fetcher(
         consumer,  # type: ignore[arg-type]
         _decoder(),
-        Batcher(max_batch, 0.0),
-        FlowControl(high, high // 2),
+        batcher,
+        flow,
         ownership,
         Metrics(CollectorRegistry()),
         max_batch=max_batch,
         pipeline_depth=2,
     )
+    return FetchParts(fetcher, batcher, flow, ownership)
 
 
 # ---- fetch --------------------------------------------------------------------------------
@@ -209,7 +223,7 @@ def test_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() 
         for i in range(n):
             consumer.add(tp, b"k", _value("k", i))
     consumer.pause(tps[4])
-    fetcher = _fetcher(consumer)
+    fetcher = _fetch_stage(consumer).fetcher
     got = asyncio.run(fetcher.fetch(64))
     # 64 over the 4 fetchable partitions: 16 each at most; partition 4 is paused.
     assert {tp.partition: len(rs) for tp, rs in got.items()} == {0: 16, 1: 16, 2: 3}
@@ -220,7 +234,7 @@ def test_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() 
     for tp in tps[:3]:
         for i in range(5):
             few.add(tp, b"k", _value("k", i))
-    fetch_few = _fetcher(few)
+    fetch_few = _fetch_stage(few).fetcher
     served: set[int] = set()
     for _ in range(3):
         got = asyncio.run(fetch_few.fetch(2))
@@ -234,14 +248,15 @@ def test_fetch_drops_records_of_a_partition_revoked_while_they_were_fetched() ->
     for i in range(4):
         consumer.add(TP0, b"a", _value("a", i))
         consumer.add(TP1, b"b", _value("b", i))
-    fetcher = _fetcher(consumer)
+    parts = _fetch_stage(consumer)
+    fetcher, batcher, flow, ownership = parts.fetcher, parts.batcher, parts.flow, parts.ownership
     batches = asyncio.run(fetcher.fetch(100))
     assert set(batches) == {TP0, TP1}
-    fetcher._ownership.revoke({TP1})  # the rebalance landed between fetch and hand-out
-    assert fetcher._admit(batches) == 4
-    taken = fetcher._batcher.take()
+    ownership.revoke({TP1})  # the rebalance landed between fetch and hand-out
+    assert fetcher.admit(batches) == 4
+    taken = batcher.take()
     assert {it.tp for it in taken} == {TP0}
-    assert fetcher._flow.in_flight == 4  # only admitted records count against the bound
+    assert flow.in_flight == 4  # only admitted records count against the bound
 
 
 def test_fetch_turns_bad_records_into_dead_letter_items_and_keeps_the_good_ones() -> None:
@@ -251,7 +266,7 @@ def test_fetch_turns_bad_records_into_dead_letter_items_and_keeps_the_good_ones(
     consumer.add(TP0, b"a", None)  # tombstone
     consumer.add(TP0, b"a", b"\xc1")  # not msgpack
     consumer.add(TP0, b"a", _value("a", 1))
-    fetcher = _fetcher(consumer)
+    fetcher = _fetch_stage(consumer).fetcher
     items = fetcher.to_items(TP0, asyncio.run(fetcher.fetch(10))[TP0], time.monotonic())
     assert [it.offset for it in items] == [0, 1, 2, 3, 4]
     assert [it.record.seq if it.record else None for it in items] == [0, None, None, None, 1]
@@ -265,15 +280,16 @@ def test_flow_control_pauses_owned_partitions_at_the_high_water_mark_and_resumes
     for i in range(6):
         consumer.add(TP0, b"a", _value("a", i))
         consumer.add(TP1, b"b", _value("b", i))
-    fetcher = _fetcher(consumer, high=8)
-    fetcher._admit(asyncio.run(fetcher.fetch(fetcher._flow.headroom)))
-    assert fetcher._flow.in_flight == 8
+    parts = _fetch_stage(consumer, high=8)
+    fetcher, flow = parts.fetcher, parts.flow
+    fetcher.admit(asyncio.run(fetcher.fetch(flow.headroom)))
+    assert flow.in_flight == 8
     assert consumer.paused() == {TP0, TP1}
-    assert asyncio.run(fetcher.fetch(max(1, fetcher._flow.headroom))) == {}  # nothing past it
-    fetcher._flow.release(3)  # 5 in flight: above the low-water mark (4)
+    assert asyncio.run(fetcher.fetch(max(1, flow.headroom))) == {}  # nothing past it
+    flow.release(3)  # 5 in flight: above the low-water mark (4)
     fetcher.apply_flow()
     assert consumer.paused() == {TP0, TP1}
-    fetcher._flow.release(1)
+    flow.release(1)
     fetcher.apply_flow()
     assert consumer.paused() == set()
 
@@ -422,7 +438,7 @@ def test_processor_over_fakes_answers_every_record_in_order_and_commits_on_drain
                 h.consumer.add(tp, stream.encode(), _value(stream, seq, seq / 30))
         h.consumer.add(TP1, b"s1", b"\xc1")  # one bad record, offset 30 of TP1
         await _until(lambda: len(h.outputs()) == 90, "90 outputs")
-        await h.proc._drain()
+        await h.proc.drain()
         stats = h.proc.stats
         await h.proc.close()
         outs = h.outputs()
@@ -468,7 +484,7 @@ def test_stale_records_are_skipped_and_counted_by_kind(make_model: Any) -> None:
         h.consumer.add(TP0, b"s", _value("s", 0))  # out of order
         h.consumer.add(TP0, b"s", _value("s", 3))
         await _until(lambda: len(h.outputs()) == 4, "4 outputs")
-        await h.proc._drain()
+        await h.proc.drain()
         stats = h.proc.stats
         await h.proc.close()
         assert (stats.duplicates, stats.out_of_order) == (1, 1)
@@ -486,7 +502,7 @@ def test_a_bad_record_goes_to_the_dead_letter_topic_with_its_reason_and_is_commi
         h.consumer.add(TP0, b"x", msgpack.packb({"stream": "x"}))  # no seq, no x
         h.consumer.add(TP0, b"x", _value("x", 0))
         await _until(lambda: len(h.outputs()) == 1, "the good record's output")
-        await h.proc._drain()
+        await h.proc.drain()
         await h.proc.close()
         headers = dict(h.producer.sent["out-dlq"][0][3])
         assert headers["lstm-stream.reason"] == MISSING_FIELD.encode()
