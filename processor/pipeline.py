@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from processor.codec import RecordDecoder, encode_outputs
 from processor.codec.reasons import NON_INCREASING_SEQ
@@ -179,7 +179,7 @@ class Pipeline:
         *,
         stale: StalePolicy,
         max_record_bytes: int = 4 * 1024 * 1024,
-        warmup: bool | str = "scan",
+        warmup: bool | Literal["scan"] = "scan",
     ) -> None:
         self._build = build
         self._stale = stale
