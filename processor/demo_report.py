@@ -207,8 +207,8 @@ def format_summary(s: DemoSummary) -> str:
         f"outputs: {s.outputs:,} ({s.output_bytes / 1e6:.1f} MB), duplicates dropped "
         f"{s.duplicates:,}; every generated message answered once: "
         f"{'yes' if s.outputs == s.generated else 'NO'}",
-        f"throughput: {s.throughput:,.0f} msg/s for the whole path on one thread (generate, "
-        "encode, decode, engine, encode output)",
+        f"throughput: {s.throughput:,.0f} msg/s for the whole path, one tick at a time "
+        "(generate, encode, decode, engine on the pipeline's thread, encode output)",
         f"engine: {s.compiled_calls:,} compiled steps, mean batch {s.mean_batch:,.1f}",
         f"latency (generated -> output encoded): p50 {s.latency_p50_ms:.1f} ms, p99 "
         f"{s.latency_p99_ms:.1f} ms, max {s.latency_max_ms:.1f} ms",
