@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -54,8 +54,6 @@ from processor.pipeline import Pipeline, StalePolicy
 __all__ = ["KafkaRuntimeError", "Processor", "RunStats", "run_processor"]
 
 log = logging.getLogger(__name__)
-
-_CLOSE_TIMEOUT_S = 10.0  # longest a client's stop may take at close (see _stop_client)
 
 
 class KafkaRuntimeError(LstmStreamError):
@@ -256,8 +254,7 @@ class Processor:
                 await task
         stages, self._stages = self._stages, None
         if stages is not None:
-            await _stop_client("consumer", stages.consumer.stop())
-            await _stop_client("producer", stages.producer.stop())
+            await stages.stop_clients()
         await asyncio.get_running_loop().run_in_executor(None, self.pipeline.close)
         if self._server is not None:
             self._server.close()
@@ -414,24 +411,6 @@ class Processor:
             stats.duplicates,
             stats.out_of_order,
         )
-
-
-async def _stop_client(what: str, stopping: Awaitable[None]) -> None:
-    """Stop a client within ``_CLOSE_TIMEOUT_S``. A producer's stop flushes what it still
-    holds, which never ends when the broker does not answer; after an abort or a failure
-    nothing depends on those sends (their offsets were not committed: a restart produces
-    them again), so the process must not wait for them."""
-    try:
-        await asyncio.wait_for(stopping, _CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        log.warning(
-            "the %s did not stop within %.0f s; abandoned (records whose outputs were not "
-            "acknowledged are processed again after a restart)",
-            what,
-            _CLOSE_TIMEOUT_S,
-        )
-    except Exception:
-        log.exception("stopping the %s failed", what)
 
 
 async def run_processor(

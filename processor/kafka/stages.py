@@ -8,6 +8,8 @@ clients (pipeline, batcher, flow control, ledger, ownership); building it does n
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -28,9 +30,12 @@ from processor.kafka.streams import PartitionIndex
 from processor.metrics import Metrics
 from processor.pipeline import Pipeline
 
-__all__ = ["PIPELINE_DEPTH", "Stages"]
+__all__ = ["CLOSE_TIMEOUT_S", "PIPELINE_DEPTH", "Stages"]
 
 PIPELINE_DEPTH = 2  # batches submitted to the engine thread ahead of their emission
+CLOSE_TIMEOUT_S = 10.0  # longest a client's stop may take (see Stages.stop_clients)
+
+log = logging.getLogger(__name__)
 
 
 class Stages:
@@ -103,6 +108,25 @@ class Stages:
             metrics=metrics,
             on_tick=self.refresh_lag,
         )
+
+    async def stop_clients(self) -> None:
+        """Stop the consumer, then the producer, each within ``CLOSE_TIMEOUT_S``. A
+        producer's stop flushes what it still holds, which never ends when the broker does
+        not acknowledge; after an abort or a failure nothing depends on those sends (their
+        offsets were not committed: a restart produces them again), so the process must not
+        wait for them. Never raises."""
+        for what, client in (("consumer", self.consumer), ("producer", self.producer)):
+            try:
+                await asyncio.wait_for(client.stop(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "the %s did not stop within %.0f s; abandoned (records whose outputs "
+                    "were not acknowledged are processed again after a restart)",
+                    what,
+                    CLOSE_TIMEOUT_S,
+                )
+            except Exception:
+                log.exception("stopping the %s failed", what)
 
     def refresh_lag(self) -> None:
         """Set the lag gauge of every owned partition: its high watermark minus the next
