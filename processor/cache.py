@@ -30,6 +30,7 @@ import tensorflow as tf
 import processor  # noqa: F401  (TF environment defaults)
 from processor.errors import CapacityError, ConfigError
 from processor.model import StateSpec
+from processor.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class StateCache:
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._spill: OrderedDict[str, StreamState] = OrderedDict()
         self.stats = CacheStats()
-        self._next_drop_log = float("-inf")
+        self._drop_log = RateLimitedLog(log, 10.0, clock=clock)
         self._gather_fn = tf.function(self.gather)
         self._write_fn = tf.function(self.scatter)
 
@@ -343,17 +344,14 @@ class StateCache:
             dropped, _ = self._spill.popitem(last=False)
             self.stats.spill_dropped += 1
             # Rate-limited: under churn this happens at message rate.
-            now = self._clock()
-            if now >= self._next_drop_log:
-                self._next_drop_log = now + 10.0
-                log.warning(
-                    "spill store full (%d streams): dropped the state of stream %r (%d dropped "
-                    "so far); such streams restart from their initial state if they return "
-                    "(raise --spill-capacity)",
-                    self.spill_capacity,
-                    dropped,
-                    self.stats.spill_dropped,
-                )
+            self._drop_log.warning(
+                "spill store full (%d streams): dropped the state of stream %r (%d dropped "
+                "so far); such streams restart from their initial state if they return "
+                "(raise --spill-capacity)",
+                self.spill_capacity,
+                dropped,
+                self.stats.spill_dropped,
+            )
 
     # ---- snapshot / restore (durability layer) ----------------------------------------------
 

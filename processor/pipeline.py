@@ -32,18 +32,18 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from processor.codec import RecordDecoder, encode_outputs
 from processor.codec.reasons import NON_INCREASING_SEQ
 from processor.engine import Engine
 from processor.errors import BadRecord
+from processor.ratelimit import RateLimitedLog
 from processor.records import Output, Record
 
 __all__ = [
     "CacheSnapshot",
     "Pipeline",
-    "RateLimitedLog",
     "StalePolicy",
     "Stepped",
     "gc_tuned",
@@ -90,31 +90,6 @@ class Stepped:
     out_of_order: int
     seconds: float
     cache: CacheSnapshot
-
-
-class RateLimitedLog:
-    """At most one log line per ``interval_s``; the lines suppressed in between are counted
-    and reported with the next one, so a flood costs a few lines, not one per record."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self._log = logger
-        self._interval_s = interval_s
-        self._next = 0.0
-        self.suppressed = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        """Log ``msg % args`` as a WARNING unless one was logged less than ``interval_s``
-        ago (then count it)."""
-        now = time.monotonic()
-        if now < self._next:
-            self.suppressed += 1
-            return
-        if self.suppressed:
-            msg += " (and %d more like it since the last such warning)"
-            args = (*args, self.suppressed)
-        self._log.warning(msg, *args)
-        self.suppressed = 0
-        self._next = now + self._interval_s
 
 
 # ---- garbage collector ------------------------------------------------------------------
