@@ -88,60 +88,47 @@ class _StandinModel:
 # ---- runners: the command through cli.main, heavy work recorded -----------------------------
 
 
-def _run_produce(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
+def _run_kafka_tool(
+    command: str, client: str, result: Any, argv: list[str], mp: pytest.MonkeyPatch
+) -> Seen:
+    """``produce`` or ``tail``: once with the tool's function recorded (``result`` is what
+    the stand-in returns), once with the real function as far as its aiokafka ``client``'s
+    construction (its keyword arguments are recorded)."""
     seen = Seen()
-    real = tools.produce
+    real = getattr(tools, command)
 
-    async def recorded(*args: Any, **kwargs: Any) -> ProduceStats:
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
         seen.call = _bound(real, args, kwargs)
-        return ProduceStats(0, 1.0)
+        return result
 
     def load(path: str, init: Any = None) -> _StandinModel:
         seen.loaded.append((path, init))
         return _StandinModel()
 
-    class Producer:
+    class Client:
         def __init__(self, **kwargs: Any) -> None:
             seen.client = kwargs
 
         async def start(self) -> None:
             raise _Stop
 
-    mp.setattr(model, "load_step_model", load)
+    mp.setattr(model, "load_step_model", load)  # produce --model
     with mp.context() as m:
-        m.setattr(tools, "produce", recorded)
-        assert cli.main(["produce", *argv]) == 0
-    # Again with the real produce(), as far as its producer's construction.
+        m.setattr(tools, command, recorded)
+        assert cli.main([command, *argv]) == 0
     with mp.context() as m:
-        m.setattr(aiokafka, "AIOKafkaProducer", Producer)
+        m.setattr(aiokafka, client, Client)
         with pytest.raises(_Stop):
-            cli.main(["produce", *argv])
+            cli.main([command, *argv])
     return seen
+
+
+def _run_produce(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
+    return _run_kafka_tool("produce", "AIOKafkaProducer", ProduceStats(0, 1.0), argv, mp)
 
 
 def _run_tail(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
-    seen = Seen()
-    real = tools.tail
-
-    async def recorded(*args: Any, **kwargs: Any) -> int:
-        seen.call = _bound(real, args, kwargs)
-        return 0
-
-    class Consumer:
-        def __init__(self, **kwargs: Any) -> None:
-            seen.client = kwargs
-
-        async def start(self) -> None:
-            raise _Stop
-
-    with mp.context() as m:
-        m.setattr(tools, "tail", recorded)
-        assert cli.main(["tail", *argv]) == 0
-    with mp.context() as m:
-        m.setattr(aiokafka, "AIOKafkaConsumer", Consumer)
-        with pytest.raises(_Stop):
-            cli.main(["tail", *argv])
-    return seen
+    return _run_kafka_tool("tail", "AIOKafkaConsumer", 0, argv, mp)
 
 
 def _run_demo(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
