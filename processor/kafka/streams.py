@@ -45,6 +45,3 @@ class PartitionIndex:
         for s in streams:
             del self._partition_of[s]
         return len(streams)
-
-    def __len__(self) -> int:
-        return len(self._partition_of)
