@@ -74,20 +74,29 @@ class EngineOptions:
     cache_capacity: int = option(
         65_536,
         "streams whose state stays on the device; beyond it the least recently used are "
-        "spilled to host memory",
+        "moved to host memory (--spill-capacity), then to disk",
         check=at_least(1),
         group=ENGINE_GROUP,
     )
     spill_capacity: int = option(
         262_144,
-        "evicted streams whose state is kept in host memory; beyond it the oldest are "
-        "dropped (logged and counted; they restart from the initial state)",
+        "rows of the host-memory table that holds the states evicted from the device; it "
+        "takes rows x bytes per stream of RAM as it fills (262,144 rows: 128 MiB for 512 B "
+        "states, 512 MiB for 2 KiB), and beyond it the least recently used states move to "
+        "the disk store (--state-dir); nothing is dropped",
         check=at_least(0),
+        group=ENGINE_GROUP,
+    )
+    state_dir: str | None = option(
+        None,
+        "directory in which the disk tier of the state cache makes its own subdirectory, "
+        "created on first use and deleted at shutdown (the states there are a cache, never "
+        "reused by another run); none = the system's temporary directory",
         group=ENGINE_GROUP,
     )
     idle_timeout: float | None = option(
         None,
-        "seconds after which an idle stream is evicted to the spill store; none = never",
+        "seconds after which an idle stream is evicted to host memory; none = never",
         check=above(0),
         group=ENGINE_GROUP,
     )
@@ -177,6 +186,7 @@ def build_engine(options: EngineOptions, model: StepModel | None = None) -> Engi
         storage_dtype=options.state_dtype,
         spill_capacity=options.spill_capacity,
         idle_timeout_s=options.idle_timeout,
+        state_dir=options.state_dir,
     )
     return Engine(
         model,

@@ -1,10 +1,12 @@
-"""StateCache: admission, LRU and idle eviction, spill store, snapshot/restore, O(batch)."""
+"""StateCache: admission, LRU and idle eviction, spilling to the lower tiers,
+snapshot/restore, O(batch). The tiers themselves: test_tiers.py."""
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,28 +80,34 @@ def test_eviction_never_picks_a_stream_of_the_same_batch() -> None:
     assert acq.fresh.tolist() == [False, False, True]
 
 
-def test_spill_bound_drops_oldest_with_log_and_counter(caplog: pytest.LogCaptureFixture) -> None:
-    cache = StateCache(SPEC, 1, spill_capacity=1)
-    cache.restore({"a": state(1.0)})
-    with caplog.at_level(logging.WARNING):
-        cache.acquire(["b"])  # a spilled
-        cache.acquire(["c"])  # b spilled, spill full: a dropped
-    assert cache.stats.spill_dropped == 1
-    assert "dropped the state of stream 'a'" in caplog.text
-    assert cache.last_seq("a") == -1
-    assert cache.acquire(["a"]).fresh.tolist() == [True]  # restarts from the initial state
+def test_full_host_table_moves_states_to_disk_and_nothing_is_dropped(
+    tmp_path: Path,
+) -> None:
+    cache = StateCache(SPEC, 1, spill_capacity=1, state_dir=str(tmp_path))
+    cache.restore({"a": state(1.0, seq=4)})
+    cache.acquire(["b"])  # a -> host table
+    cache.acquire(["c"])  # b -> host table, which is full: a -> disk
+    assert cache.host_count == 1 and cache.disk_count == 1 and cache.spilled_count == 2
+    assert cache.stats.spilled == 2 and cache.stats.spilled_to_disk == 1
+    assert cache.last_seq("a") == 4
+    back = cache.acquire(["a"])  # from disk
+    assert back.fresh.tolist() == [False] and back.seqs.tolist() == [4]
+    assert cache.stats.disk_reads == 1 and cache.stats.state_lost == 0
+    np.testing.assert_array_equal(cache.snapshot(["a"])["a"].arrays[1], np.full(3, -1.0))
+    cache.close()
 
 
-def test_returning_stream_is_not_dropped_by_its_own_eviction() -> None:
-    # The spill store is full with "a"; admitting "a" evicts "b" into the spill store. The
-    # store must not drop "a" (which is being restored) to make room.
+def test_returning_stream_is_taken_out_before_its_own_eviction() -> None:
+    # The host table is full with "a"; admitting "a" evicts "b" into the host table. "a"
+    # leaves the host table first, so "b" takes its row and nothing goes to disk.
     cache = StateCache(SPEC, 1, spill_capacity=1)
     cache.restore({"a": state(1.0, seq=3)})
     cache.acquire(["b"])
     acq = cache.acquire(["a"])
     assert acq.fresh.tolist() == [False]
-    assert cache.stats.spill_dropped == 0
+    assert cache.stats.spilled_to_disk == 0 and cache.disk_path is None
     assert cache.snapshot(["a"])["a"].seq == 3
+    assert cache.host_count == 1 and "b" not in cache
 
 
 def test_idle_eviction_only_touches_idle_streams() -> None:
@@ -205,6 +213,10 @@ class SpyMap:
         self.ops += 1
         return self.real.get(key)
 
+    def pop(self, key: str, default: int | None = None) -> int | None:
+        self.ops += 1
+        return self.real.pop(key, default)
+
     def move_to_end(self, key: str) -> None:
         self.ops += 1
         self.real.move_to_end(key)
@@ -227,21 +239,28 @@ class SpyMap:
 
 
 def test_per_step_host_work_does_not_grow_with_cached_streams() -> None:
-    # Count the map entries one acquire() touches -- with a full cache, so that it evicts --
-    # and one idle eviction: they must not depend on how many streams are cached. A proxy
-    # for O(batch) that timing noise cannot fool.
+    # Count the entries of the device and host maps one acquire() touches -- with a full
+    # device and a full host table, so that it evicts down both tiers and reads back from
+    # both -- and one idle eviction: they must not depend on how many streams are cached.
+    # A proxy for O(batch) that timing noise cannot fool.
     ops = {}
     for cached in (100, 20_000):
         clock = FakeClock()
-        cache = StateCache(SPEC, cached, idle_timeout_s=10.0, clock=clock)
+        cache = StateCache(SPEC, cached, spill_capacity=cached, idle_timeout_s=10.0, clock=clock)
+        cache.load({f"h{i}": state(1.0) for i in range(cached + 64)})  # host full, 64 on disk
         cache.restore({f"s{i}": state(0.0) for i in range(cached)})
         clock.now = 5.0
         cache.acquire([f"s{i}" for i in range(32, cached)])  # all but 32 seen again at t=5
-        spy = SpyMap(cache._map)
-        cache._map = spy  # type: ignore[assignment]
-        cache.acquire([f"s{i}" for i in range(32, 64)] + [f"new{i}" for i in range(32)])
-        assert cache.stats.evicted_lru == 32
+        device, host = SpyMap(cache._map), SpyMap(cache._host_map)
+        cache._map, cache._host_map = device, host  # type: ignore[assignment]
+        returning = ["h0", f"h{cached + 1}"]  # one from the host table, one from disk
+        batch = [f"s{i}" for i in range(32, 64)] + [f"new{i}" for i in range(30)] + returning
+        acq = cache.acquire(batch)
+        assert acq.fresh.tolist() == [False] * 32 + [True] * 30 + [False, False]
+        assert cache.stats.evicted_lru == 32 and cache.stats.disk_reads == 1
+        assert cache.stats.spilled_to_disk == 64 + 31
         clock.now = 12.0  # nothing idle for 10 s: the scan must stop at the first entry
         assert cache.evict_idle() == 0
-        ops[cached] = spy.ops
+        ops[cached] = device.ops + host.ops
+        cache.close()
     assert ops[100] == ops[20_000] > 0
