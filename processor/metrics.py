@@ -46,6 +46,23 @@ log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = tuple(float(1 << i) for i in range(15))  # 1 .. 16384
 STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Checkpoints and restores: milliseconds (a few streams) to minutes (a large partition).
+CHECKPOINT_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    180.0,
+)
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0,
@@ -230,6 +247,45 @@ class Metrics:
         )
         self.commits = c("commits", "Successful offset commits")
         self.commit_failures = c("commit_failures", "Failed offset commits")
+        # durable state
+        self.state_records = c(
+            "state_records", "Stream states written to the state topic (checkpoints)"
+        )
+        self.state_tombstones = c(
+            "state_tombstones", "Tombstones written to the state topic (streams that ended)"
+        )
+        self.state_bytes = c("state_bytes", "Bytes (keys and values) written to the state topic")
+        self.checkpoint_seconds = Histogram(
+            "checkpoint_seconds",
+            "One checkpoint: barrier, acknowledgement wait, state records produced and "
+            "acknowledged, offsets committed",
+            namespace=namespace,
+            registry=registry,
+            buckets=CHECKPOINT_BUCKETS,
+        )
+        self.restore_seconds = Histogram(
+            "restore_seconds",
+            "Restoring the streams of newly assigned partitions from their state topic",
+            namespace=namespace,
+            registry=registry,
+            buckets=CHECKPOINT_BUCKETS,
+        )
+        self.restore_records = c("restore_records", "State records read while restoring")
+        self.restored_partitions = c("restored_partitions", "Partitions restored")
+        self.restoring_partitions = g(
+            "restoring_partitions", "Partitions being restored now (not yet consumed)"
+        )
+        self.restore_skipped = c(
+            "restore_skipped",
+            "State records skipped while restoring, by reason (model_mismatch: written for a "
+            "model with other state names or shapes, under --on-state-mismatch reset)",
+            ["reason"],
+        )
+        self.state_lost = c(
+            "state_lost",
+            "Stream states lost (unreadable from the disk tier or the state topic): such a "
+            "stream restarts from its initial state; must stay 0",
+        )
         self._cache_seen: dict[str, int] = {}
 
     def observe_step(self, stepped: Stepped) -> None:
@@ -284,6 +340,7 @@ class Metrics:
             ("evicted_idle", self.evictions, "idle"),
             ("spilled", self.spills, None),
             ("spill_dropped", self.spill_dropped, None),
+            ("state_lost", self.state_lost, None),
         ):
             value = counters.get(key, 0)
             delta = value - self._cache_seen.get(key, 0)

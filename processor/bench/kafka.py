@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+from aiokafka import TopicPartition
 
 from processor.engine import configure_threads
 from processor.options import EngineOptions, build_engine
@@ -176,17 +177,21 @@ async def bench_end_to_end(
     partitions: int = 4,
     max_delay_ms: float = 5.0,
     queue_max_records: int = 16_384,
+    commit_interval_ms: int = 1000,
+    durable: bool = True,
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Produce ``records`` first, then time the processor draining them (see the module
-    docstring). Input, output and dead-letter topics are fresh (random names, ``partitions``
-    partitions each), created before producing and deleted afterwards.
+    docstring). Input, output, dead-letter and (``durable``) state topics are fresh (random
+    names, ``partitions`` partitions each), created before producing and deleted afterwards.
+    ``durable`` False runs without a state topic (``--state-topic none``).
 
     Returns ``records``, ``seconds``, ``records_per_s`` (the end-to-end rate),
     ``produce_records_per_s``, ``batches``, ``mean_batch``, ``pauses``,
-    ``engine_busy_fraction`` and ``partitions``. Raises :class:`TimeoutError` when the
-    processor has not written every output within ``timeout_s`` seconds of starting, and
-    what the processor raises if it fails."""
+    ``engine_busy_fraction``, ``partitions``, ``output_bytes_per_s`` and, durable,
+    ``state_bytes_per_s``, ``state_records`` and ``checkpoints``. Raises
+    :class:`TimeoutError` when the processor has not written every output within
+    ``timeout_s`` seconds of starting, and what the processor raises if it fails."""
     from aiokafka.admin import AIOKafkaAdminClient
     from prometheus_client import CollectorRegistry
 
@@ -200,6 +205,8 @@ async def bench_end_to_end(
     tag = uuid.uuid4().hex[:8]
     source, out = f"bench-in-{tag}", f"bench-out-{tag}"
     dlq = f"{out}-dlq"
+    group = f"bench-{tag}"
+    state = f"{group}-{source}-state"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -225,10 +232,12 @@ async def bench_end_to_end(
             input_topics=(source,),
             output_topic=out,
             dlq_topic=dlq,
-            group_id=f"bench-{tag}",
+            group_id=group,
             engine=options,
             max_delay_ms=max_delay_ms,
             queue_max_records=queue_max_records,
+            commit_interval_ms=commit_interval_ms,
+            state_topic="" if durable else "none",
         )
         registry = CollectorRegistry()
         proc = Processor(settings, registry=registry, metrics_server=False)
@@ -255,7 +264,20 @@ async def bench_end_to_end(
             await task
         stats = proc.stats
         busy = registry.get_sample_value("lstm_stream_step_seconds_sum") or 0.0
+
+        def total(name: str) -> float:
+            return registry.get_sample_value(name) or 0.0
+
+        extra: dict[str, Any] = {}
+        if durable:
+            extra = {
+                "state_bytes_per_s": total("lstm_stream_state_bytes_total") / seconds,
+                "state_records": total("lstm_stream_state_records_total"),
+                "checkpoints": total("lstm_stream_checkpoint_seconds_count"),
+            }
         return {
+            **extra,
+            "output_bytes_per_s": await _topic_bytes(bootstrap, out) / seconds,
             "records": records,
             "seconds": seconds,
             "records_per_s": records / seconds,
@@ -270,9 +292,36 @@ async def bench_end_to_end(
         }
     finally:
         try:
-            await admin.delete_topics([source, out, dlq])
+            await admin.delete_topics([source, out, dlq, *([state] if durable else [])])
         finally:
             await admin.close()
+
+
+async def _topic_bytes(bootstrap: str, topic: str) -> int:
+    """Key and value bytes of every record in ``topic`` (read once from the beginning)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            await consumer.topics()  # metadata refresh
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        size = 0
+        while True:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                return size
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                size += sum(len(r.key or b"") + len(r.value or b"") for r in records)
+    finally:
+        await consumer.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,19 +1,23 @@
-"""At-least-once commit loop: commit what the ledger says is acknowledged, periodically.
+"""At-least-once commit loop: every commit interval, a checkpoint.
 
-Offsets reach the ledger only after the outputs and dead letters of every record before
-them were acknowledged by the broker, so a commit never covers an unproduced output. A
-crash between produce and commit re-delivers records (duplicates downstream; the engine
-skips those it already applied while their stream is still cached).
+Without a state topic a checkpoint commits what the ledger says is acknowledged: offsets
+reach the ledger only after the outputs and dead letters of every record before them were
+acknowledged by the broker, so a commit never covers an unproduced output. A crash between
+produce and commit re-delivers records (duplicates downstream; the engine skips those it
+already applied while their stream is still cached).
 
-Replaceable: an exactly-once mode would commit offsets inside the producer's transaction
-(``send_offsets_to_transaction``) from the same ledger instead of running this loop.
+With a state topic the loop runs the :class:`~processor.kafka.checkpoint.Checkpoint` cycle
+instead (states first, then exactly the offsets those states cover), which commits through
+:meth:`CommitLoop.commit_offsets`. An exactly-once mode would wrap that cycle in a
+transaction per partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -37,6 +41,9 @@ class CommitLoop:
         metrics: commit counters.
         on_tick: called after every periodic commit attempt (the runtime refreshes lag
             gauges there).
+
+    ``checkpoint`` (set by the stages when there is a state topic): the cycle that
+    :meth:`commit_now` runs instead of committing acknowledged offsets.
     """
 
     def __init__(
@@ -54,18 +61,31 @@ class CommitLoop:
         self._interval_s = interval_s
         self._metrics = metrics
         self._on_tick = on_tick
+        self.checkpoint: Callable[[Collection[Hashable] | None], Awaitable[bool]] | None = None
 
     async def commit_now(self, partitions: Collection[Hashable] | None = None) -> bool:
-        """Commit the acknowledged offsets of ``partitions`` (default: all owned ones) that
-        are still assigned to the consumer. Returns True when nothing was left uncommitted.
+        """Checkpoint now: with a state topic, the :attr:`checkpoint` cycle; otherwise commit
+        the acknowledged offsets of ``partitions`` (default: all owned ones) that are still
+        assigned to the consumer. Returns True when nothing was left uncommitted.
 
         A ``CommitFailedError`` (the group moved on: another member may own the partitions
         now) returns False; other retriable errors are logged and return False (the next
         attempt retries); non-retriable errors (authorisation...) raise.
         """
+        if self.checkpoint is not None:
+            return await self.checkpoint(partitions)
         scope = set(self._owned() if partitions is None else partitions)
         assigned = self._consumer.assignment()
         offsets = self._ledger.committable([tp for tp in scope if tp in assigned])
+        return await self.commit_offsets(offsets)
+
+    def assigned(self) -> set[Any]:
+        """The consumer's current assignment (what a commit may still cover)."""
+        return set(self._consumer.assignment())
+
+    async def commit_offsets(self, offsets: dict[Hashable, int]) -> bool:
+        """Commit exactly ``offsets`` (errors as :meth:`commit_now`); True when there was
+        nothing to commit or the commit succeeded."""
         if not offsets:
             return True
         try:

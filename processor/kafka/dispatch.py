@@ -126,5 +126,8 @@ class Dispatcher:
             def note(engine: Engine, recs: Sequence[Record]) -> None:
                 index.note(engine, recs, partitions)
 
-            future = asyncio.wrap_future(self._pipeline.step(records, note))
+            again = [id(it.record) for it in good if it.redelivered]
+            future = asyncio.wrap_future(
+                self._pipeline.step(records, note, frozenset(again) if again else ())
+            )
         return Batch(items, good, ticket, future)

@@ -102,6 +102,7 @@ class Fetcher:
         self._taken = asyncio.Event()  # the dispatcher took a batch: fetching may go on
         self._turn = 0  # rotates the partition order of fetch()
         self._first_offset: dict[TopicPartition, int] = {}
+        self._replay_until: dict[TopicPartition, int] = {}
         self._stopping = False
 
     def stop(self) -> None:
@@ -123,6 +124,13 @@ class Fetcher:
         """Drop per-partition bookkeeping of revoked partitions."""
         for tp in partitions:
             self._first_offset.pop(tp, None)
+            self._replay_until.pop(tp, None)
+
+    def replay_until(self, tp: TopicPartition, offset: int) -> None:
+        """Records of ``tp`` below ``offset`` were processed before (the partition was
+        restored from a checkpoint taken there): mark them re-delivered."""
+        if offset > 0:
+            self._replay_until[tp] = offset
 
     async def run(self) -> None:
         """Fetch until :meth:`stop`; see the module docstring."""
@@ -212,6 +220,7 @@ class Fetcher:
         )
         items: list[Item] = []
         append = items.append
+        until = self._replay_until.get(tp)
         for r, record in zip(records, decoded, strict=True):
             if type(record) is Record and r.key is not None:
                 ts = record.ts
@@ -226,6 +235,11 @@ class Fetcher:
                 record.reason, record.detail, r.key, r.value, tuple(r.headers), r.timestamp
             )
             append(Item(tp, r.offset, now, r.timestamp, None, bad))
+        if until is not None:
+            for item in items:
+                item.redelivered = item.offset < until
+            if records[-1].offset + 1 >= until:
+                del self._replay_until[tp]
         return items
 
     def apply_flow(self) -> None:

@@ -39,6 +39,8 @@ class Item:
     event_ms: int | None  # ts field, else the Kafka timestamp (for end-to-end latency)
     record: Record | None
     bad: BadInput | None = None
+    # Delivered before: below the offset of the checkpoint its partition was restored from.
+    redelivered: bool = False
 
 
 @dataclass(slots=True)

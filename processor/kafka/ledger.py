@@ -44,6 +44,8 @@ class OffsetLedger:
         self._completed_seq = 0  # every ticket with seq <= this is complete
         self._acked: dict[Hashable, int] = {}  # partition -> acknowledged next offset
         self._committed: dict[Hashable, int] = {}  # partition -> last committed offset
+        self._dispatched: dict[Hashable, int] = {}  # partition -> next offset after its
+        # last record in any ticket opened so far (acknowledged or not)
         # partition -> seq of the last ticket opened before it was forgotten: offsets of
         # those older tickets must never be acknowledged for it again (it may have moved
         # to another member and come back with a higher committed offset).
@@ -74,6 +76,10 @@ class OffsetLedger:
             if nxt > next_offsets.get(item.tp, -1):
                 next_offsets[item.tp] = nxt
         self._seq += 1
+        dispatched = self._dispatched
+        for tp, nxt in next_offsets.items():
+            if nxt > dispatched.get(tp, -1):
+                dispatched[tp] = nxt
         ticket = Ticket(self._seq, next_offsets, count)
         self._open.append(ticket)
         return ticket
@@ -89,6 +95,21 @@ class OffsetLedger:
                     continue
                 if nxt > self._acked.get(tp, -1):
                     self._acked[tp] = nxt
+
+    def dispatched(self) -> dict[Hashable, int]:
+        """Per partition, the offset after its last record in any ticket opened so far: with
+        :attr:`last_seq`, what a checkpoint barrier taken now covers (a copy)."""
+        return dict(self._dispatched)
+
+    def fenced_since(self, tp: Hashable, seq: int) -> bool:
+        """``tp`` was forgotten after ticket ``seq`` was opened: offsets observed at that
+        barrier must not be committed for it (it may belong to another member now)."""
+        return self._fence.get(tp, 0) >= seq
+
+    def committed(self, tp: Hashable) -> int | None:
+        """The last offset committed for ``tp`` by this member (None: none since it was
+        assigned)."""
+        return self._committed.get(tp)
 
     def acked(self, tp: Hashable) -> int | None:
         """The acknowledged next offset of a partition, if any record of it was acked."""
@@ -116,4 +137,5 @@ class OffsetLedger:
         for tp in partitions:
             self._acked.pop(tp, None)
             self._committed.pop(tp, None)
+            self._dispatched.pop(tp, None)
             self._fence[tp] = self._seq

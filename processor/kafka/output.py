@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
@@ -92,6 +92,13 @@ class OutputWriter:
             if p is None:
                 p = memo[stream] = default_partition(key, n)
             by_partition.setdefault(p, []).append((key, value))
+        return await self.write_partitioned(by_partition)
+
+    async def write_partitioned(
+        self, by_partition: Mapping[int, Sequence[tuple[bytes, bytes | None]]]
+    ) -> list[asyncio.Future[Any]]:
+        """Queue ``(key, value)`` records to the given partitions (a None value is a
+        tombstone); returns the futures of the submitted batches, as :meth:`write`."""
         futures: list[asyncio.Future[Any]] = []
         for p, pairs in by_partition.items():
             batch = self._producer.create_batch()
@@ -102,7 +109,7 @@ class OutputWriter:
                     batch = self._producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         raise ValueError(
-                            f"an output record of {len(value)} bytes does not fit an empty "
+                            f"a record of {len(value or b'')} bytes does not fit an empty "
                             "batch; raise the producer's max_batch_size"
                         )
             futures.append(await self._send(batch, p))

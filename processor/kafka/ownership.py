@@ -5,14 +5,15 @@ assigns the new set, often mostly the same partitions. Forgetting every stream's
 each rebalance would restart all streams whenever a member joins, so the runtime keeps the
 state of a partition that was revoked *cleanly* (its processed offsets committed, nothing of
 it in flight) and comes straight back in the next assignment: nobody else can have processed
-it in between. Every other partition's streams start clean.
+it in between. Every other partition's streams are forgotten, and restored from the state
+topic when there is one (the partition is not owned until then).
 
 Pure logic, used from the event loop only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -23,30 +24,48 @@ K = TypeVar("K", bound=Hashable)
 
 @dataclass
 class Ownership(Generic[K]):
-    """Owned partitions, plus those revoked cleanly and not yet reassigned."""
+    """Owned partitions, those still being restored, and those revoked cleanly (with the
+    offset committed at their revocation) and not yet reassigned."""
 
     owned: set[K] = field(default_factory=set)
-    clean: set[K] = field(default_factory=set)
+    restoring: set[K] = field(default_factory=set)
+    clean: dict[K, int | None] = field(default_factory=dict)
     assignments: int = 0
 
     def owns(self, tp: K) -> bool:
-        """Records of ``tp`` may enter the pipeline (checked when they are fetched)."""
-        return tp in self.owned
+        """Records of ``tp`` may enter the pipeline (checked when they are fetched): it is
+        assigned and its streams' states are restored."""
+        return tp in self.owned and tp not in self.restoring
 
     def revoke(self, partitions: Collection[K]) -> None:
         """Stop owning ``partitions`` now (their fetched records are dropped from here on)."""
         self.owned.difference_update(partitions)
+        self.restoring.difference_update(partitions)
 
-    def mark_clean(self, partitions: Collection[K]) -> None:
-        """The partitions' processed offsets were committed after their in-flight work
-        finished: their cached states are exactly at the committed offsets."""
-        self.clean.update(partitions)
+    def mark_clean(self, offsets: Mapping[K, int | None]) -> None:
+        """The partitions' processed offsets were committed (``offsets[tp]``: the offset
+        committed, None if this member never committed one) after their in-flight work
+        finished: their cached states are exactly at those offsets."""
+        self.clean.update(offsets)
 
-    def assign(self, partitions: Collection[K]) -> set[K]:
+    def assign(self, partitions: Collection[K]) -> dict[K, int | None]:
         """Own ``partitions``; returns those whose cached states may be kept (cleanly
-        revoked and back). Cleanliness is consumed: it holds for one rebalance only."""
-        keep = self.clean & set(partitions)
+        revoked and back) with the offsets committed at their revocation: a caller that can
+        read the group's committed offsets keeps only those still equal (an offset commit
+        can succeed after this member was evicted from the group, and another member may
+        have processed the partition meanwhile). Cleanliness is consumed: it holds for one
+        rebalance only."""
+        keep = {tp: off for tp, off in self.clean.items() if tp in partitions}
         self.owned = set(partitions)
-        self.clean = set()
+        self.restoring = set()
+        self.clean = {}
         self.assignments += 1
         return keep
+
+    def restore(self, partitions: Collection[K]) -> None:
+        """``partitions`` (assigned) are being restored: not owned until :meth:`restored`."""
+        self.restoring.update(tp for tp in partitions if tp in self.owned)
+
+    def restored(self, partitions: Collection[K]) -> None:
+        """The restore of ``partitions`` finished: their records may enter the pipeline."""
+        self.restoring.difference_update(partitions)

@@ -18,6 +18,8 @@ from typing import Protocol
 
 from aiokafka.abc import ConsumerRebalanceListener
 
+from processor.errors import LstmStreamError
+
 __all__ = ["RebalanceHandler", "RebalanceListener"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class RebalanceListener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[Hashable]) -> None:
         try:
             await self._handler.on_revoked(set(revoked))
+        except LstmStreamError as exc:  # the project's own errors say what went wrong
+            log.error("handling the revocation of %s failed: %s", sorted(map(str, revoked)), exc)
+            self._handler.on_listener_error(exc)
         except Exception as exc:
             log.exception("handling the revocation of %s failed", sorted(map(str, revoked)))
             self._handler.on_listener_error(exc)
@@ -55,6 +60,9 @@ class RebalanceListener(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[Hashable]) -> None:
         try:
             await self._handler.on_assigned(set(assigned))
+        except LstmStreamError as exc:  # the project's own errors say what went wrong
+            log.error("handling the assignment of %s failed: %s", sorted(map(str, assigned)), exc)
+            self._handler.on_listener_error(exc)
         except Exception as exc:
             log.exception("handling the assignment of %s failed", sorted(map(str, assigned)))
             self._handler.on_listener_error(exc)

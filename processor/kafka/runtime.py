@@ -16,10 +16,17 @@ Guarantees:
   a dead letter never stops the processor (see :class:`~.output.DeadLetterWriter`);
 * offsets are committed only after the outputs and dead letters of all records before
   them are acknowledged (at-least-once); memory is bounded by ``queue_max_records``;
+* with a state topic (the default), every commit interval is a checkpoint
+  (:mod:`~processor.kafka.checkpoint`): the changed streams' states are written after the
+  outputs they cover are acknowledged, then exactly the offsets they cover are committed;
+  a newly assigned partition is paused, its streams restored from its state topic
+  partition (:mod:`~processor.kafka.recovery`), and it is consumed from its committed
+  offset only then; re-delivered records whose seq is not above the restored one are
+  skipped as duplicates;
 * on revocation, queued records of the revoked partitions are dropped, in-flight batches
-  finish, their offsets are committed; streams of partitions that really moved away are
-  forgotten (without a state topic a moved stream restarts from its initial state on the
-  new owner -- a documented limitation);
+  finish, a checkpoint is taken and committed; streams of partitions that really moved away
+  are forgotten (without a state topic, ``--state-topic none``, a moved stream restarts from
+  its initial state on the new owner);
 * SIGTERM/SIGINT (via the stop event): stop fetching, drain, produce, commit, return.
 """
 
@@ -43,8 +50,11 @@ from processor.kafka.items import Item
 from processor.kafka.ledger import OffsetLedger
 from processor.kafka.ownership import Ownership
 from processor.kafka.rebalance import RebalanceListener
+from processor.kafka.recovery import Recovery
 from processor.kafka.settings import Settings
 from processor.kafka.stages import Stages
+from processor.kafka.staterecord import StateRecordCodec
+from processor.kafka.statetopic import prepare_state_topics
 from processor.kafka.streams import PartitionIndex
 from processor.kafka.topics import TopicWaitStopped, admin_kwargs, prepare_topics_with
 from processor.metrics import Metrics, MetricsServer, RunStats
@@ -108,7 +118,12 @@ class Processor:
         self.flow = FlowControl(settings.queue_max_records, settings.queue_low_records)
         self.ledger = OffsetLedger()
         self.ownership: Ownership[TopicPartition] = Ownership()
-        self._index = PartitionIndex()
+        self._index = PartitionIndex(track_changes=settings.durable)
+        # Built once the engine exists (durable state only); tests running on fake clients
+        # may set their own Recovery.
+        self.codec: StateRecordCodec | None = None
+        self.recovery: Recovery | None = None
+        self._offset_reset = "earliest"  # the consumer's auto_offset_reset
         self._server: MetricsServer | None = None
         if metrics_server and settings.metrics_port > 0:
             self._server = MetricsServer(
@@ -172,7 +187,7 @@ class Processor:
         if self._server is not None:
             self._server.start()
         log.info("building the engine (model %s)", s.engine.model)
-        await asyncio.wrap_future(self.pipeline.start())
+        await self._start_pipeline()
         consumer_kw, producer_kw = client_kwargs(
             s.bootstrap_servers, s.group_id, s.kafka, drain_timeout=s.drain_timeout
         )
@@ -188,9 +203,28 @@ class Processor:
                 stop=stop_event,
             )
             log.info("topics ready (partitions): %s", dict(ready.partitions))
+            if s.durable:
+                await prepare_state_topics(
+                    admin_kwargs(consumer_kw),
+                    s.state_topics(),
+                    {t: ready.partitions[t] for t in s.input_topics},
+                    replication_factor=s.topic_replication_factor,
+                )
+                log.info("state topics ready: %s", s.state_topics())
         except TopicWaitStopped:
             log.info("stopped while waiting for the input topics: nothing was consumed")
             return
+        self._offset_reset = str(consumer_kw.get("auto_offset_reset", "earliest"))
+        if self.codec is not None:
+            self.recovery = Recovery(
+                consumer_kw=consumer_kw,
+                state_topics=s.state_topics(),
+                pipeline=self.pipeline,
+                index=self._index,
+                codec=self.codec,
+                reset_on_mismatch=s.on_state_mismatch == "reset",
+                metrics=self.metrics,
+            )
         consumer = AIOKafkaConsumer(**consumer_kw)
         producer = AIOKafkaProducer(**producer_kw)
         self._attach(consumer, producer)  # from here on close() stops both stages
@@ -211,9 +245,18 @@ class Processor:
         the stage tests): the engine, the stages and their loops; no topic preparation.
         Rebalances are the caller's to deliver (:meth:`on_assigned`, :meth:`on_revoked`)."""
         self._phase = Phase.STARTING
-        await asyncio.wrap_future(self.pipeline.start())
+        await self._start_pipeline()
         self._attach(consumer, producer)
         self._start_loops()
+
+    async def _start_pipeline(self) -> None:
+        """Build the engine on its thread; with durable state, the state record codec."""
+        await asyncio.wrap_future(self.pipeline.start())
+        if self.settings.durable:
+            model = self.pipeline.engine.model
+            self.codec = StateRecordCodec(
+                model.state_spec, self.settings.engine.state_dtype, model.identity
+            )
 
     def _start_loops(self) -> None:
         c = self._stages
@@ -239,6 +282,7 @@ class Processor:
             index=self._index,
             metrics=self.metrics,
             release=self._release,
+            codec=self.codec,
         )
 
     async def close(self) -> None:
@@ -283,7 +327,10 @@ class Processor:
 
     def on_listener_error(self, exc: BaseException) -> None:
         """See :class:`processor.kafka.rebalance.RebalanceHandler`."""
-        self._fail(KafkaRuntimeError(f"rebalance callback failed: {exc!r}"))
+        if isinstance(exc, LstmStreamError):
+            self._fail(exc)  # says what went wrong (a state topic of another model...)
+        else:
+            self._fail(KafkaRuntimeError(f"rebalance callback failed: {exc!r}"))
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -318,13 +365,16 @@ class Processor:
         )
         committed = finished and await stages.committer.commit_now(partitions)
         if committed:
-            self.ownership.mark_clean(partitions)
+            self.ownership.mark_clean({tp: self.ledger.committed(tp) for tp in partitions})
         else:
             log.warning(
-                "revoked partitions %s without a final commit (in-flight work %s): their "
-                "streams restart from the initial state here if they come back",
+                "revoked partitions %s without a final checkpoint (in-flight work %s): "
+                "their streams are %s if they come back",
                 sorted(map(str, partitions)),
                 "finished" if finished else "did not finish in time",
+                "restored from the last checkpoint"
+                if self.settings.durable
+                else "restarted from the initial state",
             )
             await self._forget_streams(lambda tp: tp in partitions)
         self.ledger.forget(partitions)
@@ -340,12 +390,27 @@ class Processor:
         )
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        """Own the new assignment; keep cached states only of cleanly revoked partitions
-        that came back, forget every other stream (start clean)."""
-        keep = self.ownership.assign(partitions)
-        forgotten = await self._forget_streams(lambda tp: tp not in keep)
-        self.ledger.forget(set(partitions) - keep)
+        """Own the new assignment. Cached streams of a partition are kept only when it was
+        revoked cleanly from this member and (with durable state) its committed offset is
+        still the one committed then; every other partition's streams are forgotten and,
+        with durable state, restored from the state topic before it is consumed."""
+        candidates = self.ownership.assign(partitions)
         stages = self._stages
+        if self.settings.durable and stages is not None:
+            # Nothing enters the pipeline until each partition is known to be kept or is
+            # restored (records fetched meanwhile are dropped; a restore seeks back).
+            self.ownership.restore(partitions)
+            keep = await self._provably_unchanged(stages, candidates)
+            self.ownership.restored(keep)
+        else:
+            keep = set(candidates)
+        restore = set(partitions) - keep
+        forgotten = await self._forget_streams(lambda tp: tp not in keep)
+        self.ledger.forget(restore)
+        if stages is not None and self.recovery is not None and restore:
+            await self._restore(stages, self.recovery, restore)
+        else:  # no state topic (or a caller's fake clients): the streams start clean
+            self.ownership.restored(restore)
         if stages is not None and self.flow.paused and partitions:
             stages.consumer.pause(*partitions)
         self.metrics.rebalances.inc()
@@ -353,11 +418,48 @@ class Processor:
         if self._phase is not Phase.STOPPING:
             self._phase = Phase.RUNNING
         log.info(
-            "assigned %d partitions (%d kept their cached streams; %d streams forgotten)",
+            "assigned %d partitions (%d kept their cached streams, %d restored; %d streams "
+            "forgotten)",
             len(partitions),
             len(keep),
+            len(restore) if self.recovery is not None else 0,
             forgotten,
         )
+
+    async def _provably_unchanged(
+        self, stages: Stages, candidates: dict[TopicPartition, int | None]
+    ) -> set[TopicPartition]:
+        """The cleanly revoked partitions whose group offset is still the one this member
+        committed at their revocation: nobody processed them in between (an offset commit
+        can succeed after this member was evicted, so cleanliness alone proves nothing)."""
+        keep: set[TopicPartition] = set()
+        for tp, mine in candidates.items():
+            if await stages.consumer.committed(tp) == mine:
+                keep.add(tp)
+        return keep
+
+    async def _restore(
+        self, stages: Stages, recovery: Recovery, partitions: set[TopicPartition]
+    ) -> None:
+        """Restore ``partitions``' streams, then consume them from their committed offsets.
+        They stay paused and not owned meanwhile (records fetched for them are dropped at
+        admission, and the explicit seek afterwards fetches them again)."""
+        consumer = stages.consumer
+        self.ownership.restore(partitions)
+        consumer.pause(*partitions)
+        checkpoints = await recovery.restore(partitions)
+        for tp in sorted(partitions):
+            committed = await consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+            elif self._offset_reset == "latest":
+                await consumer.seek_to_end(tp)
+            else:
+                await consumer.seek_to_beginning(tp)
+            stages.fetcher.replay_until(tp, checkpoints.get(tp, 0))
+        self.ownership.restored(partitions)
+        if not self.flow.paused:
+            consumer.resume(*partitions)
 
     async def _forget_streams(self, match: Callable[[Any], bool]) -> int:
         index = self._index

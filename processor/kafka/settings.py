@@ -66,6 +66,14 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 _KAFKA = "Kafka"
 _RUNTIME = "runtime, backpressure and metrics"
 _TOPICS = "topic management"
+_STATE = "durable state"
+
+#: ``--state-topic`` value that turns durable state off.
+NO_STATE_TOPIC: Final = "none"
+#: Values of ``--processing-guarantee``.
+GUARANTEES: Final = ("at-least-once",)
+#: Values of ``--on-state-mismatch``.
+STATE_MISMATCH_ACTIONS: Final = ("refuse", "reset")
 
 
 def is_secret_option(name: str) -> bool:
@@ -142,8 +150,10 @@ class Settings:
     )
     commit_interval_ms: int = option(
         1000,
-        "how often acknowledged offsets are committed (offsets are only ever committed after "
-        "the outputs and dead letters of the records before them are acknowledged)",
+        "checkpoint interval: how often the states of the streams changed since the last "
+        "checkpoint are written to the state topic and the offsets of the records they cover "
+        "committed (only ever after those records' outputs and dead letters are "
+        "acknowledged). Shorter: less re-processing after a crash, more state bytes written",
         check=at_least(1),
         group=_RUNTIME,
     )
@@ -200,6 +210,34 @@ class Settings:
         "-1); off: the processor waits for it to appear",
         group=_TOPICS,
     )
+    # durable state
+    processing_guarantee: str = option(
+        "at-least-once",
+        "at-least-once: outputs and dead letters are acknowledged before the stream states "
+        "that cover them are written to the state topic, and those before the input offsets "
+        "are committed; after a crash, records answered since the last checkpoint may be "
+        "answered again, with identical values",
+        choices=GUARANTEES,
+        group=_STATE,
+    )
+    state_topic: str = option(
+        "",
+        "compacted topic holding each stream's latest state (key = stream id, partition = "
+        "its input partition), written at every commit interval and read back when a "
+        f"partition is assigned; '{NO_STATE_TOPIC}' keeps states in this process only (a "
+        "restart or a moved partition restarts its streams from the initial state). With "
+        "several input topics leave it unset: each gets its default",
+        default_text="<group id>-<input topic>-state",
+        group=_STATE,
+    )
+    on_state_mismatch: str = option(
+        "refuse",
+        "what to do when the state topic holds states of a model with other state names or "
+        "shapes: refuse (stop with an error) or reset (those streams start from the initial "
+        "state; the next checkpoints overwrite their records)",
+        choices=STATE_MISMATCH_ACTIONS,
+        group=_STATE,
+    )
     config_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -234,6 +272,14 @@ class Settings:
             out.append("--dlq-topic must differ from --output-topic")
         if not self.group_id:
             out.append("--group-id is empty")
+        if self.state_topic and self.state_topic != NO_STATE_TOPIC:
+            if len(self.input_topics) > 1:
+                out.append(
+                    "--state-topic names one state topic but there are several input topics: "
+                    "leave it unset (each input topic gets <group id>-<topic>-state)"
+                )
+            if self.state_topic in (*self.input_topics, self.output_topic, self.dlq_topic):
+                out.append(f"--state-topic {self.state_topic!r} is also an input or output")
         if not 0 <= self.queue_low_records < self.queue_max_records:
             out.append(
                 f"--queue-low-records {self.queue_low_records} must be below "
@@ -247,6 +293,19 @@ class Settings:
         return out
 
     # ---- views ---------------------------------------------------------------------------
+
+    @property
+    def durable(self) -> bool:
+        """Stream states are checkpointed to a state topic (``--state-topic`` not 'none')."""
+        return self.state_topic != NO_STATE_TOPIC
+
+    def state_topics(self) -> dict[str, str]:
+        """Input topic -> its state topic (empty when durable state is off)."""
+        if not self.durable:
+            return {}
+        if self.state_topic:
+            return {t: self.state_topic for t in self.input_topics}
+        return {t: f"{self.group_id}-{t}-state" for t in self.input_topics}
 
     def redacted(self) -> dict[str, Any]:
         """All settings as a dict that is safe to log (secret Kafka options masked)."""
@@ -275,7 +334,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     flag that was given from one that was not (flags > env > file > defaults); the help
     text of each states its environment variable, TOML key and real default.
     """
-    names = (_KAFKA, _RUNTIME, _TOPICS, ENGINE_GROUP)
+    names = (_KAFKA, _RUNTIME, _TOPICS, _STATE, ENGINE_GROUP)
     groups = {name: parser.add_argument_group(name) for name in names}
     config.add_arguments(parser, run_options(), layered=True, groups=groups, required={"model"})
     parser.add_argument(

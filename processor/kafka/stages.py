@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from processor.codec import encode_outputs
 from processor.kafka.ack import Acker
 from processor.kafka.batcher import Batcher, FlowControl
+from processor.kafka.checkpoint import Checkpoint, StateWriter
 from processor.kafka.commit import CommitLoop
 from processor.kafka.dispatch import Dispatcher
 from processor.kafka.emit import Emitter
@@ -26,6 +27,7 @@ from processor.kafka.ledger import OffsetLedger
 from processor.kafka.output import DeadLetterWriter, OutputWriter
 from processor.kafka.ownership import Ownership
 from processor.kafka.settings import Settings
+from processor.kafka.staterecord import StateRecordCodec
 from processor.kafka.streams import PartitionIndex
 from processor.metrics import Metrics
 from processor.pipeline import Pipeline
@@ -47,6 +49,9 @@ class Stages:
         pipeline, batcher, flow, ledger, ownership, index, metrics: the processor's.
         release: called with the number of records that left the pipeline (the ack stage
             calls it; the processor releases flow control and re-applies it).
+        codec: the state record codec when stream states are checkpointed to state topics
+            (the commit loop then runs the :class:`~processor.kafka.checkpoint.Checkpoint`
+            cycle).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class Stages:
         index: PartitionIndex,
         metrics: Metrics,
         release: Callable[[int], None],
+        codec: StateRecordCodec | None = None,
     ) -> None:
         s = settings
         self.consumer = consumer
@@ -108,6 +114,20 @@ class Stages:
             metrics=metrics,
             on_tick=self.refresh_lag,
         )
+        if codec is not None:
+            self.committer.checkpoint = Checkpoint(
+                pipeline=pipeline,
+                index=index,
+                ledger=ledger,
+                acker=self.acker,
+                writer=StateWriter(producer, s.state_topics()),
+                codec=codec,
+                commit=self.committer.commit_offsets,
+                assigned=self.committer.assigned,
+                owned=lambda: ownership.owned,
+                metrics=metrics,
+                barrier_timeout_s=s.drain_timeout,
+            )
 
     async def stop_clients(self) -> None:
         """Stop the consumer, then the producer, each within ``CLOSE_TIMEOUT_S``. A

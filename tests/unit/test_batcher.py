@@ -171,12 +171,25 @@ def test_ledger_forget_fences_late_acknowledgements() -> None:
 
 def test_ownership_keeps_state_only_for_cleanly_revoked_partitions_that_come_back() -> None:
     own: Ownership[str] = Ownership()
-    assert own.assign({"p0", "p1", "p2"}) == set()  # first assignment: nothing to keep
+    assert own.assign({"p0", "p1", "p2"}) == {}  # first assignment: nothing to keep
     own.revoke({"p0", "p1", "p2"})
     assert not own.owns("p0")
-    own.mark_clean({"p0", "p1"})  # p2's final commit failed
+    own.mark_clean({"p0": 40, "p1": None})  # p2's final commit failed
     keep = own.assign({"p0", "p2", "p3"})
-    assert keep == {"p0"}  # p1 moved away, p2 was unclean, p3 is new
+    assert keep == {"p0": 40}  # p1 moved away, p2 was unclean, p3 is new
     assert own.owns("p3") and not own.owns("p1")
     own.revoke({"p0", "p2", "p3"})
-    assert own.assign({"p0"}) == set()  # cleanliness holds for one rebalance only
+    assert own.assign({"p0"}) == {}  # cleanliness holds for one rebalance only
+
+
+def test_a_partition_being_restored_is_assigned_but_not_owned() -> None:
+    own: Ownership[str] = Ownership()
+    own.assign({"p0", "p1"})
+    own.restore({"p1", "p9"})  # p9 is not assigned: ignored
+    assert own.owns("p0") and not own.owns("p1") and not own.owns("p9")
+    own.restored({"p1"})
+    assert own.owns("p1")
+    own.restore({"p0"})
+    own.revoke({"p0"})  # revoked mid-restore
+    own.assign({"p0"})
+    assert own.owns("p0")

@@ -67,7 +67,7 @@ class FakeConsumer:
         self.next_offset = dict.fromkeys(partitions, 0)
         self._paused: set[TopicPartition] = set()
         self.pauses: list[set[TopicPartition]] = []
-        self.committed: dict[TopicPartition, int] = {}
+        self.offsets: dict[TopicPartition, int] = {}  # the group's committed offsets
         self.commits: list[dict[TopicPartition, int]] = []
         self.arrived = asyncio.Event()
 
@@ -111,8 +111,11 @@ class FakeConsumer:
         return out
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.committed.update(offsets)
+        self.offsets.update(offsets)
         self.commits.append(dict(offsets))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.offsets.get(tp)
 
     def highwater(self, tp: TopicPartition) -> int:
         return self.next_offset[tp]
@@ -123,9 +126,9 @@ class FakeConsumer:
 
 class FakeBatch:
     def __init__(self) -> None:
-        self.records: list[tuple[bytes, bytes]] = []
+        self.records: list[tuple[bytes, bytes | None]] = []
 
-    def append(self, *, key: bytes, value: bytes, timestamp: int | None) -> object:
+    def append(self, *, key: bytes, value: bytes | None, timestamp: int | None) -> object:
         self.records.append((key, value))
         return object()
 
@@ -138,7 +141,7 @@ class FakeProducer:
     then their futures wait until :meth:`release` (acknowledgement order is the test's)."""
 
     def __init__(self, partitions: int = 2) -> None:
-        self.sent: dict[str, list[tuple[int | None, bytes | None, bytes, list[Any]]]] = {}
+        self.sent: dict[str, list[tuple[int | None, bytes | None, bytes | None, list[Any]]]] = {}
         self._partitions = partitions
         self.hold = False
         self.held: list[asyncio.Future[Any]] = []
@@ -394,7 +397,7 @@ class Harness:
             engine=opts,
             max_delay_ms=settings.pop("max_delay_ms", 1.0),
             queue_max_records=settings.pop("queue_max_records", 64),
-            commit_interval_ms=50,
+            commit_interval_ms=settings.pop("commit_interval_ms", 50),
             drain_timeout=10.0,
             **settings,
         )
@@ -444,7 +447,7 @@ def test_processor_over_fakes_answers_every_record_in_order_and_commits_on_drain
         outs = h.outputs()
         for stream in ("s0", "s1", "s2"):
             assert [seq for s, seq in outs if s == stream] == list(range(30))
-        assert h.consumer.committed == {TP0: 60, TP1: 31}
+        assert h.consumer.offsets == {TP0: 60, TP1: 31}
         assert stats.outputs == 90 and stats.dead_letters == 1 and stats.records_in == 91
         assert len(h.producer.sent["out-dlq"]) == 1
 
@@ -465,7 +468,7 @@ def test_revocation_drops_queued_records_finishes_in_flight_ones_and_commits_the
         assert len(h.proc.batcher) == 0
         assert h.proc.stats.dropped_on_revoke == 3
         assert h.outputs() == []  # dropped, not processed: the next owner reads them
-        assert TP1 not in h.consumer.committed  # nothing of TP1 was acknowledged
+        assert TP1 not in h.consumer.offsets  # nothing of TP1 was acknowledged
         assert h.proc.flow.in_flight == 0
         assert not h.proc.ready
         await h.proc.close()
@@ -488,7 +491,7 @@ def test_stale_records_are_skipped_and_counted_by_kind(make_model: Any) -> None:
         stats = h.proc.stats
         await h.proc.close()
         assert (stats.duplicates, stats.out_of_order) == (1, 1)
-        assert h.consumer.committed[TP0] == 6
+        assert h.consumer.offsets[TP0] == 6
 
     asyncio.run(go())
 
@@ -507,6 +510,123 @@ def test_a_bad_record_goes_to_the_dead_letter_topic_with_its_reason_and_is_commi
         headers = dict(h.producer.sent["out-dlq"][0][3])
         assert headers["lstm-stream.reason"] == MISSING_FIELD.encode()
         assert h.outputs() == [("x", 0)]
-        assert h.consumer.committed[TP0] == 2
+        assert h.consumer.offsets[TP0] == 2
+
+    asyncio.run(go())
+
+
+# ---- durable state: checkpoints ----------------------------------------------------------
+
+STATE = "lstm-stream-in-state"  # the default state topic of group lstm-stream, topic "in"
+
+
+def _states(h: Harness) -> dict[str, tuple[int | None, int | None]]:
+    """stream -> (state topic partition, seq) of its last state record (seq None: a
+    tombstone)."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for partition, key, value, _ in h.producer.sent.get(STATE, []):
+        assert key is not None
+        seq = None if value is None else msgpack.unpackb(value)["seq"]
+        out[key.decode()] = (partition, seq)
+    return out
+
+
+def test_a_checkpoint_writes_the_states_at_its_barrier_after_their_outputs_are_acked(
+    make_model: Any,
+) -> None:
+    async def go() -> None:
+        h = Harness(make_model, commit_interval_ms=600_000)  # checkpoints on demand only
+        await h.start()
+        h.producer.hold = True  # outputs are sent but not acknowledged until released
+        for seq in range(3):
+            h.consumer.add(TP0, b"a", _value("a", seq))
+            h.consumer.add(TP1, b"b", _value("b", seq))
+        await _until(lambda: len(h.outputs()) == 6, "6 outputs sent")
+        stages = h.proc._stages
+        assert stages is not None
+        checkpoint = asyncio.create_task(stages.committer.commit_now())
+        await asyncio.sleep(0)  # the barrier is taken synchronously at the first step
+        # Records after the barrier: processed, but neither their states nor their offsets
+        # belong to this checkpoint.
+        h.consumer.add(TP0, b"a", _value("a", 3))
+        await _until(lambda: len(h.outputs()) == 7, "the 7th output sent")
+        await asyncio.sleep(0.05)
+        assert STATE not in h.producer.sent, "a state was written before its outputs' acks"
+        assert not checkpoint.done()
+        while not checkpoint.done():  # acknowledge everything sent so far, in order
+            for fut in h.producer.held:
+                if not fut.done():
+                    fut.set_result(None)
+            await asyncio.sleep(0.01)
+        assert checkpoint.result() is True
+        # State partition = input partition; the seqs are the barrier's, not a's seq 3.
+        assert _states(h) == {"a": (0, 2), "b": (1, 2)}
+        assert h.consumer.offsets == {TP0: 3, TP1: 3}
+        state = msgpack.unpackb(h.producer.sent[STATE][0][2])
+        assert state["src"][:2] in (["in", 0], ["in", 1]) and state["src"][2] == 3
+        h.producer.hold = False
+        await h.proc.drain()  # the final checkpoint covers a's seq 3
+        await h.proc.close()
+        assert _states(h)["a"] == (0, 3)
+        assert h.consumer.offsets == {TP0: 4, TP1: 3}
+
+    asyncio.run(go())
+
+
+def test_only_streams_changed_since_the_last_checkpoint_are_written_and_ended_ones_as_tombstones(
+    make_model: Any,
+) -> None:
+    async def go() -> None:
+        h = Harness(make_model, commit_interval_ms=600_000)
+        await h.start()
+        stages = h.proc._stages
+        assert stages is not None
+        for stream in ("a", "b", "c"):
+            h.consumer.add(TP0, stream.encode(), _value(stream, 0))
+        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
+        assert await stages.committer.commit_now()
+        assert len(h.producer.sent[STATE]) == 3
+        h.consumer.add(TP0, b"b", _value("b", 1))
+        h.consumer.add(TP0, b"c", encode_input("c", 1, np.zeros(2, np.float32), end=True))
+        await _until(lambda: len(h.outputs()) == 5, "5 outputs")
+        assert await stages.committer.commit_now()
+        written = h.producer.sent[STATE][3:]
+        assert sorted((k, v is None) for _, k, v, _ in written) == [(b"b", False), (b"c", True)]
+        assert await stages.committer.commit_now()  # nothing changed: nothing written
+        assert len(h.producer.sent[STATE]) == 5
+        assert h.proc.metrics.state_tombstones._value.get() == 1
+        await h.proc.drain()
+        await h.proc.close()
+
+    asyncio.run(go())
+
+
+def test_records_below_a_restored_checkpoint_are_skipped_as_duplicates_without_a_warning(
+    make_model: Any, caplog: Any
+) -> None:
+    async def go() -> None:
+        h = Harness(make_model, commit_interval_ms=600_000)
+        await h.start()
+        stages = h.proc._stages
+        assert stages is not None
+        # The state of stream s after its seq 4, as a restore from offset 5 loads it.
+        from processor.cache import StreamState
+
+        spec = h.proc.pipeline.engine.model.state_spec
+        restored = StreamState(tuple(np.zeros(x.shape, np.float32) for x in spec), 4)
+        index = h.proc._index
+        await asyncio.wrap_future(
+            h.proc.pipeline.call(lambda e: index.load(e, TP0, {"s": restored}))
+        )
+        stages.fetcher.replay_until(TP0, 5)
+        for seq in range(7):  # seqs 0..4 re-delivered at once, 5 and 6 new
+            h.consumer.add(TP0, b"s", _value("s", seq))
+        await _until(lambda: len(h.outputs()) == 2, "2 outputs")
+        await h.proc.drain()
+        stats = h.proc.stats
+        await h.proc.close()
+        assert h.outputs() == [("s", 5), ("s", 6)]
+        assert (stats.duplicates, stats.out_of_order) == (5, 0)
+        assert "out-of-order" not in caplog.text
 
     asyncio.run(go())

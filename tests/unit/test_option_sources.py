@@ -153,6 +153,11 @@ ROWS: dict[str, Row] = {
     "topic_partitions": Row("6", lambda r: r.run.topic_partitions, 6),
     "topic_replication_factor": Row("3", lambda r: r.run.topic_replication_factor, 3),
     "create_input_topics": Row("true", lambda r: r.run.create_input_topics, True),
+    "processing_guarantee": Row(
+        "at-least-once", lambda r: r.run.processing_guarantee, "at-least-once"
+    ),
+    "state_topic": Row("states", lambda r: r.run.state_topics(), {"in": "states"}),
+    "on_state_mismatch": Row("reset", lambda r: r.run.on_state_mismatch, "reset"),
     # Engine: the Engine, its cache and the calls build_engine makes.
     "model": Row("<model>", _engine(lambda e: e.model.input_shape), (FILE_FEATURES,)),
     "init_model": Row("<init>", _engine(lambda e: e.model.has_init_model), True),
@@ -161,6 +166,7 @@ ROWS: dict[str, Row] = {
     "cache_capacity": Row("2048", _engine(lambda e: e.cache.capacity), 2048),
     "spill_capacity": Row("77", _engine(lambda e: e.cache.spill_capacity), 77),
     "idle_timeout": Row("2.5", _engine(lambda e: e.cache.idle_timeout_s), 2.5),
+    "state_dir": Row("/tmp/lstm-states", _engine(lambda e: e.cache.state_dir), "/tmp/lstm-states"),
     "max_batch": Row("64", _engine(lambda e: e.max_batch), 64),
     "scan_min_steps": Row("8", _engine(lambda e: e.scan_min_steps), 8),
     "max_scan_steps": Row("16", _engine(lambda e: e.max_scan_steps), 16),
@@ -171,6 +177,9 @@ ROWS: dict[str, Row] = {
 
 #: Options ``run`` needs in every case (given as flags unless the row under test is theirs).
 REQUIRED = ("input_topics", "output_topic", "model")
+#: Options with a single accepted value so far (more processing guarantees are to come):
+#: leaving them out cannot change anything, so only their presence is checked.
+SINGLE_VALUED = ("processing_guarantee",)
 #: Rows observed on a model loaded from the files rather than on the in-memory model.
 FROM_FILES = ("model", "init_model")
 
@@ -321,7 +330,7 @@ def test_every_option_reaches_what_it_configures(
         reached = _reached(name, settings, settings.engine, models, spies)
     assert row.observe(reached) == row.expected
 
-    if name not in REQUIRED:
+    if name not in REQUIRED and name not in SINGLE_VALUED:
         # Without the value the observation differs: the row would notice a lost value.
         spies[0].clear()
         spies[1].clear()
@@ -356,6 +365,7 @@ class Started:
     admin: dict[str, Any] = field(default_factory=dict)
     subscribed: list[str] = field(default_factory=list)
     topics: dict[str, Any] = field(default_factory=dict)
+    state_topics: dict[str, str] = field(default_factory=dict)
     built: dict[str, dict[str, Any]] = field(default_factory=dict)
     server: dict[str, Any] | None = None
     root_level: int = logging.NOTSET
@@ -403,7 +413,9 @@ class Started:
 class _StandinEngine:
     """Just enough of an Engine for the pipeline to start: a model signature, a warm-up."""
 
-    model = SimpleNamespace(input_shape=STANDIN_SHAPE, input_dtype=np.dtype("float32"))
+    model = SimpleNamespace(
+        input_shape=STANDIN_SHAPE, input_dtype=np.dtype("float32"), state_spec=(), identity="x"
+    )
 
     def warmup(self, scan: bool = False) -> None:
         pass
@@ -479,6 +491,18 @@ RUNTIME_ROWS: dict[str, RuntimeRow] = {
     "queue_low_records": RuntimeRow(
         "100", lambda s: (s.proc.flow.low, s.flow_marks()), (100, ("pause", "resume"))
     ),
+    # Durable state: the state topics prepared and written, and the restore's policy.
+    "state_topic": RuntimeRow(
+        "states",
+        lambda s: (s.state_topics, _arg(s, "StateWriter", "state_topics")),
+        ({"in": "states"}, {"in": "states"}),
+    ),
+    "on_state_mismatch": RuntimeRow(
+        "reset", lambda s: _arg(s, "Recovery", "reset_on_mismatch"), True
+    ),
+    "processing_guarantee": RuntimeRow(
+        "at-least-once", lambda s: ("Checkpoint" in s.built, "Recovery" in s.built), (True, True)
+    ),
     "commit_interval_ms": RuntimeRow(
         "250", lambda s: _arg(s, "CommitLoop", "interval_s"), pytest.approx(0.25)
     ),
@@ -527,7 +551,7 @@ def _runtime_modules() -> list[Any]:
 
 
 #: Modules (besides the runtime) that construct the clients, the stages or the topics.
-_COMPOSERS = ("stages", "topics")
+_COMPOSERS = ("stages", "topics", "statetopic")
 
 
 class _Recorder:
@@ -599,6 +623,9 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
         names = [*kwargs["input_topics"], *kwargs["output_topics"]]
         return SimpleNamespace(partitions=dict.fromkeys(names, 1))
 
+    async def prepare_state_topics(admin_kw: Any, state_topics: Any, *args: Any, **kw: Any) -> None:
+        seen.state_topics.update(state_topics)
+
     class Server:
         def __init__(self, registry: Any, **kwargs: Any) -> None:
             seen.server = kwargs
@@ -637,9 +664,17 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
     replace("AIOKafkaProducer", lambda _: Producer)
     replace("AIOKafkaAdminClient", lambda _: Admin)
     replace("prepare_topics", lambda _: prepare_topics)
+    replace("prepare_state_topics", lambda _: prepare_state_topics)
     replace("MetricsServer", lambda _: Server)
     replace("build_engine", lambda _: build)
-    for name in ("OutputWriter", "DeadLetterWriter", "CommitLoop"):
+    for name in (
+        "OutputWriter",
+        "DeadLetterWriter",
+        "CommitLoop",
+        "StateWriter",
+        "Checkpoint",
+        "Recovery",
+    ):
         replace(name, recorded)
     for name in list(os.environ):
         if name.startswith("LSTM_STREAM_"):
@@ -692,7 +727,7 @@ def test_every_run_option_reaches_the_started_processor(
     assert row.observe(_start_run(name, source, started, monkeypatch, tmp_path)) == row.expected
 
 
-@pytest.mark.parametrize("name", [n for n in RUN if n not in REQUIRED])
+@pytest.mark.parametrize("name", [n for n in RUN if n not in {*REQUIRED, *SINGLE_VALUED}])
 def test_without_the_option_the_started_processor_differs(
     name: str, started: Started, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
