@@ -273,6 +273,14 @@ def run(
         def kafka() -> None:
             results["kafka"] = sweeps.kafka_end_to_end(bm0, cfg, say)
 
+        def state_tiers() -> None:
+            from processor.bench.tiers import tiers
+
+            quick = {"streams": 100_000, "capacity": 8192, "host_rows": 32_768}
+            results["tiers"] = tiers(
+                bm0, **(quick if cfg.quick else {}), budget=cfg.budget, progress=say
+            )
+
         section("cached_streams", cached)
         for name in cfg.dtype_models:
             if name in loaded:
@@ -285,6 +293,7 @@ def run(
         section("replay", replay)
         section("gc_impact", gc_impact)
         section("kafka", kafka)
+        section("tiers", state_tiers)
         for name in cfg.breakdown_models:
             if name in loaded:
 
