@@ -1,0 +1,121 @@
+"""The broker dies (SIGKILL) under a running ``lstm-stream run`` and comes back on the same data
+directory: the processor rides the outage out (it logs connection errors, keeps its states
+and its place, and neither exits nor needs a restart), and afterwards every output still
+equals the uninterrupted reference (:func:`durable_helpers.verify_run`).
+
+The test owns a broker of its own (``deploy/kafka-local/kafka.sh`` in a temporary run dir on
+free ports): this module's ``kafka_bootstrap`` replaces the session broker, so the topic and
+admin fixtures work against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from durable_helpers import (  # type: ignore[import-not-found]
+    PacedProducer,
+    PrivateBroker,
+    delete_topics_quietly,
+    make_workload,
+    run_args,
+    state_topic,
+    verify_run,
+    wait_committed_to_end,
+    wait_metric,
+)
+from kafka_helpers import (  # type: ignore[import-not-found]
+    RunProcess,
+    no_leftover_tasks,
+    reference_outputs,
+    tiny_model,
+)
+
+__all__ = ["no_leftover_tasks", "tiny_model"]
+pytestmark = [
+    pytest.mark.usefixtures("no_leftover_tasks"),
+    pytest.mark.integration,
+    pytest.mark.slow,
+]
+
+OUT = "lstm_stream_records_out_total"
+
+
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(tmp_path_factory.mktemp("kafka-private"))
+    t0 = time.monotonic()
+    broker.start()
+    print(f"\nprivate broker {broker.bootstrap} ready in {time.monotonic() - t0:.1f} s")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_bootstrap(private_broker: PrivateBroker) -> str:
+    """This module's tests run against their private broker (the session one is left alone)."""
+    return private_broker.bootstrap
+
+
+async def test_broker_sigkill_and_restart_under_a_running_processor(
+    private_broker: PrivateBroker,
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., Awaitable[str]],
+    unique_group: str,
+    tiny_model: str,
+    tmp_path: Path,
+    admin_client: AIOKafkaAdminClient,
+) -> None:
+    workload = make_workload(57, streams=120, records=6_000, prefix="b")
+    n = len(workload.records)
+    source = await topic_factory(partitions=3, prefix="in")
+    out = await topic_factory(partitions=3, prefix="out")
+    dlq = await topic_factory(partitions=1, prefix="dlq")
+    args = run_args(kafka_bootstrap, tiny_model, source=source, output=out, dlq=dlq,
+                    group=unique_group)  # fmt: skip
+    producer: PacedProducer | None = None
+    t_start = time.monotonic()
+    proc = RunProcess(args, tmp_path / "run.log")
+    try:
+        await proc.wait_ready()
+        producer = PacedProducer(kafka_bootstrap, source, workload.records, rate=250,
+                                 budget=n // 2)  # fmt: skip
+        await wait_metric(proc, OUT, lambda v: v >= n // 4, 120, "the processor under way")
+        producer.pause()
+        await producer.wait_paused()
+        t_kill = time.monotonic()
+        await asyncio.to_thread(private_broker.kill)
+        await asyncio.to_thread(private_broker.start)  # same data directory, same ports
+        outage = time.monotonic() - t_kill
+        producer.allow()
+        producer.resume()
+        # The processor rides the outage out: it must neither exit nor need a restart.
+        await producer.finish()
+        await wait_committed_to_end(
+            admin_client, kafka_bootstrap, unique_group, source, timeout=180, alive=[proc]
+        )
+        assert await proc.terminate() == 0, proc.text()
+    finally:
+        if producer is not None:
+            await producer.close()
+        proc.kill()
+    errors = sum("ERROR" in line for line in proc.log.read_text().splitlines())
+    print(
+        f"\nbroker down and back in {outage:.1f} s, the processor rode it out ({errors} error "
+        f"lines logged); {time.monotonic() - t_start:.0f} s"
+    )
+    try:
+        reference = await asyncio.to_thread(reference_outputs, tiny_model, workload.valid)
+        await verify_run(
+            kafka_bootstrap, admin_client, workload=workload, reference=reference,
+            group=unique_group, input_topic=source, output_topic=out, dlq_topic=dlq,
+            partition_of=producer.partition_of,
+        )  # fmt: skip
+    finally:
+        await delete_topics_quietly(admin_client, [state_topic(unique_group, source)])
