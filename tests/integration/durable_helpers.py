@@ -714,11 +714,14 @@ class PrivateBroker:
         return int((self.run_dir / "kafka.pid").read_text().strip())
 
     def kill(self, timeout: float = 30) -> None:
-        """SIGKILL the broker and wait until it is gone (its ports are then free)."""
+        """SIGKILL the broker and wait until it is gone and its client port refuses
+        connections (a killed JVM's leader thread turns zombie before its other threads
+        have exited and closed the sockets)."""
         pid = self.pid
+        port = int(self.env["KAFKA_LOCAL_PORT"])
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + timeout
-        while _alive(pid):
+        while _alive(pid) or _listening(port):
             assert time.monotonic() < deadline, f"broker {pid} still alive after SIGKILL"
             time.sleep(0.05)  # a synchronous wait on the condition, with a deadline
 
@@ -729,21 +732,44 @@ class PrivateBroker:
 
 
 def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent counts as gone)."""
+    """Running: ``/proc/<pid>`` has a thread that is not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _listening(port: int) -> bool:
+    """Something accepts connections on the loopback ``port``."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    socks = []
+    """``n`` distinct loopback ports that were free a moment ago, below the kernel's
+    ephemeral range: while the broker is down, clients reconnecting to its port must not
+    be handed that very port as their own source port (a TCP self-connect would hold it,
+    and the broker could not bind it again)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = np.random.default_rng()
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        while len(socks) < n:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", int(rng.integers(max(1024, low - 12000), low))))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [int(s.getsockname()[1]) for s in socks]
     finally:
