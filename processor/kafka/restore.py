@@ -141,7 +141,9 @@ async def restore_partitions(
 
     ``consumer`` is started, group-less and ``read_committed``
     (:func:`restore_consumer_kwargs`); it is assigned exactly ``partitions`` (replacing any
-    assignment), and is left unassigned when this returns or raises. ``apply(tp, records)``
+    assignment), and is left with all of them paused when this returns or raises: nothing
+    more is fetched. Stop the consumer afterwards without unassigning it first (aiokafka
+    0.14's ``stop()`` hangs after ``unsubscribe()`` on a group-less consumer). ``apply(tp, records)``
     receives each partition's records in offset order, at most ``max_records`` per call,
     only those below the end taken at the start (see the module doc for the end rule);
     tombstones have ``value`` None. ``apply`` is awaited before the next poll, and an
@@ -218,7 +220,7 @@ async def restore_partitions(
             stats[tp].seconds = elapsed
         return stats
     finally:
-        consumer.unsubscribe()
+        consumer.pause(*tps)
 
 
 def _count(stats: RestoreStats, records: list[ConsumerRecord[Any, Any]]) -> None:

@@ -74,7 +74,6 @@ class ScriptedConsumer:
         self.paused: set[TopicPartition] = set()
         self.positions: dict[TopicPartition, int] = {}
         self.end_offset_calls = 0
-        self.unsubscribed = False
 
     def clock(self) -> float:
         return self.now
@@ -101,8 +100,7 @@ class ScriptedConsumer:
         self.paused.update(partitions)
 
     def unsubscribe(self) -> None:
-        self.unsubscribed = True
-        self.assigned = []
+        raise AssertionError("stop() hangs after unsubscribe() on a group-less consumer")
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
@@ -171,7 +169,7 @@ async def test_an_empty_partition_is_done_without_polling() -> None:
     assert stats[TP0] == RestoreStats(0, 0, 0, 7, 0.0, complete=True)
     assert consumer.polls == 0
     assert apply.calls == []
-    assert consumer.unsubscribed
+    assert consumer.paused == set(consumer.assigned)
 
 
 async def test_a_partition_is_read_to_its_end_in_offset_order_in_chunks() -> None:
@@ -189,7 +187,7 @@ async def test_a_partition_is_read_to_its_end_in_offset_order_in_chunks() -> Non
     assert stats[TP0].end_offset == 25
     assert stats[TP0].complete
     assert consumer.end_offset_calls == 1
-    assert consumer.unsubscribed
+    assert consumer.paused == set(consumer.assigned)
 
 
 async def test_tombstones_are_applied_and_counted() -> None:
@@ -262,7 +260,7 @@ async def test_a_partition_that_stops_moving_raises_naming_it() -> None:
     assert "\n" not in message
     assert apply.offsets(TP1) == [0, 1, 2]
     assert 30 <= consumer.polls <= 32
-    assert consumer.unsubscribed
+    assert consumer.paused == set(consumer.assigned)
 
 
 async def test_several_partitions_at_once() -> None:
@@ -280,7 +278,7 @@ async def test_several_partitions_at_once() -> None:
     assert all(s.complete for s in stats.values())
     assert [stats[tp].records for tp in (TP0, TP1, TP2)] == [30, 0, 3]
     # Each partition is paused when done, so nothing beyond its end is fetched.
-    assert consumer.unsubscribed
+    assert consumer.paused == set(consumer.assigned)
 
 
 async def test_stop_returns_early_with_incomplete_stats() -> None:
@@ -291,7 +289,7 @@ async def test_stop_returns_early_with_incomplete_stats() -> None:
     assert apply.offsets(TP0) == list(range(20))
     assert stats[TP0].records == 20
     assert not stats[TP0].complete
-    assert consumer.unsubscribed
+    assert consumer.paused == set(consumer.assigned)
 
 
 async def test_an_apply_failure_propagates_and_unassigns() -> None:
@@ -302,13 +300,13 @@ async def test_an_apply_failure_propagates_and_unassigns() -> None:
 
     with pytest.raises(RuntimeError, match="cache full"):
         await restore_partitions(cast(Any, consumer), [TP0], failing, clock=consumer.clock)
-    assert consumer.unsubscribed
+    assert consumer.paused == set(consumer.assigned)
 
 
 async def test_no_partitions_touches_nothing() -> None:
     consumer = ScriptedConsumer({})
     assert await restore(consumer, [], Applied()) == {}
-    assert consumer.end_offset_calls == 0 and not consumer.unsubscribed
+    assert consumer.end_offset_calls == 0 and not consumer.assigned
 
 
 def test_restore_consumer_kwargs_drop_group_options_and_keep_the_rest() -> None:
