@@ -174,9 +174,8 @@ class CacheStats:
     the host table or the disk; ``disk_reads`` counts those that came from the disk.
     ``loaded``: states put into the lower tiers by :meth:`StateCache.load`.
     ``state_lost``: states lost although the cache had kept them (a failing disk write or
-    read, an unreadable stored value); each is also logged as an ERROR.
-    ``spill_dropped``: always 0 -- the cache no longer drops states for lack of room; kept
-    so that readers of the earlier counter set keep working.
+    read, an unreadable stored value); each is also logged as an ERROR. Nothing is ever
+    dropped for lack of room.
     """
 
     admitted: int = 0
@@ -189,7 +188,6 @@ class CacheStats:
     disk_reads: int = 0
     loaded: int = 0
     state_lost: int = 0
-    spill_dropped: int = 0
 
 
 def pow2(n: int) -> int:

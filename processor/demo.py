@@ -206,7 +206,7 @@ def run_demo(
         evicted_lru=st.evicted_lru,
         evicted_idle=st.evicted_idle,
         restored_from_spill=st.restored_from_spill,
-        spill_dropped=st.spill_dropped,
+        state_lost=st.state_lost,
         all_streams=ForecastErrors(
             int(meter.has_pred.sum()),
             meter.pairs,

@@ -48,7 +48,7 @@ class ForecastErrors:
 class DemoSummary:
     """What a demo run did. Counter identities that hold for every run:
     ``inputs == generated + redelivered``, ``inputs == decoded + bad_records``,
-    ``outputs + duplicates == decoded`` and, with no spilled state dropped,
+    ``outputs + duplicates == decoded`` and, with no state lost,
     ``duplicates == redelivered``."""
 
     model: str
@@ -79,7 +79,7 @@ class DemoSummary:
     evicted_lru: int
     evicted_idle: int
     restored_from_spill: int
-    spill_dropped: int
+    state_lost: int
     all_streams: ForecastErrors
     sample: ForecastErrors
     offline_max_abs_diff: float | None
@@ -214,8 +214,8 @@ def format_summary(s: DemoSummary) -> str:
         f"{s.latency_p99_ms:.1f} ms, max {s.latency_max_ms:.1f} ms",
         f"state cache: {s.cached:,}/{s.cache_capacity:,} streams cached, {s.spilled_now:,} "
         f"spilled now; admitted {s.admitted:,}, evicted lru {s.evicted_lru:,} idle "
-        f"{s.evicted_idle:,}, restored from spill {s.restored_from_spill:,}, spilled state "
-        f"dropped {s.spill_dropped:,}",
+        f"{s.evicted_idle:,}, restored from spill {s.restored_from_spill:,}, states lost "
+        f"{s.state_lost:,}",
         "forecast of the next sample, mean squared error (lower is better):",
         f"  {'':28s}{'state kept':>12s}{'state reset':>13s}{'naive x[t]':>12s}{'pairs':>10s}",
         f"  {f'all {a.streams:,} streams':28s}{_f(a.stateful):>12s}{'-':>13s}{_f(a.naive):>12s}"

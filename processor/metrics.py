@@ -223,11 +223,19 @@ class Metrics:
         self.active_streams = g("active_streams", "Streams whose state is on the device")
         self.cache_capacity = g("cache_capacity", "Streams the device state table holds")
         self.cache_occupancy = g("cache_occupancy_ratio", "active_streams / cache_capacity")
-        self.spilled_streams = g("spilled_streams", "Streams whose state is in the spill store")
+        self.spilled_streams = g(
+            "spilled_streams",
+            "Streams whose state is off the device: in the host table or the disk store",
+        )
+        self.host_streams = g("host_streams", "Streams whose state is in the host table")
+        self.disk_streams = g("disk_streams", "Streams whose state is in the disk store")
         self.evictions = c("cache_evictions", "Streams evicted from the device", ["cause"])
-        self.spills = c("cache_spills", "States copied from the device to the spill store")
-        self.spill_dropped = c(
-            "cache_spill_dropped", "Spilled states dropped because the spill store was full"
+        self.spills = c("cache_spills", "States moved from the device to the host table")
+        self.disk_spills = c(
+            "cache_disk_spills", "States moved from the host table to the disk store"
+        )
+        self.disk_reads = c(
+            "cache_disk_reads", "States of returning streams read back from the disk store"
         )
         self.consumer_lag = g(
             "consumer_lag_records",
@@ -301,6 +309,7 @@ class Metrics:
             capacity=cache.capacity,
             spilled=cache.spilled,
             counters=cache.counters,
+            host=cache.host,
         )
 
     def summary(self, *, peak_in_flight: int = 0) -> RunStats:
@@ -327,19 +336,29 @@ class Metrics:
         )
 
     def observe_cache(
-        self, *, active: int, capacity: int, spilled: int, counters: dict[str, int]
+        self,
+        *,
+        active: int,
+        capacity: int,
+        spilled: int,
+        counters: dict[str, int],
+        host: int = 0,
     ) -> None:
         """Copy the cache's numbers: sizes as gauges, its monotonic counters
-        (``evicted_lru``, ``evicted_idle``, ``spilled``, ``spill_dropped``) as increments."""
+        (``evicted_lru``, ``evicted_idle``, ``spilled``, ``spilled_to_disk``, ``disk_reads``,
+        ``state_lost``) as increments."""
         self.active_streams.set(active)
         self.cache_capacity.set(capacity)
         self.cache_occupancy.set(active / capacity if capacity else 0.0)
         self.spilled_streams.set(spilled)
+        self.host_streams.set(host)
+        self.disk_streams.set(spilled - host)
         for key, counter, label in (
             ("evicted_lru", self.evictions, "lru"),
             ("evicted_idle", self.evictions, "idle"),
             ("spilled", self.spills, None),
-            ("spill_dropped", self.spill_dropped, None),
+            ("spilled_to_disk", self.disk_spills, None),
+            ("disk_reads", self.disk_reads, None),
             ("state_lost", self.state_lost, None),
         ):
             value = counters.get(key, 0)

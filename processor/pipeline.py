@@ -64,12 +64,15 @@ class StalePolicy(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class CacheSnapshot:
-    """The state cache's numbers after a step (read on the engine thread)."""
+    """The state cache's numbers after a step (read on the engine thread): streams on the
+    device, its capacity, streams off the device (host table and disk store; ``host`` of
+    them in the host table) and the cache's counters."""
 
     active: int
     capacity: int
     spilled: int
     counters: dict[str, int]
+    host: int = 0
 
 
 @dataclass(slots=True)
@@ -194,9 +197,13 @@ class Pipeline:
             self._gc_tuned = True
 
     def close(self) -> None:
-        """Wait for the running call, stop the thread, restore the collector; idempotent."""
+        """Wait for the running call, close the state cache (its disk store), stop the
+        thread, restore the collector; idempotent."""
         executor, self._executor = self._executor, None
         if executor is not None:
+            engine = self._engine
+            if engine is not None:
+                executor.submit(engine.cache.close)  # after every call queued before
             executor.shutdown(wait=True)
         if self._gc_tuned:
             self._gc_tuned = False
@@ -289,7 +296,11 @@ class Pipeline:
             out_of_order=len(result.out_of_order),
             seconds=seconds,
             cache=CacheSnapshot(
-                len(cache), cache.capacity, cache.spilled_count, asdict(cache.stats)
+                len(cache),
+                cache.capacity,
+                cache.spilled_count,
+                asdict(cache.stats),
+                cache.host_count,
             ),
         )
         if result.duplicates or result.out_of_order:

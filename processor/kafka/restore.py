@@ -143,10 +143,10 @@ async def restore_partitions(
     (:func:`restore_consumer_kwargs`); it is assigned exactly ``partitions`` (replacing any
     assignment), and is left with all of them paused when this returns or raises: nothing
     more is fetched. Stop the consumer afterwards without unassigning it first (aiokafka
-    0.14's ``stop()`` hangs after ``unsubscribe()`` on a group-less consumer). ``apply(tp, records)``
-    receives each partition's records in offset order, at most ``max_records`` per call,
-    only those below the end taken at the start (see the module doc for the end rule);
-    tombstones have ``value`` None. ``apply`` is awaited before the next poll, and an
+    0.14's ``stop()`` hangs after ``unsubscribe()`` on a group-less consumer). ``apply(tp,
+    records)`` receives each partition's records in offset order, at most ``max_records``
+    per call, only those below the end taken at the start (see the module doc for the end
+    rule); tombstones have ``value`` None. ``apply`` is awaited before the next poll, and an
     exception from it propagates.
 
     Returns the stats of every partition. When ``stop`` is set, the restore returns after

@@ -292,7 +292,7 @@ async def test_flood_of_streams_beyond_memory_then_some_return(
             admin_client, kafka_bootstrap, unique_group, source, timeout=180, alive=[proc]
         )
         t_flood = time.monotonic() - t_start
-        dropped = await metric(proc, "lstm_stream_cache_spill_dropped_total")
+        dropped = await metric(proc, "lstm_stream_state_lost_total")
         await producer.finish()
         await wait_committed_to_end(
             admin_client, kafka_bootstrap, unique_group, source, timeout=60, alive=[proc]

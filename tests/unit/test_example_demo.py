@@ -210,7 +210,7 @@ def test_demo_run_answers_every_message_and_kept_state_wins(
     assert s.generated >= _StopWhenEnough.GENERATED and s.redelivered > 0
     assert s.streams_seen > 128  # more streams than the cache holds...
     assert s.evicted_lru + s.evicted_idle > 0 and s.restored_from_spill > 0  # ...so it spilled
-    assert s.spill_dropped == 0 and s.cached <= s.cache_capacity == 128
+    assert s.state_lost == 0 and s.cached <= s.cache_capacity == 128
     assert 0 < s.mean_batch <= 64 and s.compiled_calls >= s.ticks
     assert s.latency_p50_ms <= s.latency_p99_ms <= s.latency_max_ms
     sm = s.sample

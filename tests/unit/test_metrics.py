@@ -101,14 +101,14 @@ def test_bulk_histogram_exposes_the_samples_of_a_histogram() -> None:
 def test_observe_cache_turns_monotonic_cache_counters_into_increments() -> None:
     reg = CollectorRegistry()
     m = Metrics(reg)
-    counters = {"evicted_lru": 5, "evicted_idle": 0, "spilled": 5, "spill_dropped": 0}
+    counters = {"evicted_lru": 5, "evicted_idle": 0, "spilled": 5, "state_lost": 0}
     m.observe_cache(active=64, capacity=256, spilled=5, counters=counters)
-    counters = {"evicted_lru": 8, "evicted_idle": 2, "spilled": 10, "spill_dropped": 1}
+    counters = {"evicted_lru": 8, "evicted_idle": 2, "spilled": 10, "state_lost": 1}
     m.observe_cache(active=128, capacity=256, spilled=9, counters=counters)
     assert value(reg, "lstm_stream_cache_evictions_total", {"cause": "lru"}) == 8
     assert value(reg, "lstm_stream_cache_evictions_total", {"cause": "idle"}) == 2
     assert value(reg, "lstm_stream_cache_spills_total") == 10
-    assert value(reg, "lstm_stream_cache_spill_dropped_total") == 1
+    assert value(reg, "lstm_stream_state_lost_total") == 1
     assert value(reg, "lstm_stream_active_streams") == 128
     assert value(reg, "lstm_stream_cache_occupancy_ratio") == 0.5
     assert value(reg, "lstm_stream_spilled_streams") == 9

@@ -302,6 +302,7 @@ ROWS: dict[str, dict[str, Row]] = {
         "--cache-capacity": Row(("--cache-capacity", "3000"), _engine("cache_capacity"), 3000),
         "--spill-capacity": Row(("--spill-capacity", "77"), _engine("spill_capacity"), 77),
         "--idle-timeout": Row(("--idle-timeout", "2.5"), _engine("idle_timeout"), 2.5),
+        "--state-dir": Row(("--state-dir", "/tmp/states"), _engine("state_dir"), "/tmp/states"),
         "--max-batch": Row(("--max-batch", "64"), _engine("max_batch"), 64),
         "--scan-min-steps": Row(("--scan-min-steps", "8"), _engine("scan_min_steps"), 8),
         "--max-scan-steps": Row(("--max-scan-steps", "16"), _engine("max_scan_steps"), 16),
