@@ -168,6 +168,7 @@ def run(
         "catchup": [],
         "replay": {},
         "kafka": {},
+        "durable": {},
         "breakdown": {},
         "gc_impact": [],
         "latency_samples_ms": {},
@@ -273,6 +274,9 @@ def run(
         def kafka() -> None:
             results["kafka"] = sweeps.kafka_end_to_end(bm0, cfg, say)
 
+        def durable() -> None:
+            results["durable"] = sweeps.durable_state(bm0, cfg, say)
+
         def state_tiers() -> None:
             from processor.bench.tiers import tiers
 
@@ -293,6 +297,7 @@ def run(
         section("replay", replay)
         section("gc_impact", gc_impact)
         section("kafka", kafka)
+        section("durable", durable)
         section("tiers", state_tiers)
         for name in cfg.breakdown_models:
             if name in loaded:

@@ -66,6 +66,8 @@ class Config:
     kafka_records: int = 200_000  # records produced, then drained, end to end
     kafka_repeats: int = 3  # alternating engine-only / end-to-end pairs; medians reported
     kafka_streams: int = 2048
+    restore_streams: int = 100_000  # states restored from a state topic (durable section)
+    state_volume_streams: tuple[int, ...] = (1_000, 10_000, 100_000)  # active streams
     agreement_streams: int = 3
     agreement_steps: int = 5
     pool_size: int = 4096
@@ -137,6 +139,8 @@ def quick_config(models: Sequence[str], min_time: float | None = None) -> Config
         kafka_records=10_000,
         kafka_repeats=1,
         kafka_streams=512,
+        restore_streams=10_000,
+        state_volume_streams=(1_000,),
         quick=True,
         skipped=(
             "--quick: one model, batches 1/64/1024, cached streams 1k/16k (not 1M), catch-up "
@@ -901,17 +905,31 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
             for i in range(cfg.kafka_repeats):
                 progress(f"kafka: engine-only on {records:,} records ({i + 1}/{cfg.kafka_repeats})")
                 eo = kafka_bench.bench_engine_only(options, records=records, streams=streams)
-                progress(f"kafka: end to end through {cfg.bootstrap_servers}")
+                progress(f"kafka: end to end through {cfg.bootstrap_servers}, durable state")
                 ee = asyncio.run(
                     kafka_bench.bench_end_to_end(
                         cfg.bootstrap_servers, options, records=records, streams=streams
                     )
                 )
-                pairs.append((eo, ee))
-            engine_only = sorted((p[0] for p in pairs), key=lambda r: r["records_per_s"])[
-                len(pairs) // 2
-            ]
-            e2e = sorted((p[1] for p in pairs), key=lambda r: r["records_per_s"])[len(pairs) // 2]
+                progress("kafka: end to end without a state topic")
+                es = asyncio.run(
+                    kafka_bench.bench_end_to_end(
+                        cfg.bootstrap_servers,
+                        options,
+                        records=records,
+                        streams=streams,
+                        durable=False,
+                    )
+                )
+                pairs.append((eo, ee, es))
+
+            def median(k: int) -> dict[str, Any]:
+                runs = sorted((p[k] for p in pairs), key=lambda r: r["records_per_s"])
+                return runs[len(runs) // 2]
+
+            engine_only, e2e, stateless = median(0), median(1), median(2)
+            # Per repeat, durable over stateless measured back to back; the median of those.
+            costs = sorted(p[1]["records_per_s"] / p[2]["records_per_s"] for p in pairs)
     finally:
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
@@ -924,21 +942,78 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
         "max_batch": b,
         "msg_per_s": round(float(e2e["records_per_s"]), 3),
         "end_to_end": e2e,
+        "stateless": stateless,
+        "durable_over_stateless": costs[len(costs) // 2],
         "engine_only_same_records": engine_only,
         "measured_by": "processor.bench.kafka.bench_end_to_end",
         "repeats": [
             {
                 "engine_only_msg_per_s": round(float(eo["records_per_s"]), 1),
                 "end_to_end_msg_per_s": round(float(ee["records_per_s"]), 1),
+                "stateless_msg_per_s": round(float(es["records_per_s"]), 1),
             }
-            for eo, ee in pairs
+            for eo, ee, es in pairs
         ],
     }
     progress(
-        f"kafka: {result['msg_per_s']:,.0f} msg/s end to end; engine-only on the same records "
+        f"kafka: {result['msg_per_s']:,.0f} msg/s end to end with durable state, "
+        f"{stateless['records_per_s']:,.0f} without; engine-only on the same records "
         f"{engine_only['records_per_s']:,.0f} msg/s"
     )
     return result
+
+
+def durable_state(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, Any]:
+    """What durable state costs besides throughput (:mod:`processor.bench.durable`):
+    restoring ``cfg.restore_streams`` streams of this model from a state topic, and the
+    state bytes/s written against output bytes/s at several active stream counts."""
+    if cfg.bootstrap_servers is None:
+        return {"status": "not_run", "reason": "no --bootstrap-servers given"}
+    from processor.bench import durable
+    from processor.options import EngineOptions
+
+    quiet = [logging.getLogger(n) for n in ("aiokafka", "processor.kafka")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / f"{bm.spec.name}.keras")
+            bm.keras_model.save(path)
+            options = EngineOptions(
+                model=path,
+                max_batch=cfg.headline_batch,
+                cache_capacity=65_536,
+                spill_capacity=131_072,
+                threads=0,
+            )
+            progress(f"durable: restore of {cfg.restore_streams:,} streams")
+            restore = asyncio.run(
+                durable.bench_restore(cfg.bootstrap_servers, options, streams=cfg.restore_streams)
+            )
+            progress(
+                f"durable: restored {restore['streams_per_s']:,.0f} streams/s "
+                f"({restore['mb_per_s']:.1f} MB/s)"
+            )
+            volume = []
+            for streams in cfg.state_volume_streams:
+                progress(f"durable: state bytes at {streams:,} active streams")
+                volume += durable.bench_state_volume(
+                    cfg.bootstrap_servers,
+                    options,
+                    records=cfg.kafka_records,
+                    stream_counts=(streams,),
+                )
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    return {
+        "status": "ran",
+        "model": bm.spec.name,
+        "restore": restore,
+        "state_volume": volume,
+        "measured_by": "processor.bench.durable",
+    }
 
 
 # --------------------------------------------------------------------------------------------
