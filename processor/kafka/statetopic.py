@@ -29,10 +29,10 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from processor.errors import ConfigError
 from processor.kafka.topics import (
     TopicSetupError,
-    _describe_error,
-    _describe_or_raise,
-    _resolve_replication,
-    _wait_settled,
+    describe_error,
+    describe_or_raise,
+    resolve_replication,
+    wait_settled,
 )
 
 __all__ = [
@@ -144,13 +144,13 @@ async def _prepare(
     admin: AIOKafkaAdminClient, needed: Mapping[str, int], replication_factor: int
 ) -> None:
     topics = list(needed)
-    state = await _describe_or_raise(admin, topics)
+    state = await describe_or_raise(admin, topics)
     missing = [t for t in topics if t not in state]
     if missing:
-        replication = await _resolve_replication(admin, replication_factor)
+        replication = await resolve_replication(admin, replication_factor)
         for topic in missing:
             await _create(admin, topic, needed[topic], replication)
-        state = await _wait_settled(
+        state = await wait_settled(
             admin,
             missing,
             asyncio.Event(),  # never set: the wait ends at the deadline at the latest
@@ -184,7 +184,7 @@ async def _create(
         response = await admin.create_topics([new])
     except KafkaError as exc:
         raise TopicSetupError(
-            f"cannot create state topic {topic!r}: {_describe_error(exc)}"
+            f"cannot create state topic {topic!r}: {describe_error(exc)}"
         ) from exc
     for entry in response.topic_errors:
         # (topic, error_code) on CreateTopics v0, (topic, error_code, error_message) after.
@@ -224,7 +224,7 @@ async def _cleanup_policies(admin: AIOKafkaAdminClient, topics: Sequence[str]) -
         try:
             responses = await admin.describe_configs(resources)
         except KafkaError as exc:
-            problem, retriable = _describe_error(exc), exc.retriable
+            problem, retriable = describe_error(exc), exc.retriable
         else:
             found: dict[str, str] = {}
             errors: list[str] = []

@@ -52,8 +52,12 @@ __all__ = [
     "TopicWaitStopped",
     "TopicsReady",
     "admin_kwargs",
+    "describe_error",
+    "describe_or_raise",
     "prepare_topics",
     "prepare_topics_with",
+    "resolve_replication",
+    "wait_settled",
 ]
 
 log = logging.getLogger(__name__)
@@ -178,14 +182,14 @@ async def prepare_topics(
 
     async def create(topics: list[str], count: int) -> dict[str, _Topic]:
         if not replication:
-            replication.append(await _resolve_replication(admin, replication_factor))
+            replication.append(await resolve_replication(admin, replication_factor))
         made = await _create(admin, topics, count, replication[0])
         created.extend(made)
-        return await _wait_settled(
+        return await wait_settled(
             admin, topics, stop, settle_poll_s, deadline=time.monotonic() + _SETTLE_TIMEOUT_S
         )
 
-    state = await _describe_or_raise(admin, all_topics)
+    state = await describe_or_raise(admin, all_topics)
     waited_s = 0.0
     missing_inputs = [t for t in inputs if t not in state]
     if missing_inputs and create_inputs:
@@ -198,7 +202,7 @@ async def prepare_topics(
             wait_hint,
         )
         started = time.monotonic()
-        state = await _wait_settled(admin, missing_inputs, stop, poll_interval_s, deadline=None)
+        state = await wait_settled(admin, missing_inputs, stop, poll_interval_s, deadline=None)
         waited_s = time.monotonic() - started
         log.info(
             "input topic(s) %s exist now (after %.1f s): partitions %s",
@@ -256,7 +260,7 @@ async def _describe(admin: AIOKafkaAdminClient) -> dict[str, _Topic]:
     return out
 
 
-async def _describe_or_raise(
+async def describe_or_raise(
     admin: AIOKafkaAdminClient, topics: Sequence[str]
 ) -> dict[str, _Topic]:
     """:func:`_describe`, with any aiokafka error as a :class:`TopicSetupError` naming
@@ -265,11 +269,11 @@ async def _describe_or_raise(
         return await _describe(admin)
     except KafkaError as exc:
         raise TopicSetupError(
-            f"cannot read the metadata of topic(s) {list(topics)}: {_describe_error(exc)}"
+            f"cannot read the metadata of topic(s) {list(topics)}: {describe_error(exc)}"
         ) from exc
 
 
-async def _wait_settled(
+async def wait_settled(
     admin: AIOKafkaAdminClient,
     topics: Sequence[str],
     stop: asyncio.Event,
@@ -295,12 +299,12 @@ async def _wait_settled(
         except KafkaError as exc:
             if not exc.retriable:
                 raise TopicSetupError(
-                    f"cannot read the metadata of topic(s) {list(topics)}: {_describe_error(exc)}"
+                    f"cannot read the metadata of topic(s) {list(topics)}: {describe_error(exc)}"
                 ) from exc
             log.log(
                 logging.DEBUG if failing else logging.WARNING,
                 "reading the topic metadata failed (%s): retrying",
-                _describe_error(exc),
+                describe_error(exc),
             )
             failing = True
         else:
@@ -329,7 +333,7 @@ async def _create(
         response = await admin.create_topics(new)
     except KafkaError as exc:
         raise TopicSetupError(
-            f"cannot create topic(s) {list(topics)}: {_describe_error(exc)}"
+            f"cannot create topic(s) {list(topics)}: {describe_error(exc)}"
         ) from exc
     made: list[str] = []
     failures: list[str] = []
@@ -358,7 +362,7 @@ async def _create(
     return made
 
 
-async def _resolve_replication(admin: AIOKafkaAdminClient, requested: int) -> int:
+async def resolve_replication(admin: AIOKafkaAdminClient, requested: int) -> int:
     """``requested``, or for -1 the broker's ``default.replication.factor``; when that cannot
     be read (no permission to describe broker configs...), min(3, number of brokers)."""
     if requested > 0:
@@ -366,7 +370,7 @@ async def _resolve_replication(admin: AIOKafkaAdminClient, requested: int) -> in
     try:
         cluster = await admin.describe_cluster()
     except KafkaError as exc:
-        raise TopicSetupError(f"cannot describe the cluster: {_describe_error(exc)}") from exc
+        raise TopicSetupError(f"cannot describe the cluster: {describe_error(exc)}") from exc
     brokers = [b["node_id"] for b in cluster["brokers"]]
     fallback = max(1, min(_FALLBACK_MAX_REPLICATION, len(brokers)))
     if not brokers:
@@ -394,12 +398,12 @@ async def _resolve_replication(admin: AIOKafkaAdminClient, requested: int) -> in
         ]
         reason = "; ".join(errors) or f"no usable value in {values!r}"
     except KafkaError as exc:
-        reason = _describe_error(exc)
+        reason = describe_error(exc)
     log.info("cannot read the broker's %s (%s): using replication factor %d", key, reason, fallback)
     return fallback
 
 
-def _describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """``ErrorClass: text`` on one line (aiokafka errors often have no text)."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -28,7 +28,7 @@ from processor.records import Output
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
 README = ROOT / "README.md"
-NAMES = ("input-record", "output-record", "dead-letter-record")
+NAMES = ("input-record", "output-record", "dead-letter-record", "state-record")
 SHAPE = (4, 3)
 
 
