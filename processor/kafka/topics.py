@@ -260,9 +260,7 @@ async def _describe(admin: AIOKafkaAdminClient) -> dict[str, _Topic]:
     return out
 
 
-async def describe_or_raise(
-    admin: AIOKafkaAdminClient, topics: Sequence[str]
-) -> dict[str, _Topic]:
+async def describe_or_raise(admin: AIOKafkaAdminClient, topics: Sequence[str]) -> dict[str, _Topic]:
     """:func:`_describe`, with any aiokafka error as a :class:`TopicSetupError` naming
     ``topics`` (the ones the caller needs)."""
     try:
