@@ -50,8 +50,8 @@ class RebalanceListener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[Hashable]) -> None:
         try:
             await self._handler.on_revoked(set(revoked))
-        except LstmStreamError as exc:  # the project's own errors say what went wrong
-            log.error("handling the revocation of %s failed: %s", sorted(map(str, revoked)), exc)
+        except LstmStreamError as exc:  # says what went wrong; the runtime reports it once
+            log.debug("handling the revocation of %s failed: %s", sorted(map(str, revoked)), exc)
             self._handler.on_listener_error(exc)
         except Exception as exc:
             log.exception("handling the revocation of %s failed", sorted(map(str, revoked)))
@@ -60,8 +60,8 @@ class RebalanceListener(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[Hashable]) -> None:
         try:
             await self._handler.on_assigned(set(assigned))
-        except LstmStreamError as exc:  # the project's own errors say what went wrong
-            log.error("handling the assignment of %s failed: %s", sorted(map(str, assigned)), exc)
+        except LstmStreamError as exc:  # says what went wrong; the runtime reports it once
+            log.debug("handling the assignment of %s failed: %s", sorted(map(str, assigned)), exc)
             self._handler.on_listener_error(exc)
         except Exception as exc:
             log.exception("handling the assignment of %s failed", sorted(map(str, assigned)))

@@ -67,7 +67,13 @@ class Recovery:
         self._state_topics = dict(state_topics)
         self._pipeline = pipeline
         self._index = index
-        self._codec = codec
+        # One codec per state topic, so that its errors name the topic.
+        self._codecs = {
+            topic: StateRecordCodec(
+                codec.spec, codec.storage_dtype, codec.model_identity, state_topic=state
+            )
+            for topic, state in state_topics.items()
+        }
         self._reset = reset_on_mismatch
         self._metrics = metrics
 
@@ -129,7 +135,7 @@ class Recovery:
         states: dict[str, StreamState | None] = {}
         newest = -1
         skipped = 0
-        codec = self._codec
+        codec = self._codecs[tp.topic]
         for r in records:
             if r.key is None:
                 continue  # not written by this processor
@@ -139,9 +145,12 @@ class Recovery:
                 continue
             try:
                 decoded = codec.decode_full(r.value)
-            except StateMismatchError:
+            except StateMismatchError as exc:
                 if not self._reset:
-                    raise
+                    raise StateMismatchError(
+                        f"{exc} (--on-state-mismatch reset starts those streams from the "
+                        "initial state instead)"
+                    ) from None
                 skipped += 1
                 states[stream] = None  # an older record of this stream must not win
                 continue

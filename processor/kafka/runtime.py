@@ -319,7 +319,12 @@ class Processor:
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
-            log.error("processor failing: %r", exc)
+            # The project's own errors reach the caller of run() (the command logs them
+            # once); anything else is unexpected and logged here with its type.
+            if isinstance(exc, LstmStreamError):
+                log.debug("processor failing: %s", exc)
+            else:
+                log.error("processor failing: %r", exc)
             self._failure = exc
         self._failed.set()
         if self._stages is not None:
