@@ -718,6 +718,37 @@ class StateCache:
             self._host_put(rows)
             self.stats.loaded += len(chunk)
 
+    def load_rows(
+        self, streams: Sequence[str], seqs: np.ndarray, arrays: Sequence[np.ndarray]
+    ) -> None:
+        """:meth:`load` for states given as one float32 array per state tensor,
+        ``[len(streams), *shape]`` (row ``i`` is ``streams[i]``, whose last seq is
+        ``seqs[i]``; the streams are distinct): no per-stream object on the way. Raises
+        ValueError (nothing changed) when a shape is not the spec's."""
+        n = len(streams)
+        if len(arrays) != len(self.spec) or len(seqs) != n:
+            raise ValueError(
+                f"expected {len(self.spec)} state arrays and {n} seqs, got {len(arrays)} and "
+                f"{len(seqs)}"
+            )
+        for a, s in zip(arrays, self.spec, strict=True):
+            if tuple(a.shape) != (n, *s.shape):
+                raise ValueError(
+                    f"state {s.name}: expected shape {(n, *s.shape)}, got {tuple(a.shape)}"
+                )
+        for start in range(0, n, MAX_ROWS_PER_CALL):
+            part = slice(start, start + MAX_ROWS_PER_CALL)
+            names = list(streams[part])
+            self._discard(names)
+            self._host_put(
+                _Rows(
+                    names,
+                    np.asarray(seqs[part], np.int64),
+                    [to_host(a[part], self._dtype_name) for a in arrays],
+                )
+            )
+            self.stats.loaded += len(names)
+
     def restore(self, states: Mapping[str, StreamState]) -> None:
         """Make ``states`` the streams' current states AND admit them to the device (which
         may evict others to the host table); shapes are checked as in :meth:`load`. For a

@@ -29,14 +29,14 @@ import enum
 import gc
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal, TypeVar
 
 from processor.codec import RecordDecoder, encode_outputs
 from processor.codec.reasons import NON_INCREASING_SEQ
-from processor.engine import Engine, StepResult
+from processor.engine import Engine
 from processor.errors import BadRecord
 from processor.ratelimit import RateLimitedLog
 from processor.records import Output, Record
@@ -245,18 +245,13 @@ class Pipeline:
         self,
         records: Sequence[Record],
         then: Callable[[Engine, Sequence[Record]], None] | None = None,
-        redelivered: Collection[int] = (),
     ) -> Future[Stepped]:
         """Apply ``records`` (any streams, arrival order) on the engine thread; calls run in
         submission order. ``then(engine, records)`` runs on the engine thread right after
-        the step (transports keep engine-side indexes that way). ``redelivered``: ``id()``s
-        of records the transport knows were delivered before (Kafka, after a restore: offsets
-        below the restored checkpoint); when stale they count as duplicates, not as
-        out-of-order records (no warning: several records of a stream re-delivered at once
-        are all below the last applied seq but the last one)."""
+        the step (transports keep engine-side indexes that way)."""
         if self._executor is None:
             raise RuntimeError("pipeline not started or already closed")
-        return self._executor.submit(self._step, records, then, redelivered)
+        return self._executor.submit(self._step, records, then)
 
     def call(self, fn: Callable[[Engine], R]) -> Future[R]:
         """Run ``fn(engine)`` on the engine thread, after every step submitted before."""
@@ -275,16 +270,11 @@ class Pipeline:
         self,
         records: Sequence[Record],
         then: Callable[[Engine, Sequence[Record]], None] | None,
-        redelivered: Collection[int] = (),
     ) -> Stepped:
         engine = self.engine
         t0 = time.perf_counter()
         result = engine.process(records)
         seconds = time.perf_counter() - t0
-        if redelivered and result.out_of_order:
-            late = [(r, last) for r, last in result.out_of_order if id(r) not in redelivered]
-            again = [r for r, _ in result.out_of_order if id(r) in redelivered]
-            result = StepResult(result.outputs, [*result.duplicates, *again], late)
         if then is not None:
             then(engine, records)
         cache = engine.cache

@@ -89,7 +89,7 @@ async def bench_restore(
                     tp = TopicPartition(source, i % partitions)
                     value = codec.encode(StreamState(arrays, 7), (source, tp.partition, 100))
                     by_tp.setdefault(tp, []).append((f"s{i}", value))
-                futures, n = await writer.write(by_tp)
+                futures, n = await writer.write(by_tp, {})
                 size += n
                 await asyncio.gather(*futures)
         finally:

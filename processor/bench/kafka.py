@@ -277,7 +277,7 @@ async def bench_end_to_end(
             }
         return {
             **extra,
-            "output_bytes_per_s": await _topic_bytes(bootstrap, out) / seconds,
+            "output_bytes_per_s": await _topic_bytes(bootstrap, out, partitions) / seconds,
             "records": records,
             "seconds": seconds,
             "records_per_s": records / seconds,
@@ -297,8 +297,9 @@ async def bench_end_to_end(
             await admin.close()
 
 
-async def _topic_bytes(bootstrap: str, topic: str) -> int:
-    """Key and value bytes of every record in ``topic`` (read once from the beginning)."""
+async def _topic_bytes(bootstrap: str, topic: str, partitions: int) -> int:
+    """Key and value bytes of every record in ``topic`` (``partitions`` partitions), read
+    once from the beginning."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
@@ -306,10 +307,7 @@ async def _topic_bytes(bootstrap: str, topic: str) -> int:
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not tps:
-            await consumer.topics()  # metadata refresh
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -37,7 +37,7 @@ from processor.cache import StreamState
 from processor.engine import Engine
 from processor.kafka.ack import Acker, ProduceError
 from processor.kafka.ledger import OffsetLedger
-from processor.kafka.output import OutputWriter
+from processor.kafka.output import NO_HEADERS, Headers, OutputWriter
 from processor.kafka.staterecord import StateRecordCodec
 from processor.kafka.streams import Changes, PartitionIndex
 from processor.metrics import Metrics
@@ -48,6 +48,11 @@ __all__ = ["Checkpoint", "StateWriter"]
 log = logging.getLogger(__name__)
 
 
+#: Header of a tombstone: the next input offset of the checkpoint that wrote it (a state
+#: record's value carries it in ``src``). Records of the ended stream below it were applied.
+TOMBSTONE_OFFSET_HEADER: Final = "lstm-stream.state.next-offset"
+
+
 class StateWriter:
     """Produces state records to the state topic of each input topic, to the partition of
     the input record (set explicitly: input producers may hash keys differently)."""
@@ -56,20 +61,29 @@ class StateWriter:
         self._writers = {t: OutputWriter(producer, s) for t, s in state_topics.items()}
 
     async def write(
-        self, records: Mapping[Hashable, list[tuple[str, bytes | None]]]
+        self,
+        records: Mapping[Hashable, list[tuple[str, bytes | None]]],
+        next_offsets: Mapping[Hashable, int],
     ) -> tuple[list[asyncio.Future[Any]], int]:
-        """Queue the records of :class:`Changes` (input partition -> (stream, value)); returns
-        the send futures and the bytes queued (keys and values)."""
+        """Queue the records of :class:`Changes` (input partition -> (stream, value)); a
+        tombstone carries its checkpoint's next input offset (``next_offsets[partition]``) in
+        the :data:`TOMBSTONE_OFFSET_HEADER` header. Returns the send futures and the bytes
+        queued (keys and values)."""
         futures: list[asyncio.Future[Any]] = []
         size = 0
-        by_topic: dict[str, dict[int, list[tuple[bytes, bytes | None]]]] = {}
+        by_topic: dict[str, dict[int, list[tuple[bytes, bytes | None, Headers]]]] = {}
         for tp, pairs in records.items():
             assert isinstance(tp, TopicPartition)
             out = by_topic.setdefault(tp.topic, {}).setdefault(tp.partition, [])
+            ended: Headers = [(TOMBSTONE_OFFSET_HEADER, b"%d" % next_offsets.get(tp, -1))]
             for stream, value in pairs:
                 key = stream.encode("utf-8")
-                size += len(key) + (len(value) if value is not None else 0)
-                out.append((key, value))
+                if value is None:
+                    size += len(key)
+                    out.append((key, None, ended))
+                else:
+                    size += len(key) + len(value)
+                    out.append((key, value, NO_HEADERS))
         for topic, by_partition in by_topic.items():
             futures += await self._writers[topic].write_partitioned(by_partition)
         return futures, size
@@ -125,9 +139,10 @@ class Checkpoint:
     async def __call__(self, partitions: Collection[Hashable] | None = None) -> bool:
         """Run one cycle; commit the offsets of the owned partitions and of ``partitions``
         (being revoked). True when everything up to the barrier is checkpointed and
-        committed. False when the barrier's batches were not acknowledged in time or the
-        commit failed (the taken streams are marked changed again: the next cycle writes
-        them). Raises :class:`ProduceError` when state records cannot be produced."""
+        committed. False when the barrier's batches were not acknowledged in time (nothing
+        written; the taken streams are marked changed again, so the next cycle writes them)
+        or the commit failed (the states are written; the next cycle commits newer
+        offsets). Raises :class:`ProduceError` when state records cannot be produced."""
         async with self._lock:
             t0 = time.perf_counter()
             ok = await self._cycle(set(self._owned()) | set(partitions or ()))
@@ -162,7 +177,7 @@ class Checkpoint:
             await self._retake(changes)
             return False
         if changes.count:
-            await self._write(changes)
+            await self._write(changes, offsets)
         assigned = set(self._assigned())
         commit = {
             tp: off
@@ -174,8 +189,8 @@ class Checkpoint:
         }
         return await self._commit(commit)
 
-    async def _write(self, changes: Changes) -> None:
-        futures, size = await self._writer.write(changes.records)
+    async def _write(self, changes: Changes, offsets: Mapping[Hashable, int]) -> None:
+        futures, size = await self._writer.write(changes.records, offsets)
         try:
             await asyncio.gather(*futures)
         except KafkaError as exc:
@@ -190,4 +205,5 @@ class Checkpoint:
 
     async def _retake(self, changes: Changes) -> None:
         index = self._index
-        await asyncio.wrap_future(self._pipeline.call(lambda _: index.mark_changed(changes)))
+        owned = set(self._owned())
+        await asyncio.wrap_future(self._pipeline.call(lambda _: index.mark_changed(changes, owned)))

@@ -116,7 +116,9 @@ class Dispatcher:
 
     def _submit(self, items: list[Item]) -> Batch:
         ticket = self._ledger.open(items)
-        good = [it for it in items if it.record is not None]
+        # A re-delivered record was applied before its stream's restored checkpoint: its
+        # output exists and its effect is in the state; only its offset goes on.
+        good = [it for it in items if it.record is not None and not it.redelivered]
         future: asyncio.Future[Stepped] | None = None
         if good:
             records = [it.record for it in good if it.record is not None]
@@ -126,8 +128,5 @@ class Dispatcher:
             def note(engine: Engine, recs: Sequence[Record]) -> None:
                 index.note(engine, recs, partitions)
 
-            again = [id(it.record) for it in good if it.redelivered]
-            future = asyncio.wrap_future(
-                self._pipeline.step(records, note, frozenset(again) if again else ())
-            )
+            future = asyncio.wrap_future(self._pipeline.step(records, note))
         return Batch(items, good, ticket, future)

@@ -102,7 +102,9 @@ class Fetcher:
         self._taken = asyncio.Event()  # the dispatcher took a batch: fetching may go on
         self._turn = 0  # rotates the partition order of fetch()
         self._first_offset: dict[TopicPartition, int] = {}
-        self._replay_until: dict[TopicPartition, int] = {}
+        # partition -> (highest offset of the map, stream -> offset below which its records
+        # were applied before the checkpoint the partition was restored from)
+        self._replay: dict[TopicPartition, tuple[int, dict[str, int]]] = {}
         self._stopping = False
 
     def stop(self) -> None:
@@ -124,13 +126,18 @@ class Fetcher:
         """Drop per-partition bookkeeping of revoked partitions."""
         for tp in partitions:
             self._first_offset.pop(tp, None)
-            self._replay_until.pop(tp, None)
+            self._replay.pop(tp, None)
 
-    def replay_until(self, tp: TopicPartition, offset: int) -> None:
-        """Records of ``tp`` below ``offset`` were processed before (the partition was
-        restored from a checkpoint taken there): mark them re-delivered."""
-        if offset > 0:
-            self._replay_until[tp] = offset
+    def replay_until(self, tp: TopicPartition, applied: dict[str, int]) -> None:
+        """``tp`` was restored: a record of stream ``s`` at an offset below ``applied[s]``
+        was applied before the checkpoint its state comes from, so it is marked
+        re-delivered (not stepped again; counted as a duplicate). Kept until the partition's
+        records pass the highest of those offsets."""
+        highest = max(applied.values(), default=-1)
+        if highest > 0:
+            self._replay[tp] = (highest, applied)
+        else:
+            self._replay.pop(tp, None)
 
     async def run(self) -> None:
         """Fetch until :meth:`stop`; see the module docstring."""
@@ -220,7 +227,6 @@ class Fetcher:
         )
         items: list[Item] = []
         append = items.append
-        until = self._replay_until.get(tp)
         for r, record in zip(records, decoded, strict=True):
             if type(record) is Record and r.key is not None:
                 ts = record.ts
@@ -235,12 +241,24 @@ class Fetcher:
                 record.reason, record.detail, r.key, r.value, tuple(r.headers), r.timestamp
             )
             append(Item(tp, r.offset, now, r.timestamp, None, bad))
-        if until is not None:
-            for item in items:
-                item.redelivered = item.offset < until
-            if records[-1].offset + 1 >= until:
-                del self._replay_until[tp]
+        replay = self._replay.get(tp)
+        if replay is not None:
+            self._mark_redelivered(tp, items, *replay)
         return items
+
+    def _mark_redelivered(
+        self, tp: TopicPartition, items: list[Item], highest: int, applied: dict[str, int]
+    ) -> None:
+        again = 0
+        for item in items:
+            record = item.record
+            if record is not None and item.offset < applied.get(record.stream, -1):
+                item.redelivered = True
+                again += 1
+        if again:
+            self._metrics.duplicates.inc(again)
+        if items and items[-1].offset + 1 >= highest:
+            del self._replay[tp]
 
     def apply_flow(self) -> None:
         """Pause every owned partition at the high-water mark, resume at the low one."""
@@ -256,7 +274,8 @@ class Fetcher:
                 self._flow.in_flight,
             )
         elif decision == "resume":
-            consumer.resume(*consumer.paused())
+            # Only owned ones: a partition being restored stays paused until it is started.
+            consumer.resume(*[tp for tp in consumer.paused() if self._ownership.owns(tp)])
             log.debug("backpressure: resumed (%d in flight)", self._flow.in_flight)
         self._metrics.in_flight.set(self._flow.in_flight)
         self._metrics.paused_partitions.set(len(consumer.paused()))

@@ -39,7 +39,7 @@ class Item:
     event_ms: int | None  # ts field, else the Kafka timestamp (for end-to-end latency)
     record: Record | None
     bad: BadInput | None = None
-    # Delivered before: below the offset of the checkpoint its partition was restored from.
+    # Applied before the checkpoint its stream was restored from: not stepped again.
     redelivered: bool = False
 
 

@@ -52,6 +52,12 @@ _TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTo
 _MAX_DETAIL: Final = 1000  # headers are not for essays: the detail is clipped
 _MAX_MEMO: Final = 1 << 20  # memoised stream -> partition entries before the memo is reset
 
+#: Record headers as aiokafka's batch builder takes them: a *list* of (name, value) pairs
+#: (its C implementation refuses a tuple).
+Headers = list[tuple[str, bytes]]
+#: No headers (shared: the builder only reads it).
+NO_HEADERS: Final[Headers] = []
+
 
 def default_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partition of a non-null key (murmur2, positive, modulo)."""
@@ -85,29 +91,29 @@ class OutputWriter:
         memo = self._memo
         if len(memo) > _MAX_MEMO:
             memo.clear()
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        by_partition: dict[int, list[tuple[bytes, bytes | None, Headers]]] = {}
         for stream, value in records:
             key = stream.encode("utf-8")
             p = memo.get(stream)
             if p is None:
                 p = memo[stream] = default_partition(key, n)
-            by_partition.setdefault(p, []).append((key, value))
+            by_partition.setdefault(p, []).append((key, value, NO_HEADERS))
         return await self.write_partitioned(by_partition)
 
     async def write_partitioned(
-        self, by_partition: Mapping[int, Sequence[tuple[bytes, bytes | None]]]
+        self, by_partition: Mapping[int, Sequence[tuple[bytes, bytes | None, Headers]]]
     ) -> list[asyncio.Future[Any]]:
-        """Queue ``(key, value)`` records to the given partitions (a None value is a
-        tombstone); returns the futures of the submitted batches, as :meth:`write`."""
+        """Queue ``(key, value, headers)`` records to the given partitions (a None value is
+        a tombstone); returns the futures of the submitted batches, as :meth:`write`."""
         futures: list[asyncio.Future[Any]] = []
-        for p, pairs in by_partition.items():
+        for p, records in by_partition.items():
             batch = self._producer.create_batch()
-            for key, value in pairs:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+            for key, value, headers in records:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     # Full (max_batch_size): submit it and start another one.
                     futures.append(await self._send(batch, p))
                     batch = self._producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                         raise ValueError(
                             f"a record of {len(value or b'')} bytes does not fit an empty "
                             "batch; raise the producer's max_batch_size"

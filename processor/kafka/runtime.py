@@ -401,21 +401,25 @@ class Processor:
         with durable state, restored from the state topic before it is consumed."""
         candidates = self.ownership.assign(partitions)
         stages = self._stages
-        if self.settings.durable and stages is not None:
-            # Nothing enters the pipeline until each partition is known to be kept or is
-            # restored (records fetched meanwhile are dropped; a restore seeks back).
+        durable = self.settings.durable and stages is not None
+        if stages is not None and durable:
+            # Before any await: nothing of the new assignment is fetched or enters the
+            # pipeline until each partition is kept or restored and sought to its committed
+            # offset (aiokafka fetches a new assignment while this callback runs).
             self.ownership.restore(partitions)
+            stages.consumer.pause(*partitions)
             keep = await self._provably_unchanged(stages, candidates)
-            self.ownership.restored(keep)
         else:
             keep = set(candidates)
         restore = set(partitions) - keep
         forgotten = await self._forget_streams(lambda tp: tp not in keep)
         self.ledger.forget(restore)
-        if stages is not None and self.recovery is not None and restore:
-            await self._restore(stages, self.recovery, restore)
-        else:  # no state topic (or a caller's fake clients): the streams start clean
-            self.ownership.restored(restore)
+        if stages is not None and durable:
+            applied: dict[TopicPartition, dict[str, int]] = {}
+            if self.recovery is not None and restore:
+                applied = await self.recovery.restore(restore)
+            known = {tp: candidates[tp] for tp in keep}
+            await self._consume_from_committed(stages, partitions, known, applied)
         if stages is not None and self.flow.paused and partitions:
             stages.consumer.pause(*partitions)
         self.metrics.rebalances.inc()
@@ -443,25 +447,31 @@ class Processor:
                 keep.add(tp)
         return keep
 
-    async def _restore(
-        self, stages: Stages, recovery: Recovery, partitions: set[TopicPartition]
+    async def _consume_from_committed(
+        self,
+        stages: Stages,
+        partitions: set[TopicPartition],
+        known: dict[TopicPartition, int | None],
+        applied: dict[TopicPartition, dict[str, int]],
     ) -> None:
-        """Restore ``partitions``' streams, then consume them from their committed offsets.
-        They stay paused and not owned meanwhile (records fetched for them are dropped at
-        admission, and the explicit seek afterwards fetches them again)."""
+        """Start consuming held-back ``partitions`` at their committed offsets (``known``
+        ones: already read; none committed: the reset policy's end). Records fetched for them
+        meanwhile were dropped at admission, so every position is set explicitly; the seeks,
+        the re-delivery marks of restored streams (``applied``) and the ownership change
+        happen in one step of the event loop, so no fetch sees a partition half-started."""
         consumer = stages.consumer
-        self.ownership.restore(partitions)
-        consumer.pause(*partitions)
-        checkpoints = await recovery.restore(partitions)
+        targets: dict[TopicPartition, int] = {}
         for tp in sorted(partitions):
-            committed = await consumer.committed(tp)
-            if committed is not None:
-                consumer.seek(tp, committed)
-            elif self._offset_reset == "latest":
-                await consumer.seek_to_end(tp)
-            else:
-                await consumer.seek_to_beginning(tp)
-            stages.fetcher.replay_until(tp, checkpoints.get(tp, 0))
+            committed = known[tp] if tp in known else await consumer.committed(tp)
+            if committed is None:
+                if self._offset_reset == "latest":
+                    committed = (await consumer.end_offsets([tp]))[tp]
+                else:
+                    committed = (await consumer.beginning_offsets([tp]))[tp]
+            targets[tp] = committed
+        for tp, offset in targets.items():
+            consumer.seek(tp, offset)
+            stages.fetcher.replay_until(tp, applied.get(tp, {}))
         self.ownership.restored(partitions)
         if not self.flow.paused:
             consumer.resume(*partitions)

@@ -13,8 +13,10 @@ checkpoint submitted right after batch ``k`` sees exactly the states after batch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from processor.cache import StreamState
 from processor.engine import Engine
@@ -103,15 +105,17 @@ class PartitionIndex:
                 records.setdefault(tp, []).append((stream, encode(state, tp)))
         return Changes(records, streams, ended)
 
-    def mark_changed(self, changes: Changes) -> None:
+    def mark_changed(self, changes: Changes, owned: Collection[Hashable]) -> None:
         """The checkpoint that took ``changes`` failed: take its streams again at the next
         one (a stream whose partition was forgotten meanwhile is left out; an ended one gets
-        its tombstone, or its new life's state if it was reborn meanwhile)."""
+        its tombstone if its partition is still ``owned``, or its new life's state if it
+        was reborn meanwhile)."""
         if not self._track:
             return
         index = self._partition_of
         for stream, tp in changes.ended.items():
-            index.setdefault(stream, tp)
+            if tp in owned:
+                index.setdefault(stream, tp)
         self._changed.update(s for s in changes.streams if s in index)
 
     def load(
@@ -132,6 +136,29 @@ class PartitionIndex:
         for s in dead:
             index.pop(s, None)
         return len(live), len(dead)
+
+    def load_rows(
+        self,
+        engine: Engine,
+        tp: Hashable,
+        streams: Sequence[str],
+        seqs: np.ndarray,
+        arrays: Sequence[np.ndarray],
+        ended: Sequence[str],
+    ) -> None:
+        """:meth:`load` for restored states given as arrays (see
+        :meth:`processor.cache.StateCache.load_rows`; ``streams`` distinct) and the streams
+        whose lives ``ended`` (forgotten)."""
+        cache = engine.cache
+        if streams:
+            cache.load_rows(streams, seqs, arrays)
+        if ended:
+            cache.forget(ended)
+        index = self._partition_of
+        for s in streams:
+            index[s] = tp
+        for s in ended:
+            index.pop(s, None)
 
     def forget(self, engine: Engine, match: Callable[[Hashable], bool]) -> int:
         """Forget the cached state of every stream whose partition ``match``es; returns how

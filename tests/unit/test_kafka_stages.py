@@ -59,27 +59,38 @@ def _record(tp: TopicPartition, offset: int, key: bytes | None, value: bytes | N
 
 
 class FakeConsumer:
-    """Records appended per partition, handed out by ``getmany`` in offset order; pause,
-    resume and commits are recorded."""
+    """A log of records per partition, handed out by ``getmany`` from each partition's
+    position in offset order; ``seek`` moves a position; pause, resume and commits are
+    recorded. ``committed_delay`` makes ``committed()`` take that long, like a round trip
+    to the group coordinator."""
 
     def __init__(self, partitions: tuple[TopicPartition, ...] = (TP0, TP1)) -> None:
-        self.buffered: dict[TopicPartition, list[Any]] = {tp: [] for tp in partitions}
-        self.next_offset = dict.fromkeys(partitions, 0)
+        self.log: dict[TopicPartition, list[Any]] = {tp: [] for tp in partitions}
+        self.position = dict.fromkeys(partitions, 0)
         self._paused: set[TopicPartition] = set()
         self.pauses: list[set[TopicPartition]] = []
         self.offsets: dict[TopicPartition, int] = {}  # the group's committed offsets
         self.commits: list[dict[TopicPartition, int]] = []
+        self.committed_delay = 0.0
         self.arrived = asyncio.Event()
 
+    @property
+    def next_offset(self) -> dict[TopicPartition, int]:
+        return {tp: len(records) for tp, records in self.log.items()}
+
+    @property
+    def buffered(self) -> dict[TopicPartition, list[Any]]:
+        """Records not yet handed out, per partition."""
+        return {tp: records[self.position[tp] :] for tp, records in self.log.items()}
+
     def add(self, tp: TopicPartition, key: bytes | None, value: bytes | None) -> int:
-        offset = self.next_offset[tp]
-        self.next_offset[tp] += 1
-        self.buffered[tp].append(_record(tp, offset, key, value))
+        offset = len(self.log[tp])
+        self.log[tp].append(_record(tp, offset, key, value))
         self.arrived.set()
         return offset
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self.buffered)
+        return set(self.log)
 
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
@@ -91,16 +102,26 @@ class FakeConsumer:
     def resume(self, *tps: TopicPartition) -> None:
         self._paused -= set(tps)
 
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.position[tp] = offset
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: len(self.log[tp]) for tp in tps}
+
     async def getmany(
         self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Any]]:
         left = max_records if max_records is not None else 1 << 30
         out: dict[TopicPartition, list[Any]] = {}
-        for tp in tps or sorted(self.buffered):
+        for tp in tps or sorted(self.log):
             if tp in self._paused or left <= 0:
                 continue
-            got = self.buffered[tp][:left]
-            del self.buffered[tp][: len(got)]
+            start = self.position[tp]
+            got = self.log[tp][start : start + left]
+            self.position[tp] = start + len(got)
             left -= len(got)
             if got:
                 out[tp] = got
@@ -115,10 +136,11 @@ class FakeConsumer:
         self.commits.append(dict(offsets))
 
     async def committed(self, tp: TopicPartition) -> int | None:
+        await asyncio.sleep(self.committed_delay)
         return self.offsets.get(tp)
 
     def highwater(self, tp: TopicPartition) -> int:
-        return self.next_offset[tp]
+        return len(self.log[tp])
 
     async def stop(self) -> None:
         pass
@@ -126,10 +148,14 @@ class FakeConsumer:
 
 class FakeBatch:
     def __init__(self) -> None:
-        self.records: list[tuple[bytes, bytes | None]] = []
+        self.records: list[tuple[bytes, bytes | None, list[Any]]] = []
 
-    def append(self, *, key: bytes, value: bytes | None, timestamp: int | None) -> object:
-        self.records.append((key, value))
+    def append(
+        self, *, key: bytes, value: bytes | None, timestamp: int | None, headers: Any = None
+    ) -> object:
+        # aiokafka's C batch builder takes headers as a list only.
+        assert headers is None or type(headers) is list, f"headers {type(headers)}"
+        self.records.append((key, value, list(headers or ())))
         return object()
 
     def close(self) -> None:
@@ -161,8 +187,8 @@ class FakeProducer:
         return fut
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
-        for key, value in batch.records:
-            self.sent.setdefault(topic, []).append((partition, key, value, []))
+        for key, value, headers in batch.records:
+            self.sent.setdefault(topic, []).append((partition, key, value, headers))
         return self._future()
 
     async def send(
@@ -550,7 +576,8 @@ def test_a_checkpoint_writes_the_states_at_its_barrier_after_their_outputs_are_a
         # belong to this checkpoint.
         h.consumer.add(TP0, b"a", _value("a", 3))
         await _until(lambda: len(h.outputs()) == 7, "the 7th output sent")
-        await asyncio.sleep(0.05)
+        for _ in range(50):  # every task gets its turns; none of the acks can arrive
+            await asyncio.sleep(0)
         assert STATE not in h.producer.sent, "a state was written before its outputs' acks"
         assert not checkpoint.done()
         while not checkpoint.done():  # acknowledge everything sent so far, in order
@@ -618,15 +645,63 @@ def test_records_below_a_restored_checkpoint_are_skipped_as_duplicates_without_a
         await asyncio.wrap_future(
             h.proc.pipeline.call(lambda e: index.load(e, TP0, {"s": restored}))
         )
-        stages.fetcher.replay_until(TP0, 5)
-        for seq in range(7):  # seqs 0..4 re-delivered at once, 5 and 6 new
+        # s's state came from a checkpoint at offset 5 of TP0, t's (ended) from offset 3.
+        stages.fetcher.replay_until(TP0, {"s": 5, "t": 3})
+        for seq in range(7):  # s's seqs 0..4 re-delivered at once, 5 and 6 new
             h.consumer.add(TP0, b"s", _value("s", seq))
-        await _until(lambda: len(h.outputs()) == 2, "2 outputs")
+        h.consumer.add(TP0, b"t", _value("t", 0))  # offset 7: a new life of t, seq from 0
+        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
         await h.proc.drain()
         stats = h.proc.stats
         await h.proc.close()
-        assert h.outputs() == [("s", 5), ("s", 6)]
+        assert sorted(h.outputs()) == [("s", 5), ("s", 6), ("t", 0)]
         assert (stats.duplicates, stats.out_of_order) == (5, 0)
         assert "out-of-order" not in caplog.text
 
     asyncio.run(go())
+
+
+def test_records_arriving_while_an_assignment_is_settled_are_processed_once(
+    make_model: Any,
+) -> None:
+    """aiokafka fetches a new assignment while the assignment callback still runs (here:
+    while it reads the group's committed offsets); those records must neither enter the
+    pipeline early nor be lost: the kept partition is sought back to its committed offset."""
+
+    async def go() -> None:
+        h = Harness(make_model, commit_interval_ms=600_000)
+        await h.start()
+        for seq in range(3):
+            h.consumer.add(TP0, b"a", _value("a", seq))
+        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
+        await h.proc.on_revoked({TP0, TP1})  # clean: checkpointed and committed at 3
+        assert h.consumer.offsets == {TP0: 3}
+        for seq in range(3, 6):
+            h.consumer.add(TP0, b"a", _value("a", seq))
+        h.consumer.committed_delay = 0.2  # the fetch loop runs meanwhile
+        assigned = asyncio.create_task(h.proc.on_assigned({TP0, TP1}))
+        await _until(lambda: h.consumer.position[TP0] == 6 or assigned.done(), "a fetch")
+        await assigned
+        h.consumer.add(TP0, b"a", _value("a", 6))
+        await _until(lambda: len(h.outputs()) == 7, "7 outputs")
+        await h.proc.drain()
+        await h.proc.close()
+        assert [seq for s, seq in h.outputs() if s == "a"] == list(range(7))
+        assert h.consumer.offsets[TP0] == 7
+
+    asyncio.run(go())
+
+
+def test_backpressure_never_resumes_a_partition_that_is_not_owned() -> None:
+    consumer = FakeConsumer()
+    for i in range(6):
+        consumer.add(TP0, b"a", _value("a", i))
+    parts = _fetch_stage(consumer, high=4)
+    fetcher, flow, ownership = parts.fetcher, parts.flow, parts.ownership
+    ownership.restore({TP1})  # being restored: paused by the runtime
+    consumer.pause(TP1)
+    fetcher.admit(asyncio.run(fetcher.fetch(flow.headroom)))
+    assert consumer.paused() == {TP0, TP1}  # the high-water mark
+    flow.release(4)
+    fetcher.apply_flow()
+    assert consumer.paused() == {TP1}  # TP0 resumes, TP1 waits for its restore
