@@ -69,8 +69,10 @@ class CommitLoop:
         assigned to the consumer. Returns True when nothing was left uncommitted.
 
         A ``CommitFailedError`` (the group moved on: another member may own the partitions
-        now) returns False; other retriable errors are logged and return False (the next
-        attempt retries); non-retriable errors (authorisation...) raise.
+        now) returns False; a retriable error that reaches this code is logged and returns
+        False (the next attempt retries; aiokafka itself retries most of them, such as a
+        coordinator that moved, until they succeed); non-retriable errors (authorisation...)
+        raise.
         """
         if self.checkpoint is not None:
             return await self.checkpoint(partitions)

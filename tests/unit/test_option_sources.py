@@ -416,6 +416,7 @@ class _StandinEngine:
     model = SimpleNamespace(
         input_shape=STANDIN_SHAPE, input_dtype=np.dtype("float32"), state_spec=(), identity="x"
     )
+    cache = SimpleNamespace(close=lambda: None)  # the pipeline closes it on shutdown
 
     def warmup(self, scan: bool = False) -> None:
         pass
