@@ -149,6 +149,8 @@ class Pipeline:
         max_record_bytes: larger values are bad records (``oversize``).
         warmup: trace the compiled functions for every bucket at start (``"scan"``: the
             catch-up scan too, so that a backlog after a restart never traces mid-traffic).
+        owns_engine: :meth:`close` closes the engine's state cache (its disk store); False
+            when ``build`` hands over an engine the caller keeps using and closes.
     """
 
     def __init__(
@@ -158,8 +160,10 @@ class Pipeline:
         stale: StalePolicy,
         max_record_bytes: int = 4 * 1024 * 1024,
         warmup: bool | Literal["scan"] = "scan",
+        owns_engine: bool = True,
     ) -> None:
         self._build = build
+        self._owns_engine = owns_engine
         self._stale = stale
         self._max_record_bytes = max_record_bytes
         self._warmup = warmup
@@ -197,12 +201,12 @@ class Pipeline:
             self._gc_tuned = True
 
     def close(self) -> None:
-        """Wait for the running call, close the state cache (its disk store), stop the
-        thread, restore the collector; idempotent."""
+        """Wait for the running call, close the state cache (its disk store) when the
+        pipeline owns the engine, stop the thread, restore the collector; idempotent."""
         executor, self._executor = self._executor, None
         if executor is not None:
             engine = self._engine
-            if engine is not None:
+            if engine is not None and self._owns_engine:
                 executor.submit(engine.cache.close)  # after every call queued before
             executor.shutdown(wait=True)
         if self._gc_tuned:

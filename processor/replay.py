@@ -96,6 +96,7 @@ def replay(
         stale=StalePolicy.DEAD_LETTER,
         max_record_bytes=max_record_bytes,
         warmup=False,
+        owns_engine=False,  # the caller's engine: the caller closes its cache
     )
     pipeline.start().result()
     if freeze_gc:
@@ -242,6 +243,8 @@ def main(args: argparse.Namespace) -> int:
         # I/O and device failures end the run with one clear line, not a traceback.
         print(f"lstm-stream replay: {exc}", file=sys.stderr)
         return 1
+    finally:
+        engine.cache.close()  # the disk tier's files
     rate = stats.outputs / stats.seconds if stats.seconds > 0 else 0.0
     print(
         f"replay: {stats.records_in} records in, {stats.outputs} outputs, "
