@@ -11,12 +11,13 @@ after every timed stretch: a steady state must not retrace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -864,6 +865,21 @@ def gc_impact(bm: BenchModel, cfg: Config, progress: Progress) -> list[dict[str,
 # --------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _kafka_logs_quiet() -> Iterator[None]:
+    """The Kafka runtime logs every group event at INFO; the benchmark's own progress lines
+    suffice while it runs."""
+    quiet = [logging.getLogger(n) for n in ("aiokafka", "processor.kafka")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+
+
 def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, Any]:
     """Produce -> ``lstm-stream run`` (the Kafka runtime, in this process) -> output topic,
     through the broker at ``cfg.bootstrap_servers``, on this benchmark's model (saved to a
@@ -884,55 +900,46 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
         return {"status": "not_run", "reason": f"Kafka runtime not importable: {exc}"}
     b = cfg.headline_batch
     streams, records = cfg.kafka_streams, cfg.kafka_records
-    # The runtime logs every group event at INFO; the benchmark's own progress lines suffice.
-    quiet = [logging.getLogger(n) for n in ("aiokafka", "processor.kafka")]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.WARNING)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = str(Path(tmp) / f"{bm.spec.name}.keras")
-            bm.keras_model.save(path)
-            options = EngineOptions(
-                model=path,
-                max_batch=b,
-                cache_capacity=max(4096, 2 * streams),
-                threads=0,  # TensorFlow's pools were sized at start-up; they cannot change now
+    with _kafka_logs_quiet(), tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / f"{bm.spec.name}.keras")
+        bm.keras_model.save(path)
+        options = EngineOptions(
+            model=path,
+            max_batch=b,
+            cache_capacity=max(4096, 2 * streams),
+            threads=0,  # TensorFlow's pools were sized at start-up; they cannot change now
+        )
+        # Alternate the two measurements and keep the median run of each: one pair is at
+        # the mercy of whatever else the shared machine does during its few seconds.
+        pairs = []
+        for i in range(cfg.kafka_repeats):
+            progress(f"kafka: engine-only on {records:,} records ({i + 1}/{cfg.kafka_repeats})")
+            eo = kafka_bench.bench_engine_only(options, records=records, streams=streams)
+            progress(f"kafka: end to end through {cfg.bootstrap_servers}, durable state")
+            ee = asyncio.run(
+                kafka_bench.bench_end_to_end(
+                    cfg.bootstrap_servers, options, records=records, streams=streams
+                )
             )
-            # Alternate the two measurements and keep the median run of each: one pair is at
-            # the mercy of whatever else the shared machine does during its few seconds.
-            pairs = []
-            for i in range(cfg.kafka_repeats):
-                progress(f"kafka: engine-only on {records:,} records ({i + 1}/{cfg.kafka_repeats})")
-                eo = kafka_bench.bench_engine_only(options, records=records, streams=streams)
-                progress(f"kafka: end to end through {cfg.bootstrap_servers}, durable state")
-                ee = asyncio.run(
-                    kafka_bench.bench_end_to_end(
-                        cfg.bootstrap_servers, options, records=records, streams=streams
-                    )
+            progress("kafka: end to end without a state topic")
+            es = asyncio.run(
+                kafka_bench.bench_end_to_end(
+                    cfg.bootstrap_servers,
+                    options,
+                    records=records,
+                    streams=streams,
+                    durable=False,
                 )
-                progress("kafka: end to end without a state topic")
-                es = asyncio.run(
-                    kafka_bench.bench_end_to_end(
-                        cfg.bootstrap_servers,
-                        options,
-                        records=records,
-                        streams=streams,
-                        durable=False,
-                    )
-                )
-                pairs.append((eo, ee, es))
+            )
+            pairs.append((eo, ee, es))
 
-            def median(k: int) -> dict[str, Any]:
-                runs = sorted((p[k] for p in pairs), key=lambda r: r["records_per_s"])
-                return runs[len(runs) // 2]
+        def median(k: int) -> dict[str, Any]:
+            runs = sorted((p[k] for p in pairs), key=lambda r: r["records_per_s"])
+            return runs[len(runs) // 2]
 
-            engine_only, e2e, stateless = median(0), median(1), median(2)
-            # Per repeat, durable over stateless measured back to back; the median of those.
-            costs = sorted(p[1]["records_per_s"] / p[2]["records_per_s"] for p in pairs)
-    finally:
-        for q, level in zip(quiet, levels, strict=True):
-            q.setLevel(level)
+        engine_only, e2e, stateless = median(0), median(1), median(2)
+        # Per repeat, durable over stateless measured back to back; the median of those.
+        costs = sorted(p[1]["records_per_s"] / p[2]["records_per_s"] for p in pairs)
     result = {
         "status": "ran",
         "model": bm.spec.name,
@@ -972,41 +979,33 @@ def durable_state(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, 
     from processor.bench import durable
     from processor.options import EngineOptions
 
-    quiet = [logging.getLogger(n) for n in ("aiokafka", "processor.kafka")]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.WARNING)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = str(Path(tmp) / f"{bm.spec.name}.keras")
-            bm.keras_model.save(path)
-            options = EngineOptions(
-                model=path,
-                max_batch=cfg.headline_batch,
-                cache_capacity=65_536,
-                spill_capacity=131_072,
-                threads=0,
+    with _kafka_logs_quiet(), tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / f"{bm.spec.name}.keras")
+        bm.keras_model.save(path)
+        options = EngineOptions(
+            model=path,
+            max_batch=cfg.headline_batch,
+            cache_capacity=65_536,
+            spill_capacity=131_072,
+            threads=0,
+        )
+        progress(f"durable: restore of {cfg.restore_streams:,} streams")
+        restore = asyncio.run(
+            durable.bench_restore(cfg.bootstrap_servers, options, streams=cfg.restore_streams)
+        )
+        progress(
+            f"durable: restored {restore['streams_per_s']:,.0f} streams/s "
+            f"({restore['mb_per_s']:.1f} MB/s)"
+        )
+        volume = []
+        for streams in cfg.state_volume_streams:
+            progress(f"durable: state bytes at {streams:,} active streams")
+            volume += durable.bench_state_volume(
+                cfg.bootstrap_servers,
+                options,
+                records=cfg.kafka_records,
+                stream_counts=(streams,),
             )
-            progress(f"durable: restore of {cfg.restore_streams:,} streams")
-            restore = asyncio.run(
-                durable.bench_restore(cfg.bootstrap_servers, options, streams=cfg.restore_streams)
-            )
-            progress(
-                f"durable: restored {restore['streams_per_s']:,.0f} streams/s "
-                f"({restore['mb_per_s']:.1f} MB/s)"
-            )
-            volume = []
-            for streams in cfg.state_volume_streams:
-                progress(f"durable: state bytes at {streams:,} active streams")
-                volume += durable.bench_state_volume(
-                    cfg.bootstrap_servers,
-                    options,
-                    records=cfg.kafka_records,
-                    stream_counts=(streams,),
-                )
-    finally:
-        for q, level in zip(quiet, levels, strict=True):
-            q.setLevel(level)
     return {
         "status": "ran",
         "model": bm.spec.name,
