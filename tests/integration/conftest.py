@@ -6,7 +6,8 @@ set, that broker is used as is. Otherwise a private single-node broker is starte
 collides with a developer's own broker on 19092) and stopped at the end of the session.
 
 ``topic_factory`` creates uniquely named topics and waits until every partition has a leader;
-``unique_group`` gives a fresh consumer group id. Every test in this folder is marked
+``unique_group`` gives a fresh consumer group id; ``fresh_name`` names topics that do not
+exist yet. Every test in this folder is marked
 ``integration``.
 """
 
@@ -182,3 +183,27 @@ async def topic_factory(
 def unique_group(request: pytest.FixtureRequest) -> str:
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-")
     return f"g-{base}-{uuid.uuid4().hex[:10]}"
+
+
+#: ``fresh_name(role) -> name`` (see the fixture of that name).
+FreshName = Callable[[str], str]
+
+
+@pytest.fixture
+async def fresh_name(
+    request: pytest.FixtureRequest, admin_client: AIOKafkaAdminClient
+) -> AsyncIterator[FreshName]:
+    """``fresh_name(role) -> name`` of a topic that does not exist yet (for tests that expect
+    the code under test to create it); deleted after the test if it exists by then."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:50].strip("-")
+    names: list[str] = []
+
+    def make(role: str) -> str:
+        names.append(f"{base}-{role}-{uuid.uuid4().hex[:8]}")
+        return names[-1]
+
+    yield make
+    existing = set(await admin_client.list_topics())
+    doomed = [n for n in names if n in existing]
+    if doomed:
+        await admin_client.delete_topics(doomed)

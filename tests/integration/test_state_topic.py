@@ -23,9 +23,9 @@ from processor.kafka.restore import RestoreStats, restore_consumer_kwargs, resto
 from processor.kafka.statetopic import StateTopicError, default_state_topic, prepare_state_topics
 from processor.kafka.topics import admin_kwargs
 
-RESTORE_LIMIT_S = 60.0  # a restore that has not finished by then hangs
+FreshName = Callable[[str], str]  # the conftest fixture ``fresh_name``
 
-FreshName = Callable[[str], str]
+RESTORE_LIMIT_S = 60.0  # a restore that has not finished by then hangs
 
 
 @pytest.fixture
@@ -34,26 +34,6 @@ def admin_kw(kafka_bootstrap: str) -> dict[str, Any]:
     return admin_kwargs(
         {"bootstrap_servers": kafka_bootstrap, "group_id": "unused", "request_timeout_ms": 30_000}
     )
-
-
-@pytest.fixture
-async def fresh_name(
-    request: pytest.FixtureRequest, admin_client: AIOKafkaAdminClient
-) -> AsyncIterator[FreshName]:
-    """``fresh_name(role) -> name`` of a topic that does not exist yet; deleted after the
-    test if it exists by then."""
-    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:50].strip("-")
-    names: list[str] = []
-
-    def make(role: str) -> str:
-        names.append(f"{base}-{role}-{uuid.uuid4().hex[:8]}")
-        return names[-1]
-
-    yield make
-    existing = set(await admin_client.list_topics())
-    doomed = [n for n in names if n in existing]
-    if doomed:
-        await admin_client.delete_topics(doomed)
 
 
 async def topic_configs(admin: AIOKafkaAdminClient, topic: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,12 +23,13 @@ from processor.kafka.topics import (
     prepare_topics,
 )
 
+FreshName = Callable[[str], str]  # the conftest fixture ``fresh_name``
+
 LOGGER = "processor.kafka.topics"
 POLL_S = 0.2  # the waiting poll period in these tests (the default is 1 s)
 WAIT_LIMIT_S = 30.0  # deadline of every wait on a condition below
 
 TopicFactory = Callable[..., Awaitable[str]]  # conftest.topic_factory
-FreshName = Callable[[str], str]
 
 
 @pytest.fixture
@@ -48,26 +48,6 @@ async def admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
         yield client
     finally:
         await client.close()
-
-
-@pytest.fixture
-async def fresh_name(
-    request: pytest.FixtureRequest, admin_client: AIOKafkaAdminClient
-) -> AsyncIterator[FreshName]:
-    """``fresh_name(role) -> name`` of a topic that does not exist; deleted after the test
-    if it exists by then."""
-    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:50].strip("-")
-    names: list[str] = []
-
-    def make(role: str) -> str:
-        names.append(f"{base}-{role}-{uuid.uuid4().hex[:8]}")
-        return names[-1]
-
-    yield make
-    existing = set(await admin_client.list_topics())
-    doomed = [n for n in names if n in existing]
-    if doomed:
-        await admin_client.delete_topics(doomed)
 
 
 async def _described(admin: AIOKafkaAdminClient, topic: str) -> dict[str, Any]:
