@@ -703,20 +703,13 @@ class StateCache:
         items = list(states.items())
         for stream, state in items:
             self._check_state(stream, state)
-        for start in range(0, len(items), MAX_ROWS_PER_CALL):
+        for start in range(0, len(items), MAX_ROWS_PER_CALL):  # stacked a chunk at a time
             chunk = items[start : start + MAX_ROWS_PER_CALL]
-            streams = [stream for stream, _ in chunk]
-            self._discard(streams)
-            rows = _Rows(
-                streams,
+            self.load_rows(
+                [stream for stream, _ in chunk],
                 np.array([state.seq for _, state in chunk], np.int64),
-                [
-                    to_host(np.stack([state.arrays[k] for _, state in chunk]), self._dtype_name)
-                    for k in range(len(self.spec))
-                ],
+                [np.stack([state.arrays[k] for _, state in chunk]) for k in range(len(self.spec))],
             )
-            self._host_put(rows)
-            self.stats.loaded += len(chunk)
 
     def load_rows(
         self, streams: Sequence[str], seqs: np.ndarray, arrays: Sequence[np.ndarray]

@@ -214,7 +214,7 @@ class Recovery:
             )
         live = [(s, j) for s, (kind, j) in last.items() if kind == _STATE]
         rows = np.array([j for _, j in live], np.intp)
-        self._index.load_rows(
+        self._index.load(
             engine,
             tp,
             [s for s, _ in live],

@@ -13,7 +13,7 @@ checkpoint submitted right after batch ``k`` sees exactly the states after batch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,25 +119,6 @@ class PartitionIndex:
         self._changed.update(s for s in changes.streams if s in index)
 
     def load(
-        self, engine: Engine, tp: Hashable, states: Mapping[str, StreamState | None]
-    ) -> tuple[int, int]:
-        """Make restored ``states`` of partition ``tp`` current (None: the stream's life
-        ended, forget it). Returns (streams loaded, streams deleted)."""
-        live = {s: st for s, st in states.items() if st is not None}
-        dead = [s for s, st in states.items() if st is None]
-        cache = engine.cache
-        if live:
-            cache.load(live)
-        if dead:
-            cache.forget(dead)
-        index = self._partition_of
-        for s in live:
-            index[s] = tp
-        for s in dead:
-            index.pop(s, None)
-        return len(live), len(dead)
-
-    def load_rows(
         self,
         engine: Engine,
         tp: Hashable,
@@ -146,9 +127,10 @@ class PartitionIndex:
         arrays: Sequence[np.ndarray],
         ended: Sequence[str],
     ) -> None:
-        """:meth:`load` for restored states given as arrays (see
-        :meth:`processor.cache.StateCache.load_rows`; ``streams`` distinct) and the streams
-        whose lives ``ended`` (forgotten)."""
+        """Make restored states of partition ``tp`` current: ``streams`` (distinct) with
+        their last ``seqs`` and one float32 array per state tensor (see
+        :meth:`processor.cache.StateCache.load_rows`), and forget the streams whose lives
+        ``ended``."""
         cache = engine.cache
         if streams:
             cache.load_rows(streams, seqs, arrays)

@@ -637,13 +637,11 @@ def test_records_below_a_restored_checkpoint_are_skipped_as_duplicates_without_a
         stages = h.proc._stages
         assert stages is not None
         # The state of stream s after its seq 4, as a restore from offset 5 loads it.
-        from processor.cache import StreamState
-
         spec = h.proc.pipeline.engine.model.state_spec
-        restored = StreamState(tuple(np.zeros(x.shape, np.float32) for x in spec), 4)
+        zeros = [np.zeros((1, *x.shape), np.float32) for x in spec]
         index = h.proc._index
         await asyncio.wrap_future(
-            h.proc.pipeline.call(lambda e: index.load(e, TP0, {"s": restored}))
+            h.proc.pipeline.call(lambda e: index.load(e, TP0, ["s"], np.array([4]), zeros, []))
         )
         # s's state came from a checkpoint at offset 5 of TP0, t's (ended) from offset 3.
         stages.fetcher.replay_until(TP0, {"s": 5, "t": 3})
