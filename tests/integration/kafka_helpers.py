@@ -65,18 +65,23 @@ async def no_leftover_tasks() -> AsyncIterator[None]:
         pytest.fail(f"test left {len(leftover)} tasks running: {leftover}")
 
 
+def save_lstm_model(path: Path, units: int, seed: int) -> str:
+    """A 1-layer LSTM(``units``) + Dense(2) on ``FEATURES`` inputs with seeded random
+    weights, saved as .keras at ``path``; returns the path."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, FEATURES))
+    h = keras.layers.LSTM(units, return_sequences=True)(inp)
+    out = keras.layers.Dense(2)(h)
+    keras.Model(inp, out).save(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 1-layer LSTM(8) + Dense(2) on 4 features, saved as .keras (fast to load/trace)."""
-    import keras
-
-    keras.utils.set_random_seed(11)
-    inp = keras.Input((None, FEATURES))
-    h = keras.layers.LSTM(8, return_sequences=True)(inp)
-    out = keras.layers.Dense(2)(h)
-    path = tmp_path_factory.mktemp("models") / "tiny.keras"
-    keras.Model(inp, out).save(path)
-    return str(path)
+    return save_lstm_model(tmp_path_factory.mktemp("models") / "tiny.keras", 8, seed=11)
 
 
 def free_port() -> int:

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 from kafka_helpers import (  # type: ignore[import-not-found]
-    FEATURES,
     RunProcess,
     no_leftover_tasks,
     outputs_by_key,
     read_topic,
     reference_outputs,
     running,
+    save_lstm_model,
     send_synthetic,
     settings_for,
     synthetic_records,
@@ -33,15 +33,7 @@ STREAMS, STEPS = 6, 3
 @pytest.fixture(scope="module")
 def wider_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Like ``tiny_model`` with LSTM(16): the same inputs, other state shapes."""
-    import keras
-
-    keras.utils.set_random_seed(12)
-    inp = keras.Input((None, FEATURES))
-    h = keras.layers.LSTM(16, return_sequences=True)(inp)
-    out = keras.layers.Dense(2)(h)
-    path = tmp_path_factory.mktemp("models") / "wider.keras"
-    keras.Model(inp, out).save(path)
-    return str(path)
+    return save_lstm_model(tmp_path_factory.mktemp("models") / "wider.keras", 16, seed=12)
 
 
 async def _checkpoint_states_of(
