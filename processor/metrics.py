@@ -36,6 +36,7 @@ __all__ = [
     "BATCH_BUCKETS",
     "LATENCY_BUCKETS",
     "STEP_BUCKETS",
+    "TRANSACTION_RESULTS",
     "BulkHistogram",
     "Metrics",
     "MetricsServer",
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = tuple(float(1 << i) for i in range(15))  # 1 .. 16384
 STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+#: ``result`` label values of ``lstm_stream_transactions_total``.
+TRANSACTION_RESULTS = ("committed", "aborted", "fenced", "timeout")
 # Checkpoints and restores: milliseconds (a few streams) to minutes (a large partition).
 CHECKPOINT_BUCKETS = (
     0.005,
@@ -293,6 +296,28 @@ class Metrics:
             "state_lost",
             "Stream states lost (unreadable from the disk tier or the state topic): such a "
             "stream restarts from its initial state; must stay 0",
+        )
+        # exactly-once
+        self.transactions = c(
+            "transactions",
+            "Per-partition transactions ended, by result: committed, aborted (a send or a "
+            "commit failed; the partition is restored from its state topic), fenced (another "
+            "member started the partition's producer: this one stops owning it), timeout (the "
+            "commit or abort did not finish in time; the producer is discarded)",
+            ["result"],
+        )
+        for result in TRANSACTION_RESULTS:
+            self.transactions.labels(result)  # every result exported from the start, at 0
+        self.transaction_seconds = Histogram(
+            "transaction_seconds",
+            "Ending one partition's transaction: its state records produced and acknowledged, "
+            "its offsets added, the commit acknowledged",
+            namespace=namespace,
+            registry=registry,
+            buckets=CHECKPOINT_BUCKETS,
+        )
+        self.producers_active = g(
+            "producers_active", "Transactional producers started (one per owned partition)"
         )
         self._cache_seen: dict[str, int] = {}
 

@@ -71,7 +71,9 @@ _STATE = "durable state"
 #: ``--state-topic`` value that turns durable state off.
 NO_STATE_TOPIC: Final = "none"
 #: Values of ``--processing-guarantee``.
-GUARANTEES: Final = ("at-least-once",)
+GUARANTEES: Final = ("at-least-once", "exactly-once")
+#: The ``--processing-guarantee`` value that runs one transaction per input partition.
+EXACTLY_ONCE: Final = "exactly-once"
 #: Values of ``--on-state-mismatch``.
 STATE_MISMATCH_ACTIONS: Final = ("refuse", "reset")
 
@@ -216,8 +218,21 @@ class Settings:
         "at-least-once: outputs and dead letters are acknowledged before the stream states "
         "that cover them are written to the state topic, and those before the input offsets "
         "are committed; after a crash, records answered since the last checkpoint may be "
-        "answered again, with identical values",
+        "answered again, with identical values. exactly-once: per input partition, one "
+        "transactional producer puts that partition's outputs, dead letters, state records "
+        "and consumed offsets into one transaction per commit interval; a read_committed "
+        "reader sees every output once, up to one commit interval later (needs the state "
+        "topic)",
         choices=GUARANTEES,
+        group=_STATE,
+    )
+    transaction_timeout_ms: int = option(
+        30_000,
+        "exactly-once: the broker aborts a transaction left open this long (a member that "
+        "died and never came back); it must exceed --commit-interval-ms plus the time a "
+        "commit takes. Until then read_committed readers of the output topic wait at the "
+        "open transaction",
+        check=at_least(1000),
         group=_STATE,
     )
     state_topic: str = option(
@@ -280,6 +295,17 @@ class Settings:
                 )
             if self.state_topic in (*self.input_topics, self.output_topic, self.dlq_topic):
                 out.append(f"--state-topic {self.state_topic!r} is also an input or output")
+        if self.exactly_once and not self.durable:
+            out.append(
+                f"--processing-guarantee {EXACTLY_ONCE} needs the state topic: a transaction "
+                f"commits stream states with the offsets (drop --state-topic {NO_STATE_TOPIC})"
+            )
+        if self.exactly_once and self.transaction_timeout_ms <= 2 * self.commit_interval_ms:
+            out.append(
+                f"--transaction-timeout-ms {self.transaction_timeout_ms} must exceed twice "
+                f"--commit-interval-ms {self.commit_interval_ms} (a transaction stays open one "
+                "interval and then commits; the broker must not abort it meanwhile)"
+            )
         if not 0 <= self.queue_low_records < self.queue_max_records:
             out.append(
                 f"--queue-low-records {self.queue_low_records} must be below "
@@ -293,6 +319,12 @@ class Settings:
         return out
 
     # ---- views ---------------------------------------------------------------------------
+
+    @property
+    def exactly_once(self) -> bool:
+        """``--processing-guarantee exactly-once``: one transaction per input partition and
+        commit interval."""
+        return self.processing_guarantee == EXACTLY_ONCE
 
     @property
     def durable(self) -> bool:
