@@ -5,6 +5,13 @@ Up to ``pipeline_depth`` batches are queued on the engine thread ahead of their 
 the engine never waits for the event loop to hand over the next batch while the loop is busy
 decoding a fetch or producing the previous outputs. Results are emitted in dispatch order
 and handed to the ack stage.
+
+With a ``checkpoint`` (exactly-once), the dispatcher also places checkpoint barriers:
+:meth:`Dispatcher.checkpoint` asks for one; it is armed right after the next batch ``k`` is
+submitted (its state snapshot queued on the engine thread behind ``k``, before ``k + 1``), or
+at once when nothing is in flight, and finished right after ``k`` is emitted, before any
+later batch is: no output of a batch after the barrier can enter a transaction that commits
+the barrier's offsets. The engine keeps computing the batches already submitted meanwhile.
 """
 
 from __future__ import annotations
@@ -13,19 +20,24 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Sequence
 
 from aiokafka import TopicPartition
 
 from processor.engine import Engine
 from processor.kafka.batcher import Batcher
+from processor.kafka.checkpoint import Barrier, Checkpoint
 from processor.kafka.items import Batch, Emitted, Item
 from processor.kafka.ledger import OffsetLedger
 from processor.kafka.streams import PartitionIndex
 from processor.pipeline import Pipeline, Stepped
 from processor.records import Record
 
-__all__ = ["Dispatcher"]
+__all__ = ["Armed", "Dispatcher"]
+
+#: An armed checkpoint barrier and the requests it answers (their revoked partitions and
+#: their callers' futures).
+Armed = tuple[Barrier, list[tuple[Collection[Hashable], asyncio.Future[bool]]]]
 
 
 class Dispatcher:
@@ -40,6 +52,7 @@ class Dispatcher:
         ack: the ack stage's queue.
         pipeline_depth: batches submitted to the engine thread ahead of their emission.
         on_taken: called whenever a batch is cut (lets the fetch stage go on).
+        checkpoint: the barrier-placed checkpoint (see the module docstring), or None.
     """
 
     def __init__(
@@ -53,6 +66,7 @@ class Dispatcher:
         *,
         pipeline_depth: int,
         on_taken: Callable[[], None] = lambda: None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._batcher = batcher
@@ -62,8 +76,14 @@ class Dispatcher:
         self._ack = ack
         self._depth = pipeline_depth
         self._on_taken = on_taken
-        self._wakeup = asyncio.Event()  # new items, or a flush request
+        self._wakeup = asyncio.Event()  # new items, a flush or a checkpoint request
         self._flushing = False
+        self._checkpoint = checkpoint
+        # Checkpoint requests not yet armed: (partitions being revoked, the caller's future).
+        self._requests: list[tuple[Collection[Hashable], asyncio.Future[bool]]] = []
+        self._armed = False  # a barrier rides on a submitted batch
+        self._running = False
+        self._serving = asyncio.Lock()
 
     def notify(self) -> None:
         """New items are in the batcher."""
@@ -75,21 +95,84 @@ class Dispatcher:
         self._flushing = True
         self._wakeup.set()
 
+    async def checkpoint(self, partitions: Collection[Hashable] | None = None) -> bool:
+        """Checkpoint at the next barrier (see the module docstring) and return its result;
+        ``partitions`` are being revoked. While :meth:`run` is not running (before it, after
+        the drain) the barrier is taken at once. Requests that arrive together share one
+        barrier."""
+        assert self._checkpoint is not None
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._requests.append((tuple(partitions or ()), fut))
+        if self._running:
+            self._wakeup.set()
+        else:
+            await self._serve(self._arm())
+        return await fut
+
     async def run(self) -> None:
         """Dispatch until flushed and empty."""
+        self._running = True
+        try:
+            await self._run()
+        except BaseException:
+            self._fail_requests()
+            raise
+        finally:
+            self._running = False
+        if self._requests:  # asked for while the last batches were emitted
+            await self._serve(self._arm())
+
+    async def _run(self) -> None:
         pending: deque[Batch] = deque()
         while True:
             self._fill(pending)
             if not pending:
+                if self._requests:  # nothing in flight: the barrier is here
+                    await self._serve(self._arm())
+                    continue
                 items = await self._next_batch()
                 if items is None:
                     return  # flushed
-                pending.append(self._submit(items))
+                if items:
+                    pending.append(self._submit(items))
                 continue
             current = pending.popleft()
             stepped = await current.future if current.future is not None else None
             self._fill(pending)  # before producing this batch's outputs
             self._ack(await self._emit(current, stepped))
+            if current.barrier is not None:
+                await self._serve(current.barrier)
+
+    def _arm(self) -> Armed:
+        assert self._checkpoint is not None
+        requests, self._requests = self._requests, []
+        self._armed = True
+        return self._checkpoint.arm(), requests
+
+    async def _serve(self, armed: Armed) -> None:
+        """Finish an armed barrier and answer its requests (their partitions together)."""
+        assert self._checkpoint is not None
+        barrier, requests = armed
+        scope = {tp for parts, _ in requests for tp in parts}
+        try:
+            async with self._serving:
+                ok = await self._checkpoint.finish(barrier, scope)
+        except BaseException as exc:
+            for _, fut in requests:
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+        finally:
+            self._armed = False
+        for _, fut in requests:
+            if not fut.done():
+                fut.set_result(ok)
+
+    def _fail_requests(self) -> None:
+        requests, self._requests = self._requests, []
+        for _, fut in requests:
+            if not fut.done():
+                fut.set_result(False)
 
     def _ready(self, now: float) -> bool:
         return self._batcher.due(now) or (self._flushing and len(self._batcher) > 0)
@@ -105,6 +188,8 @@ class Dispatcher:
                 return self._take()
             if self._flushing:
                 return None
+            if self._requests:
+                return []  # a checkpoint request: served between batches
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._batcher.time_until_due(now))
@@ -129,4 +214,7 @@ class Dispatcher:
                 index.note(engine, recs, partitions)
 
             future = asyncio.wrap_future(self._pipeline.step(records, note))
-        return Batch(items, good, ticket, future)
+        batch = Batch(items, good, ticket, future)
+        if self._requests and not self._armed:
+            batch.barrier = self._arm()  # right behind this batch on the engine thread
+        return batch

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
 from processor.kafka.ledger import Ticket
 from processor.pipeline import Stepped
 from processor.records import Record
+
+if TYPE_CHECKING:
+    from processor.kafka.dispatch import Armed
 
 __all__ = ["BadInput", "Batch", "Emitted", "Item"]
 
@@ -46,12 +49,14 @@ class Item:
 @dataclass(slots=True)
 class Batch:
     """A batch cut from the batcher: its items, its ledger ticket and the engine's future
-    (None when the batch holds no good record)."""
+    (None when the batch holds no good record); ``barrier``: a checkpoint barrier armed
+    right behind it, finished once it is emitted (exactly-once)."""
 
     items: list[Item]
     good: list[Item]
     ticket: Ticket
     future: asyncio.Future[Stepped] | None
+    barrier: Armed | None = None
 
 
 @dataclass(slots=True)

@@ -57,6 +57,7 @@ from processor.kafka.staterecord import StateRecordCodec
 from processor.kafka.statetopic import prepare_state_topics
 from processor.kafka.streams import PartitionIndex
 from processor.kafka.topics import TopicWaitStopped, admin_kwargs, prepare_topics_with
+from processor.kafka.transactions import PartitionProducers
 from processor.metrics import Metrics, MetricsServer, RunStats
 from processor.options import EngineOptions, build_engine
 from processor.pipeline import Pipeline, StalePolicy
@@ -123,6 +124,8 @@ class Processor:
         # may set their own Recovery.
         self.codec: StateRecordCodec | None = None
         self.recovery: Recovery | None = None
+        # Exactly-once: the owned partitions' transactional producers (built at start).
+        self.producers: PartitionProducers | None = None
         self._offset_reset = "earliest"  # the consumer's auto_offset_reset
         self._server: MetricsServer | None = None
         if metrics_server and settings.metrics_port > 0:
@@ -225,6 +228,18 @@ class Processor:
                 reset_on_mismatch=s.on_state_mismatch == "reset",
                 metrics=self.metrics,
             )
+        if s.exactly_once:
+            self.producers = PartitionProducers(
+                producer_kw,
+                group_id=s.group_id,
+                output_topic=s.output_topic,
+                dlq_topic=s.dlq_topic,
+                dlq_max_value_bytes=s.dlq_max_value_bytes,
+                state_topics=s.state_topics(),
+                transaction_timeout_ms=s.transaction_timeout_ms,
+                timeout_s=s.drain_timeout,
+                metrics=self.metrics,
+            )
         consumer = AIOKafkaConsumer(**consumer_kw)
         producer = AIOKafkaProducer(**producer_kw)
         self._attach(consumer, producer)  # from here on close() stops both stages
@@ -283,6 +298,8 @@ class Processor:
             metrics=self.metrics,
             release=self._release,
             codec=self.codec,
+            producers=self.producers if self.codec is not None else None,
+            on_lost=self._on_lost,
         )
 
     async def close(self) -> None:
@@ -297,6 +314,8 @@ class Processor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         stages, self._stages = self._stages, None
+        if self.producers is not None:
+            await self.producers.close()
         if stages is not None:
             await stages.stop_clients()
         await asyncio.get_running_loop().run_in_executor(None, self.pipeline.close)
@@ -382,6 +401,10 @@ class Processor:
                 else "restarted from the initial state",
             )
             await self._forget_streams(lambda tp: tp in partitions)
+        if self.producers is not None:
+            # Committed (nothing open) or not (the next owner's start aborts what is open).
+            for tp in partitions:
+                await self.producers.discard(tp)
         self.ledger.forget(partitions)
         stages.fetcher.forget(partitions)
         for tp in partitions:
@@ -408,6 +431,10 @@ class Processor:
             # offset (aiokafka fetches a new assignment while this callback runs).
             self.ownership.restore(partitions)
             stages.consumer.pause(*partitions)
+            if self.producers is not None:
+                # Fence the previous owners first: from here on nobody else commits a
+                # transaction of these partitions, so their committed offsets are final.
+                await self.producers.start(partitions)
             keep = await self._provably_unchanged(stages, candidates)
         else:
             keep = set(candidates)
@@ -475,6 +502,51 @@ class Processor:
         self.ownership.restored(partitions)
         if not self.flow.paused:
             consumer.resume(*partitions)
+
+    async def _on_lost(self, lost: dict[TopicPartition, str]) -> None:
+        """Partitions whose transaction did not commit (partition -> result; their producers
+        are discarded): drop what was queued or in flight for them and forget their streams
+        (their uncommitted state); a fenced partition belongs to another member now and stays
+        paused until the next rebalance; the others are restored from their state topic and
+        consumed again from their committed offset (under a new producer, which fences the
+        discarded one)."""
+        stages = self._stages
+        if stages is None:
+            return
+        parts = set(lost)
+        fenced = {tp for tp, result in lost.items() if result == "fenced"}
+        for tp in sorted(fenced):
+            log.warning(
+                "fenced out of partition %s: another member started its transactional "
+                "producer, so that member owns it now; this member stops processing it until "
+                "the next rebalance (its open transaction was aborted)",
+                tp,
+            )
+        self.ownership.revoke(fenced)
+        again = {tp for tp in parts - fenced if tp in self.ownership.owned}
+        self.ownership.restore(again)
+        assigned = stages.consumer.assignment()
+        stages.consumer.pause(*(tp for tp in parts if tp in assigned))
+        dropped = self.batcher.drop(parts)
+        if dropped:
+            self._release(len(dropped))
+        self.ledger.forget(parts)
+        stages.fetcher.forget(parts)
+        forgotten = await self._forget_streams(lambda tp: tp in parts)
+        log.info(
+            "partitions %s: uncommitted work dropped (%d queued records, %d streams forgotten)",
+            sorted(map(str, parts)),
+            len(dropped),
+            forgotten,
+        )
+        if not again or self.producers is None:
+            return
+        await self.producers.start(again)
+        applied: dict[TopicPartition, dict[str, int]] = {}
+        if self.recovery is not None:
+            applied = await self.recovery.restore(again)
+        again &= self.ownership.owned  # a rebalance may have revoked some meanwhile
+        await self._consume_from_committed(stages, again, {}, applied)
 
     async def _forget_streams(self, match: Callable[[Any], bool]) -> int:
         index = self._index

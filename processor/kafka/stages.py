@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.codec import encode_outputs
 from processor.kafka.ack import Acker
 from processor.kafka.batcher import Batcher, FlowControl
-from processor.kafka.checkpoint import Checkpoint, StateWriter
+from processor.kafka.checkpoint import Checkpoint, StateWriter, TransactionalCheckpoint
 from processor.kafka.commit import CommitLoop
 from processor.kafka.dispatch import Dispatcher
 from processor.kafka.emit import Emitter
@@ -29,6 +29,7 @@ from processor.kafka.ownership import Ownership
 from processor.kafka.settings import Settings
 from processor.kafka.staterecord import StateRecordCodec
 from processor.kafka.streams import PartitionIndex
+from processor.kafka.transactions import PartitionProducers
 from processor.metrics import Metrics
 from processor.pipeline import Pipeline
 
@@ -52,6 +53,9 @@ class Stages:
         codec: the state record codec when stream states are checkpointed to state topics
             (the commit loop then runs the :class:`~processor.kafka.checkpoint.Checkpoint`
             cycle).
+        producers, on_lost: exactly-once (with ``codec``): the partitions' transactional
+            producers, and what to do with partitions whose transaction did not commit
+            (partition -> result); the dispatcher then places the checkpoint barriers.
     """
 
     def __init__(
@@ -69,8 +73,11 @@ class Stages:
         metrics: Metrics,
         release: Callable[[int], None],
         codec: StateRecordCodec | None = None,
+        producers: PartitionProducers | None = None,
+        on_lost: Callable[[dict[TopicPartition, str]], Awaitable[None]] | None = None,
     ) -> None:
         s = settings
+        self.producers = producers
         self.consumer = consumer
         self.producer = producer
         self.acker = Acker(ledger, release, metrics, s.output_topic)
@@ -81,6 +88,8 @@ class Stages:
             DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes),
             encode_outputs,
             metrics,
+            producers,
+            stale=ledger.fenced_since,
         )
         self.fetcher = Fetcher(
             consumer,
@@ -92,17 +101,6 @@ class Stages:
             max_batch=s.engine.max_batch,
             pipeline_depth=PIPELINE_DEPTH,
         )
-        self.dispatcher = Dispatcher(
-            pipeline,
-            batcher,
-            ledger,
-            index,
-            emitter.emit,
-            self.acker.put,
-            pipeline_depth=PIPELINE_DEPTH,
-            on_taken=self.fetcher.on_taken,
-        )
-        self.fetcher.on_fetched = self.dispatcher.notify
         self._ownership = ownership
         self._ledger = ledger
         self._metrics = metrics
@@ -114,20 +112,43 @@ class Stages:
             metrics=metrics,
             on_tick=self.refresh_lag,
         )
+        checkpoint: Checkpoint | None = None
         if codec is not None:
-            self.committer.checkpoint = Checkpoint(
+            common = dict(
                 pipeline=pipeline,
                 index=index,
                 ledger=ledger,
                 acker=self.acker,
-                writer=StateWriter(producer, s.state_topics()),
                 codec=codec,
-                commit=self.committer.commit_offsets,
                 assigned=self.committer.assigned,
                 owned=lambda: ownership.owned,
                 metrics=metrics,
                 barrier_timeout_s=s.drain_timeout,
             )
+            if producers is not None:
+                assert on_lost is not None
+                checkpoint = TransactionalCheckpoint(producers=producers, on_lost=on_lost, **common)
+            else:
+                self.committer.checkpoint = Checkpoint(
+                    writer=StateWriter(producer, s.state_topics()),
+                    commit=self.committer.commit_offsets,
+                    **common,  # type: ignore[arg-type]
+                )
+        self.dispatcher = Dispatcher(
+            pipeline,
+            batcher,
+            ledger,
+            index,
+            emitter.emit,
+            self.acker.put,
+            pipeline_depth=PIPELINE_DEPTH,
+            on_taken=self.fetcher.on_taken,
+            checkpoint=checkpoint,
+        )
+        self.fetcher.on_fetched = self.dispatcher.notify
+        if checkpoint is not None:
+            # Exactly-once: every checkpoint waits for a barrier between two emissions.
+            self.committer.checkpoint = self.dispatcher.checkpoint
 
     async def stop_clients(self) -> None:
         """Stop the consumer, then the producer, each within ``CLOSE_TIMEOUT_S``. A
