@@ -154,8 +154,9 @@ ROWS: dict[str, Row] = {
     "topic_replication_factor": Row("3", lambda r: r.run.topic_replication_factor, 3),
     "create_input_topics": Row("true", lambda r: r.run.create_input_topics, True),
     "processing_guarantee": Row(
-        "at-least-once", lambda r: r.run.processing_guarantee, "at-least-once"
+        "exactly-once", lambda r: r.run.processing_guarantee, "exactly-once"
     ),
+    "transaction_timeout_ms": Row("45000", lambda r: r.run.transaction_timeout_ms, 45_000),
     "state_topic": Row("states", lambda r: r.run.state_topics(), {"in": "states"}),
     "on_state_mismatch": Row("reset", lambda r: r.run.on_state_mismatch, "reset"),
     # Engine: the Engine, its cache and the calls build_engine makes.
@@ -177,9 +178,6 @@ ROWS: dict[str, Row] = {
 
 #: Options ``run`` needs in every case (given as flags unless the row under test is theirs).
 REQUIRED = ("input_topics", "output_topic", "model")
-#: Options with a single accepted value so far (more processing guarantees are to come):
-#: leaving them out cannot change anything, so only their presence is checked.
-SINGLE_VALUED = ("processing_guarantee",)
 #: Rows observed on a model loaded from the files rather than on the in-memory model.
 FROM_FILES = ("model", "init_model")
 
@@ -330,7 +328,7 @@ def test_every_option_reaches_what_it_configures(
         reached = _reached(name, settings, settings.engine, models, spies)
     assert row.observe(reached) == row.expected
 
-    if name not in REQUIRED and name not in SINGLE_VALUED:
+    if name not in REQUIRED:
         # Without the value the observation differs: the row would notice a lost value.
         spies[0].clear()
         spies[1].clear()
@@ -501,8 +499,17 @@ RUNTIME_ROWS: dict[str, RuntimeRow] = {
     "on_state_mismatch": RuntimeRow(
         "reset", lambda s: _arg(s, "Recovery", "reset_on_mismatch"), True
     ),
+    # Exactly-once: per-partition transactional producers and the transactional cycle.
     "processing_guarantee": RuntimeRow(
-        "at-least-once", lambda s: ("Checkpoint" in s.built, "Recovery" in s.built), (True, True)
+        "exactly-once",
+        lambda s: ("PartitionProducers" in s.built, "TransactionalCheckpoint" in s.built),
+        (True, True),
+    ),
+    "transaction_timeout_ms": RuntimeRow(
+        "45000",
+        lambda s: _arg(s, "PartitionProducers", "transaction_timeout_ms"),
+        45_000,
+        extra=("--processing-guarantee", "exactly-once"),
     ),
     "commit_interval_ms": RuntimeRow(
         "250", lambda s: _arg(s, "CommitLoop", "interval_s"), pytest.approx(0.25)
@@ -675,6 +682,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
         "StateWriter",
         "Checkpoint",
         "Recovery",
+        "PartitionProducers",
+        "TransactionalCheckpoint",
     ):
         replace(name, recorded)
     for name in list(os.environ):
@@ -728,7 +737,7 @@ def test_every_run_option_reaches_the_started_processor(
     assert row.observe(_start_run(name, source, started, monkeypatch, tmp_path)) == row.expected
 
 
-@pytest.mark.parametrize("name", [n for n in RUN if n not in {*REQUIRED, *SINGLE_VALUED}])
+@pytest.mark.parametrize("name", [n for n in RUN if n not in REQUIRED])
 def test_without_the_option_the_started_processor_differs(
     name: str, started: Started, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
