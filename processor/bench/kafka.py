@@ -3,10 +3,13 @@ next to the engine alone on the same model in the same process.
 
 Method: produce N synthetic records of S streams (step-major: every stream's seq k before any
 stream's seq k+1) to a fresh input topic first, then start the processor in this process
-(engine built and warmed up, group joined) and time from its first fetched record to the
-broker's acknowledgement of its last output. The engine-only figure runs the same number of
-pre-made records through ``Engine.process`` in chunks of ``max_batch`` (no Kafka, no
-decoding or encoding).
+(engine built and warmed up, group joined) and time from its first fetched record until
+every output is visible to a ``read_committed`` reader of the output topic: at-least-once,
+the broker's acknowledgement of the last output; exactly-once, the commit of the last
+transaction (the group's committed offsets at the end of the input and no transaction left
+open on the output topic), which comes up to one commit interval after the last
+acknowledgement. The engine-only figure runs the same number of pre-made records through
+``Engine.process`` in chunks of ``max_batch`` (no Kafka, no decoding or encoding).
 
 ``lstm-stream bench --bootstrap-servers HOST:PORT`` runs both as its Kafka section
 (:func:`processor.bench.sweeps.kafka_end_to_end`); the module also runs on its own::
@@ -32,7 +35,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -179,22 +182,39 @@ async def bench_end_to_end(
     queue_max_records: int = 16_384,
     commit_interval_ms: int = 1000,
     durable: bool = True,
+    processing_guarantee: str = "at-least-once",
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Produce ``records`` first, then time the processor draining them (see the module
     docstring). Input, output, dead-letter and (``durable``) state topics are fresh (random
     names, ``partitions`` partitions each), created before producing and deleted afterwards.
-    ``durable`` False runs without a state topic (``--state-topic none``).
+    ``durable`` False runs without a state topic (``--state-topic none``);
+    ``processing_guarantee`` is the runtime's ``--processing-guarantee`` (``"exactly-once"``
+    needs ``durable``; its transaction timeout is
+    :func:`processor.bench.eos.transaction_timeout_for` the interval).
+
+    The timer runs from the processor's first fetched record until every output is visible
+    to a ``read_committed`` reader: at-least-once, until the last output is acknowledged;
+    exactly-once, further until the last transaction has committed
+    (:func:`processor.bench.eos.outputs_committed` over the group's committed offsets and
+    the output topic's last stable offsets, polled every 10 ms), so the wait for the end of
+    the last commit interval is inside it.
 
     Returns ``records``, ``seconds``, ``records_per_s`` (the end-to-end rate),
+    ``ack_seconds`` (first fetch to the last output acknowledged; ``seconds`` minus it is
+    the wait for the last commit), ``processing_guarantee``, ``commit_interval_ms``,
     ``produce_records_per_s``, ``batches``, ``mean_batch``, ``pauses``,
     ``engine_busy_fraction``, ``partitions``, ``output_bytes_per_s`` and, durable,
-    ``state_bytes_per_s``, ``state_records`` and ``checkpoints``. Raises
-    :class:`TimeoutError` when the processor has not written every output within
-    ``timeout_s`` seconds of starting, and what the processor raises if it fails."""
+    ``state_bytes_per_s``, ``state_records``, ``checkpoints`` and
+    ``checkpoint_seconds_mean``; exactly-once also ``transactions_committed``,
+    ``transactions_aborted``, ``transaction_seconds_mean`` (ending one partition's
+    transaction) and ``transaction_seconds_share`` (their sum over ``seconds``). Raises
+    :class:`TimeoutError` when the processor has not written and committed every output
+    within ``timeout_s`` seconds of starting, and what the processor raises if it fails."""
     from aiokafka.admin import AIOKafkaAdminClient
     from prometheus_client import CollectorRegistry
 
+    from processor.bench.eos import EXACTLY_ONCE, outputs_committed, transaction_timeout_for
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
     from processor.kafka.topics import prepare_topics
@@ -202,6 +222,7 @@ async def bench_end_to_end(
 
     if options.model is None:
         raise ValueError("bench_end_to_end needs options.model")
+    exactly_once = processing_guarantee == EXACTLY_ONCE
     tag = uuid.uuid4().hex[:8]
     source, out = f"bench-in-{tag}", f"bench-out-{tag}"
     dlq = f"{out}-dlq"
@@ -238,6 +259,8 @@ async def bench_end_to_end(
             queue_max_records=queue_max_records,
             commit_interval_ms=commit_interval_ms,
             state_topic="" if durable else "none",
+            processing_guarantee=processing_guarantee,
+            transaction_timeout_ms=transaction_timeout_for(commit_interval_ms),
         )
         registry = CollectorRegistry()
         proc = Processor(settings, registry=registry, metrics_server=False)
@@ -245,8 +268,8 @@ async def bench_end_to_end(
         task = asyncio.create_task(proc.run(stop))
         deadline = time.monotonic() + timeout_s
 
-        async def until(done: Any, what: str) -> None:
-            while not done():
+        async def until(done: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+            while not await _truth(done()):
                 if task.done():
                     await task  # the processor stopped early: raise its error
                     raise RuntimeError(f"the processor stopped before {what}")
@@ -254,14 +277,23 @@ async def bench_end_to_end(
                     raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
                 await asyncio.sleep(_POLL_S)
 
+        visible = _Visibility(bootstrap, group, source, out, partitions) if exactly_once else None
         try:
             await until(lambda: proc.stats.records_in > 0, "first record fetched")
             t0 = time.perf_counter()
             await until(lambda: proc.stats.outputs >= records, f"{records} outputs written")
+            ack_seconds = time.perf_counter() - t0
+            if visible is not None:
+                await visible.start()
+                await until(lambda: visible.check(outputs_committed), "last transaction committed")
             seconds = time.perf_counter() - t0
         finally:
             stop.set()
-            await task
+            try:
+                await task
+            finally:
+                if visible is not None:
+                    await visible.close()
         stats = proc.stats
         busy = registry.get_sample_value("lstm_stream_step_seconds_sum") or 0.0
 
@@ -270,10 +302,29 @@ async def bench_end_to_end(
 
         extra: dict[str, Any] = {}
         if durable:
+            checkpoints = total("lstm_stream_checkpoint_seconds_count")
             extra = {
                 "state_bytes_per_s": total("lstm_stream_state_bytes_total") / seconds,
                 "state_records": total("lstm_stream_state_records_total"),
-                "checkpoints": total("lstm_stream_checkpoint_seconds_count"),
+                "checkpoints": checkpoints,
+                "checkpoint_seconds_mean": (
+                    total("lstm_stream_checkpoint_seconds_sum") / checkpoints
+                    if checkpoints
+                    else None
+                ),
+            }
+        if exactly_once:
+            ended = total("lstm_stream_transaction_seconds_count")
+            tx_seconds = total("lstm_stream_transaction_seconds_sum")
+            extra |= {
+                "transactions_committed": _sample(
+                    registry, "lstm_stream_transactions_total", result="committed"
+                ),
+                "transactions_aborted": _sample(
+                    registry, "lstm_stream_transactions_total", result="aborted"
+                ),
+                "transaction_seconds_mean": tx_seconds / ended if ended else None,
+                "transaction_seconds_share": tx_seconds / seconds,
             }
         return {
             **extra,
@@ -281,6 +332,9 @@ async def bench_end_to_end(
             "records": records,
             "seconds": seconds,
             "records_per_s": records / seconds,
+            "ack_seconds": ack_seconds,
+            "processing_guarantee": processing_guarantee,
+            "commit_interval_ms": commit_interval_ms,
             "produce_records_per_s": produced,
             "batches": stats.batches,
             "mean_batch": stats.records_in / max(1, stats.batches),
@@ -295,6 +349,66 @@ async def bench_end_to_end(
             await admin.delete_topics([source, out, dlq, *([state] if durable else [])])
         finally:
             await admin.close()
+
+
+async def _truth(value: bool | Awaitable[bool]) -> bool:
+    """``value``, awaited first when it is awaitable (a check that asks the broker)."""
+    return bool(await value) if isinstance(value, Awaitable) else value
+
+
+def _sample(registry: Any, name: str, **labels: str) -> float:
+    """A labelled sample of ``registry``, 0 when the runtime does not export it."""
+    return float(registry.get_sample_value(name, labels) or 0.0)
+
+
+class _Visibility:
+    """Whether every output of the drained input is visible to a ``read_committed`` reader
+    (exactly-once runs, see :func:`processor.bench.eos.outputs_committed`): the group's
+    committed offsets against the input's end offsets, and the output topic's last stable
+    offsets (a ``read_committed`` consumer's end offsets) against its end offsets. The input
+    is complete before the processor starts, so its end offsets are read once."""
+
+    def __init__(self, bootstrap: str, group: str, source: str, out: str, partitions: int):
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self._group = group
+        self._inputs = [TopicPartition(source, p) for p in range(partitions)]
+        self._outputs = [TopicPartition(out, p) for p in range(partitions)]
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self._stable = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        )
+        self._latest = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._input_ends: dict[TopicPartition, int] = {}
+
+    async def start(self) -> None:
+        await self._admin.start()
+        await self._stable.start()
+        await self._latest.start()
+        self._input_ends = await self._latest.end_offsets(self._inputs)
+
+    async def check(self, committed_through: Any) -> bool:
+        """``committed_through(committed, input_ends, output_stable, output_ends)`` on the
+        broker's figures now."""
+        offsets = await self._admin.list_consumer_group_offsets(
+            self._group, partitions=self._inputs
+        )
+        committed = {tp: meta.offset for tp, meta in offsets.items()}
+        if any(committed.get(tp, -1) < end for tp, end in self._input_ends.items()):
+            return False  # skip the two other requests while the last commit is pending
+        # The end offsets first: a stable offset read after them cannot claim a marker that
+        # the end offset does not include yet.
+        ends = await self._latest.end_offsets(self._outputs)
+        stable = await self._stable.end_offsets(self._outputs)
+        return bool(committed_through(committed, self._input_ends, stable, ends))
+
+    async def close(self) -> None:
+        for close in (self._stable.stop, self._latest.stop, self._admin.close):
+            try:
+                await close()
+            except Exception:  # closing after a failed run: the run's own error matters
+                log.debug("closing a visibility client failed", exc_info=True)
 
 
 async def _topic_bytes(bootstrap: str, topic: str, partitions: int) -> int:

@@ -67,6 +67,14 @@ class Config:
     kafka_records: int = 200_000  # records produced, then drained, end to end
     kafka_repeats: int = 3  # alternating engine-only / end-to-end pairs; medians reported
     kafka_streams: int = 2048
+    # Commit intervals of the exactly-once vs at-least-once pairs (same records each); the
+    # 1 s pair reuses the durable run above as its at-least-once half.
+    eos_intervals_ms: tuple[int, ...] = (100, 1000, 5000)
+    # Commit intervals of the read_committed latency runs (each mode once per interval);
+    # every run is paced for eos_latency_s or four intervals, whichever is longer.
+    eos_latency_intervals_ms: tuple[int, ...] = (100, 1000, 5000)
+    eos_latency_s: float = 10.0
+    eos_latency_rate: float = 2000.0  # records/s of the paced input (well below capacity)
     restore_streams: int = 100_000  # states restored from a state topic (durable section)
     state_volume_streams: tuple[int, ...] = (1_000, 10_000, 100_000)  # active streams
     agreement_streams: int = 3
@@ -140,13 +148,15 @@ def quick_config(models: Sequence[str], min_time: float | None = None) -> Config
         kafka_records=10_000,
         kafka_repeats=1,
         kafka_streams=512,
+        eos_intervals_ms=(1000,),
+        eos_latency_intervals_ms=(),
         restore_streams=10_000,
         state_volume_streams=(1_000,),
         quick=True,
         skipped=(
             "--quick: one model, batches 1/64/1024, cached streams 1k/16k (not 1M), catch-up "
-            "over 64 streams, no XLA variant, ~0.1 s per point: figures are indicative "
-            "only",
+            "over 64 streams, no XLA variant, ~0.1 s per point, exactly-once at a 1 s commit "
+            "interval only and no latency runs: figures are indicative only",
         ),
     )
 
@@ -886,20 +896,38 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
     temporary ``.keras`` file, same weights).
 
     Measured by :func:`processor.bench.kafka.bench_end_to_end` (N records produced to a
-    fresh topic first, then timed from the processor's first fetched record to the broker's
-    acknowledgement of its last output) and, for the same records and batch size, its
-    engine-only twin :func:`processor.bench.kafka.bench_engine_only`. ``msg_per_s`` is the
-    end-to-end rate.
+    fresh topic first, then timed from the processor's first fetched record until every
+    output is visible to a ``read_committed`` reader: acknowledged at-least-once, committed
+    exactly-once) and, for the same records and batch size, its engine-only twin
+    :func:`processor.bench.kafka.bench_engine_only`. ``msg_per_s`` is the end-to-end rate
+    (at-least-once, durable state, 1 s commit interval).
+
+    Each repeat runs, back to back: engine-only, durable at-least-once and exactly-once at
+    1 s (when 1000 is in ``cfg.eos_intervals_ms``), no state topic, then an at-least-once /
+    exactly-once pair at each other interval of ``cfg.eos_intervals_ms``; which of a pair
+    goes first alternates between repeats. Ratios are medians of per-pair ratios. Then one
+    read_committed latency run per mode and interval of ``cfg.eos_latency_intervals_ms``
+    (:func:`processor.bench.eos.bench_visible_latency`). The exactly-once figures are under
+    ``exactly_once``: ``intervals`` (:func:`processor.bench.eos.summarise_pairs` rows),
+    ``latency`` and ``eos_over_alos_1s``.
     """
     if cfg.bootstrap_servers is None:
         return {"status": "not_run", "reason": "no --bootstrap-servers given"}
     try:
+        from processor.bench import eos
         from processor.bench import kafka as kafka_bench
         from processor.options import EngineOptions
     except ImportError as exc:  # the runtime is optional for the rest of the benchmark
         return {"status": "not_run", "reason": f"Kafka runtime not importable: {exc}"}
     b = cfg.headline_batch
     streams, records = cfg.kafka_streams, cfg.kafka_records
+    bootstrap = cfg.bootstrap_servers
+    at_1s = 1000 in cfg.eos_intervals_ms
+    others = [ms for ms in cfg.eos_intervals_ms if ms != 1000]
+    eos_pairs: dict[int, list[tuple[dict[str, Any], dict[str, Any]]]] = {
+        ms: [] for ms in cfg.eos_intervals_ms
+    }
+    latency: list[dict[str, Any]] = []
     with _kafka_logs_quiet(), tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / f"{bm.spec.name}.keras")
         bm.keras_model.save(path)
@@ -909,29 +937,62 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
             cache_capacity=max(4096, 2 * streams),
             threads=0,  # TensorFlow's pools were sized at start-up; they cannot change now
         )
-        # Alternate the two measurements and keep the median run of each: one pair is at
-        # the mercy of whatever else the shared machine does during its few seconds.
+
+        def end_to_end(**kw: Any) -> dict[str, Any]:
+            return asyncio.run(
+                kafka_bench.bench_end_to_end(
+                    bootstrap, options, records=records, streams=streams, **kw
+                )
+            )
+
+        # Alternate the measurements and keep the median run of each: one pair is at the
+        # mercy of whatever else the shared machine does during its few seconds.
         pairs = []
         for i in range(cfg.kafka_repeats):
             progress(f"kafka: engine-only on {records:,} records ({i + 1}/{cfg.kafka_repeats})")
             eo = kafka_bench.bench_engine_only(options, records=records, streams=streams)
-            progress(f"kafka: end to end through {cfg.bootstrap_servers}, durable state")
-            ee = asyncio.run(
-                kafka_bench.bench_end_to_end(
-                    cfg.bootstrap_servers, options, records=records, streams=streams
-                )
-            )
+            ex: dict[str, Any] | None = None
+            if at_1s and i % 2:  # which of the pair goes first alternates between repeats
+                progress("kafka: end to end exactly-once, 1 s commit interval")
+                ex = end_to_end(processing_guarantee=eos.EXACTLY_ONCE)
+            progress(f"kafka: end to end through {bootstrap}, durable state")
+            ee = end_to_end()
+            if at_1s and ex is None:
+                progress("kafka: end to end exactly-once, 1 s commit interval")
+                ex = end_to_end(processing_guarantee=eos.EXACTLY_ONCE)
+            if ex is not None:
+                eos_pairs[1000].append((ee, ex))
             progress("kafka: end to end without a state topic")
-            es = asyncio.run(
-                kafka_bench.bench_end_to_end(
-                    cfg.bootstrap_servers,
-                    options,
-                    records=records,
-                    streams=streams,
-                    durable=False,
-                )
-            )
+            es = end_to_end(durable=False)
             pairs.append((eo, ee, es))
+            for ms in others:
+                progress(f"kafka: at-least-once and exactly-once, {ms} ms commit interval")
+                eos_pairs[ms].append(
+                    eos.measure_pair(
+                        bootstrap,
+                        options,
+                        records=records,
+                        streams=streams,
+                        commit_interval_ms=ms,
+                        eos_first=bool(i % 2),
+                    )
+                )
+        for ms in cfg.eos_latency_intervals_ms:
+            for guarantee in (eos.AT_LEAST_ONCE, eos.EXACTLY_ONCE):
+                progress(f"kafka: read_committed latency, {guarantee}, {ms} ms commit interval")
+                latency.append(
+                    asyncio.run(
+                        eos.bench_visible_latency(
+                            bootstrap,
+                            options,
+                            processing_guarantee=guarantee,
+                            commit_interval_ms=ms,
+                            rate=cfg.eos_latency_rate,
+                            seconds=max(cfg.eos_latency_s, 4 * ms / 1000),
+                            streams=min(streams, 256),
+                        )
+                    )
+                )
 
         def median(k: int) -> dict[str, Any]:
             runs = sorted((p[k] for p in pairs), key=lambda r: r["records_per_s"])
@@ -940,10 +1001,19 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
         engine_only, e2e, stateless = median(0), median(1), median(2)
         # Per repeat, durable over stateless measured back to back; the median of those.
         costs = sorted(p[1]["records_per_s"] / p[2]["records_per_s"] for p in pairs)
+    intervals = [eos.summarise_pairs(ms, eos_pairs[ms]) for ms in sorted(eos_pairs)]
+    by_ms = {row["commit_interval_ms"]: row for row in intervals}
+    exactly_once: dict[str, Any] = {
+        "intervals": intervals,
+        "latency": latency,
+        "measured_by": "processor.bench.eos",
+    }
+    if 1000 in by_ms:
+        exactly_once["eos_over_alos_1s"] = by_ms[1000]["eos_over_alos"]
     result = {
         "status": "ran",
         "model": bm.spec.name,
-        "bootstrap_servers": cfg.bootstrap_servers,
+        "bootstrap_servers": bootstrap,
         "records": records,
         "streams": streams,
         "max_batch": b,
@@ -952,6 +1022,7 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
         "stateless": stateless,
         "durable_over_stateless": costs[len(costs) // 2],
         "engine_only_same_records": engine_only,
+        "exactly_once": exactly_once,
         "measured_by": "processor.bench.kafka.bench_end_to_end",
         "repeats": [
             {
@@ -967,6 +1038,12 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
         f"{stateless['records_per_s']:,.0f} without; engine-only on the same records "
         f"{engine_only['records_per_s']:,.0f} msg/s"
     )
+    for row in intervals:
+        progress(
+            f"kafka: exactly-once {row['exactly_once']['records_per_s']:,.0f} msg/s vs "
+            f"at-least-once {row['at_least_once']['records_per_s']:,.0f} at "
+            f"{row['commit_interval_ms']} ms ({row['eos_over_alos']:.1%}, median of pairs)"
+        )
     return result
 
 

@@ -341,3 +341,123 @@ def test_kafka_bench_does_not_load_a_cli_command_module() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_percentiles_interpolate_between_ranks_and_reject_bad_quantiles() -> None:
+    from processor.bench.eos import percentiles
+
+    got = percentiles([40.0, 10.0, 30.0, 20.0, 50.0])  # order does not matter
+    assert got["p50"] == 30.0 and got["count"] == 5
+    assert got["p99"] == pytest.approx(49.6)  # 40 + 0.96 * (50 - 40): between the ranks
+    assert got["mean"] == 30.0 and got["max"] == 50.0
+    assert percentiles(range(101), qs=(0, 12.5))["p12.5"] == 12.5
+    empty = percentiles([])
+    assert empty["count"] == 0 and np.isnan(empty["p50"]) and np.isnan(empty["p99"])
+    with pytest.raises(ValueError, match="outside"):
+        percentiles([1.0], qs=(101,))
+
+
+def test_median_ratio_is_taken_per_pair() -> None:
+    from processor.bench.eos import median_ratio
+
+    # Per-pair ratios 0.5, 0.8, 0.9: the median is 0.8, not the ratio of the medians
+    # (80 / 100) nor of the sums.
+    assert median_ratio([(50.0, 100.0), (160.0, 200.0), (90.0, 100.0)]) == pytest.approx(0.8)
+    assert np.isnan(median_ratio([]))
+    assert np.isnan(median_ratio([(1.0, 2.0), (1.0, 0.0)]))  # no rate, no ratio
+
+
+def test_outputs_count_as_committed_only_at_the_input_end_with_no_open_transaction() -> None:
+    from processor.bench.eos import outputs_committed
+
+    ends = {"in-0": 100, "in-1": 50}
+    out_ends = {"out-0": 120, "out-1": 70}
+    assert outputs_committed({"in-0": 100, "in-1": 50}, ends, out_ends, out_ends)
+    # One input partition's offsets are still one transaction behind.
+    assert not outputs_committed({"in-0": 100, "in-1": 40}, ends, out_ends, out_ends)
+    # A partition without a committed offset yet.
+    assert not outputs_committed({"in-0": 100}, ends, out_ends, out_ends)
+    # Offsets committed, but a commit marker not yet on one output partition: its last
+    # stable offset still sits at the transaction's first record.
+    assert not outputs_committed(
+        {"in-0": 100, "in-1": 50}, ends, {"out-0": 120, "out-1": 30}, out_ends
+    )
+
+
+def test_transaction_timeout_exceeds_two_commit_intervals() -> None:
+    from processor.bench.eos import transaction_timeout_for
+
+    assert transaction_timeout_for(1000) == 30_000  # the settings' default
+    for ms in (100, 1000, 5000, 15_000, 60_000):
+        assert transaction_timeout_for(ms) > 2 * ms
+
+
+def _e2e(rate: float, seconds: float = 10.0, ack: float = 9.0) -> dict[str, Any]:
+    return {"records": 1000, "records_per_s": rate, "seconds": seconds, "ack_seconds": ack}
+
+
+def test_summarise_pairs_keeps_the_median_run_and_the_median_pair_ratio() -> None:
+    from processor.bench.eos import summarise_pairs
+
+    pairs = [(_e2e(100.0), _e2e(90.0)), (_e2e(200.0), _e2e(100.0)), (_e2e(120.0), _e2e(84.0))]
+    row = summarise_pairs(1000, pairs)
+    assert row["commit_interval_ms"] == 1000 and row["records"] == 1000
+    assert row["eos_over_alos"] == pytest.approx(0.7)  # ratios 0.9, 0.5, 0.7
+    assert row["at_least_once"]["records_per_s"] == 120.0
+    assert row["exactly_once"]["records_per_s"] == 90.0
+    assert [p["ratio"] for p in row["pairs"]] == pytest.approx([0.9, 0.5, 0.7])
+    with pytest.raises(ValueError):
+        summarise_pairs(1000, [])
+
+
+def _kafka_with_eos(ratio_1s: float | None) -> dict[str, Any]:
+    from processor.bench.eos import summarise_pairs
+
+    intervals = [summarise_pairs(100, [(_e2e(100.0), _e2e(40.0))])]
+    if ratio_1s is not None:
+        intervals.append(summarise_pairs(1000, [(_e2e(100.0), _e2e(100.0 * ratio_1s))]))
+    return {
+        "model": "lstm2x256",
+        "max_batch": 1024,
+        "msg_per_s": 100.0,
+        "records": 1000,
+        "streams": 2,
+        "engine_only_same_records": {"records_per_s": 150.0},
+        "exactly_once": {
+            "intervals": intervals,
+            "latency": [
+                {
+                    "commit_interval_ms": 1000,
+                    "processing_guarantee": "exactly-once",
+                    "rate": 2000.0,
+                    "samples": 16_000,
+                    "p50_ms": 612.0,
+                    "p99_ms": 1180.0,
+                }
+            ],
+            "measured_by": "processor.bench.eos",
+        },
+    }
+
+
+def test_exactly_once_goal_is_judged_at_the_1s_interval_only() -> None:
+    def verdict(kafka: dict[str, Any]) -> dict[str, Any]:
+        goals = {g["id"]: g for g in report.evaluate_goals({"kafka": kafka})}
+        return goals["exactly_once"]
+
+    met = verdict(_kafka_with_eos(0.7))
+    assert met["status"] == "PASS" and met["measured"] == "70.0%"  # inclusive
+    assert "100 ms: 40.0%" in met["detail"]  # the other interval is shown, not judged
+    assert verdict(_kafka_with_eos(0.69))["status"] == "MISS"
+    assert verdict(_kafka_with_eos(None))["status"] == "NOT RUN"  # no 1 s pair measured
+    assert verdict({"status": "not_run", "reason": "no broker"})["status"] == "NOT RUN"
+
+
+def test_markdown_reports_exactly_once_throughput_and_latency() -> None:
+    results = {"kafka": _kafka_with_eos(0.8), "goals": []}
+    md = report.markdown(results)
+    assert "### Exactly-once against at-least-once" in md
+    assert "| 1,000 ms | 100 | 80 | 80.0% |" in md
+    assert "| 1,000 ms | exactly-once | 2,000 | 16,000 | 612.0 | 1,180.0 |" in md
+    no_eos = report.markdown({"kafka": {"status": "not_run", "reason": "x"}, "goals": []})
+    assert "Exactly-once" not in no_eos
