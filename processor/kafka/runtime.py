@@ -228,18 +228,7 @@ class Processor:
                 reset_on_mismatch=s.on_state_mismatch == "reset",
                 metrics=self.metrics,
             )
-        if s.exactly_once:
-            self.producers = PartitionProducers(
-                producer_kw,
-                group_id=s.group_id,
-                output_topic=s.output_topic,
-                dlq_topic=s.dlq_topic,
-                dlq_max_value_bytes=s.dlq_max_value_bytes,
-                state_topics=s.state_topics(),
-                transaction_timeout_ms=s.transaction_timeout_ms,
-                timeout_s=s.drain_timeout,
-                metrics=self.metrics,
-            )
+        self._build_producers(producer_kw, AIOKafkaProducer)
         consumer = AIOKafkaConsumer(**consumer_kw)
         producer = AIOKafkaProducer(**producer_kw)
         self._attach(consumer, producer)  # from here on close() stops both stages
@@ -255,14 +244,42 @@ class Processor:
             s.group_id,
         )
 
-    async def start_with(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        """Start on stages the caller made, started and subscribed (in-process fakes in
+    async def start_with(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        producer_factory: Callable[..., AIOKafkaProducer] | None = None,
+    ) -> None:
+        """Start on clients the caller made, started and subscribed (in-process fakes in
         the stage tests): the engine, the stages and their loops; no topic preparation.
+        Exactly-once makes its transactional producers with ``producer_factory``.
         Rebalances are the caller's to deliver (:meth:`on_assigned`, :meth:`on_revoked`)."""
         self._phase = Phase.STARTING
         await self._start_pipeline()
+        if producer_factory is not None:
+            self._build_producers({}, producer_factory)
         self._attach(consumer, producer)
         self._start_loops()
+
+    def _build_producers(
+        self, producer_kw: dict[str, Any], factory: Callable[..., AIOKafkaProducer]
+    ) -> None:
+        """Exactly-once only: the per-partition transactional producers (none started)."""
+        s = self.settings
+        if not (s.exactly_once and s.durable):
+            return
+        self.producers = PartitionProducers(
+            producer_kw,
+            group_id=s.group_id,
+            output_topic=s.output_topic,
+            dlq_topic=s.dlq_topic,
+            dlq_max_value_bytes=s.dlq_max_value_bytes,
+            state_topics=s.state_topics(),
+            transaction_timeout_ms=s.transaction_timeout_ms,
+            timeout_s=s.drain_timeout,
+            metrics=self.metrics,
+            factory=factory,
+        )
 
     async def _start_pipeline(self) -> None:
         """Build the engine on its thread; with durable state, the state record codec."""

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -127,6 +127,7 @@ class PartitionProducers:
         timeout_s: longest wait for one step of a transaction's end (the state records'
             acknowledgements, the offsets, the commit, an abort) and for a producer's start.
         metrics: transactions by result, their duration, producers active, state records.
+        factory: makes a producer from keyword arguments (in-process fakes in tests).
     """
 
     def __init__(
@@ -141,8 +142,10 @@ class PartitionProducers:
         transaction_timeout_ms: int,
         timeout_s: float,
         metrics: Metrics,
+        factory: Callable[..., AIOKafkaProducer] = AIOKafkaProducer,
     ) -> None:
         self._kw = dict(producer_kw)
+        self._factory = factory
         self._group = group_id
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
@@ -185,7 +188,7 @@ class PartitionProducers:
     async def _start_one(self, tp: TopicPartition) -> PartitionProducer:
         tid = transactional_id(self._group, tp)
         try:
-            producer = AIOKafkaProducer(
+            producer = self._factory(
                 **self._kw, transactional_id=tid, transaction_timeout_ms=self._txn_timeout_ms
             )
         except ValueError as exc:  # e.g. producer.acks other than all
