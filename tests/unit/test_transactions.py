@@ -33,6 +33,10 @@ OUT, DLQ = "out", "out-dlq"
 GROUP = "lstm-stream"
 
 
+#: A committed transaction: its transactional id, its (topic, key, value) records, its offsets.
+Txn = tuple[str, list[tuple[str, bytes | None, bytes | None]], dict[TopicPartition, int]]
+
+
 class FakeTxnBroker:
     """The transactional side of a broker: the current epoch of each transactional id
     (a new producer of an id fences the older ones), committed records per topic in commit
@@ -43,7 +47,7 @@ class FakeTxnBroker:
         self.committed: dict[str, list[tuple[int | None, bytes | None, bytes | None]]] = {}
         self.offsets: dict[TopicPartition, int] = {}
         # One entry per committed transaction: (transactional id, its records, its offsets).
-        self.transactions: list[tuple[str, list[tuple[str, bytes | None, bytes | None]], dict[TopicPartition, int]]] = []  # fmt: skip
+        self.transactions: list[Txn] = []
         self.fail_sends: set[str] = set()  # transactional ids whose next send fails
         self.producers: list[FakeTxnProducer] = []
 
