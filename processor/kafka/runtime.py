@@ -556,8 +556,8 @@ class Processor:
             len(dropped),
             forgotten,
         )
-        if not again or self.producers is None:
-            return
+        if not again or self.producers is None or self._phase is Phase.STOPPING:
+            return  # (a drain that lost a partition fails: a restart restores it)
         await self.producers.start(again)
         applied: dict[TopicPartition, dict[str, int]] = {}
         if self.recovery is not None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, ProducerFenced
@@ -314,3 +315,77 @@ def test_exactly_once_requires_the_state_topic() -> None:
             commit_interval_ms=20_000,
             transaction_timeout_ms=30_000,
         )
+
+
+def test_emit_routes_each_record_through_its_partitions_transaction_and_drops_stale_ones() -> None:
+    """Outputs and dead letters go through the producer of their input partition; records
+    of a partition forgotten after their batch was dispatched (it is consumed again from its
+    commit) and of a partition whose transaction failed are not sent at all."""
+    from prometheus_client import CollectorRegistry
+
+    from processor.kafka.emit import Emitter
+    from processor.kafka.items import BadInput, Batch, Item
+    from processor.kafka.ledger import OffsetLedger
+    from processor.kafka.output import DeadLetterWriter, OutputWriter
+    from processor.kafka.transactions import PartitionProducers
+    from processor.metrics import Metrics
+    from processor.pipeline import CacheSnapshot, Stepped
+    from processor.records import Output, Record
+
+    tp2 = TopicPartition(IN, 2)
+
+    async def go() -> None:
+        broker = FakeTxnBroker()
+        metrics = Metrics(CollectorRegistry())
+        producers = PartitionProducers(
+            {},
+            group_id=GROUP,
+            output_topic=OUT,
+            dlq_topic=DLQ,
+            dlq_max_value_bytes=100,
+            state_topics={IN: STATE},
+            transaction_timeout_ms=10_000,
+            timeout_s=5.0,
+            metrics=metrics,
+            factory=broker.factory,
+        )
+        await producers.start([TP0, TP1, tp2])
+        assert metrics.producers_active._value.get() == 3
+        ledger = OffsetLedger()
+        shared = FakeProducer()
+        emitter = Emitter(
+            OutputWriter(shared, OUT),  # type: ignore[arg-type]
+            DeadLetterWriter(shared, DLQ, 100),  # type: ignore[arg-type]
+            lambda outs: [o.stream.encode() for o in outs],
+            metrics,
+            producers,
+            stale=ledger.fenced_since,
+        )
+        bad = BadInput("non_finite", "x has NaN", b"d", b"raw", (), None)
+        recs = {s: Record(s, 0, np.zeros(2)) for s in "abc"}
+        items = [
+            Item(TP0, 0, 0.0, None, recs["a"]),
+            Item(TP0, 1, 0.0, None, None, bad),
+            Item(TP1, 0, 0.0, None, recs["b"]),
+            Item(tp2, 0, 0.0, None, recs["c"]),
+            Item(TP1, 1, 0.0, None, None, bad),
+        ]
+        batch = Batch(items, [items[0], items[2], items[3]], ledger.open(items), None)
+        ledger.forget([TP1])  # TP1 moved on after this batch was dispatched
+        pp2 = producers.get(tp2)
+        assert pp2 is not None
+        pp2.failure = KafkaConnectionError("earlier send failed")
+        outs = [Output(s, 0, np.zeros(1)) for s in "abc"]
+        stepped = Stepped(outs, [], [], 0, 0, 0.001, CacheSnapshot(3, 8, 0, {}))
+        emitted = await emitter.emit(batch, stepped)
+        await asyncio.gather(*emitted.futures)
+        assert not shared.sent, "a send bypassed the partitions' transactions"
+        sent = {p.tid: [(t, k) for t, _, k, _ in p.pending] for p in broker.producers}
+        assert sent == {
+            transactional_id(GROUP, TP0): [(OUT, b"a"), (DLQ, b"d")],
+            transactional_id(GROUP, TP1): [],
+            transactional_id(GROUP, tp2): [],
+        }
+        assert emitted.outputs == 1 and emitted.reasons == ["non_finite"]
+
+    asyncio.run(go())
