@@ -279,12 +279,13 @@ async def bench_end_to_end(
 
         visible = _Visibility(bootstrap, group, source, out, partitions) if exactly_once else None
         try:
+            if visible is not None:  # its clients connect outside the timed region
+                await visible.start()
             await until(lambda: proc.stats.records_in > 0, "first record fetched")
             t0 = time.perf_counter()
             await until(lambda: proc.stats.outputs >= records, f"{records} outputs written")
             ack_seconds = time.perf_counter() - t0
             if visible is not None:
-                await visible.start()
                 await until(lambda: visible.check(outputs_committed), "last transaction committed")
             seconds = time.perf_counter() - t0
         finally:
