@@ -372,9 +372,13 @@ async def read_to_end(
     return out
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """Partition -> high watermark."""
-    consumer = await _consumer(bootstrap, "read_uncommitted")
+async def end_offsets(
+    bootstrap: str, topic: str, *, isolation_level: str = "read_uncommitted"
+) -> dict[int, int]:
+    """Partition -> high watermark; with ``isolation_level="read_committed"`` the last
+    stable offset instead (below the high watermark while a transaction with records in the
+    partition is open)."""
+    consumer = await _consumer(bootstrap, isolation_level)
     try:
         tps = await _partitions(consumer, topic)
         return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
@@ -427,8 +431,17 @@ async def wait_committed_to_end(
         await asyncio.sleep(0.3)
 
 
+async def open_transactions(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> records a read_committed reader cannot see yet (high watermark minus last
+    stable offset), for the partitions of ``topic`` that have an open transaction."""
+    high = await end_offsets(bootstrap, topic)
+    stable = await end_offsets(bootstrap, topic, isolation_level="read_committed")
+    return {p: high[p] - stable.get(p, 0) for p in high if high[p] > stable.get(p, 0)}
+
+
 async def metric(proc: RunProcess, name: str) -> float:
-    """The sum of metric ``name`` on ``proc``'s /metrics (0 when it does not answer)."""
+    """The sum of metric ``name`` on ``proc``'s /metrics (0 when it does not answer). ``name``
+    may carry labels: ``'lstm_stream_transactions_total{result="fenced"}'``."""
     status, body = await asyncio.to_thread(http_get, proc.url("/metrics"))
     return metric_total(body, name) if status == 200 else 0.0
 
@@ -500,6 +513,7 @@ async def verify_run(
     dlq_topic: str,
     partition_of: dict[bytes, int],
     check_state: bool = True,
+    exact: bool = False,
 ) -> Verified:
     """Compare what a finished run left in Kafka with the uninterrupted reference; raise one
     ``AssertionError`` that lists every kind of problem (count and examples) if any:
@@ -511,6 +525,9 @@ async def verify_run(
     * ``seq order``: a stream's outputs, first occurrences only, not strictly increasing in
       topic order (a re-delivery may repeat a suffix), or in more than one partition;
     * ``dead letter``: a bad record without a dead letter of its expected reason;
+    * with ``exact`` (exactly-once: the topics are read read_committed): ``duplicate``, a
+      valid record with more than one output; ``duplicate dead letter``, a bad record with
+      more than one dead letter;
     * ``commit``: the group's committed offsets not at the end of an input partition;
     * ``state``: the state topic missing, or its last value of a stream not the stream's
       last seq (msgpack ``seq``, ``src`` naming the input topic and partition), or not a
@@ -534,6 +551,10 @@ async def verify_run(
         got[(stream, seq)].append(d["y"])
     for key in sorted(workload.expected - set(got)):
         problems.add("gap", f"no output for {key}")
+    if exact:
+        for key, ys in sorted(got.items()):
+            if len(ys) > 1:
+                problems.add("duplicate", f"{key}: {len(ys)} outputs")
     for key in sorted(set(got) - workload.expected):
         problems.add("unexpected output", f"{key} ({len(got[key])} copies)")
     wrong_streams: set[str] = set()
@@ -554,9 +575,15 @@ async def verify_run(
 
     dead = await read_to_end(bootstrap, dlq_topic)
     reasons: dict[bytes, set[str]] = defaultdict(set)
+    copies: dict[bytes, int] = defaultdict(int)
     for r in dead:
         headers = dict(r.headers or ())
         reasons[r.value or b""].add(headers.get(REASON_HEADER, b"").decode())
+        copies[r.value or b""] += 1
+    if exact:
+        for value, count in copies.items():
+            if count > 1:
+                problems.add("duplicate dead letter", f"{value[:24]!r}: {count} dead letters")
     for value, reason in workload.bad.items():
         if reason not in reasons.get(value, set()):
             problems.add(
