@@ -296,7 +296,13 @@ class TransactionalCheckpoint(Checkpoint):
     async def _settle(self, barrier: Barrier, changes: Changes, scope: set[Hashable]) -> bool:
         ledger = self._ledger
         live = [tp for tp in self._producers.live() if not ledger.fenced_since(tp, barrier.seq)]
-        offsets = self._committable(barrier, set(live))
+        # Every live partition's offset, assigned or not: its outputs are in its transaction
+        # (fencing comes from the transactional id, not from the assignment).
+        offsets = {
+            tp: off
+            for tp, off in barrier.offsets.items()
+            if tp in live and ledger.committed(tp) != off
+        }
         batches: dict[TopicPartition, tuple[list[Any], int]] = {}
         for tp in live:
             pairs = changes.records.get(tp, [])

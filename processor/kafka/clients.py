@@ -79,6 +79,7 @@ _OWNED: Final = frozenset(
         "key_deserializer",
         "value_deserializer",
         "transactional_id",
+        "transaction_timeout_ms",  # --transaction-timeout-ms
         "loop",
         "topics",
         "partitioner",

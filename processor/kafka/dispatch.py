@@ -81,7 +81,7 @@ class Dispatcher:
         self._checkpoint = checkpoint
         # Checkpoint requests not yet armed: (partitions being revoked, the caller's future).
         self._requests: list[tuple[Collection[Hashable], asyncio.Future[bool]]] = []
-        self._armed = False  # a barrier rides on a submitted batch
+        self._armed: Armed | None = None  # the barrier riding on a submitted batch
         self._running = False
         self._serving = asyncio.Lock()
 
@@ -106,7 +106,7 @@ class Dispatcher:
         if self._running:
             self._wakeup.set()
         else:
-            await self._serve(self._arm())
+            await self._serve(None)
         return await fut
 
     async def run(self) -> None:
@@ -120,7 +120,7 @@ class Dispatcher:
         finally:
             self._running = False
         if self._requests:  # asked for while the last batches were emitted
-            await self._serve(self._arm())
+            await self._serve(None)
 
     async def _run(self) -> None:
         pending: deque[Batch] = deque()
@@ -128,7 +128,7 @@ class Dispatcher:
             self._fill(pending)
             if not pending:
                 if self._requests:  # nothing in flight: the barrier is here
-                    await self._serve(self._arm())
+                    await self._serve(None)
                     continue
                 items = await self._next_batch()
                 if items is None:
@@ -146,30 +146,40 @@ class Dispatcher:
     def _arm(self) -> Armed:
         assert self._checkpoint is not None
         requests, self._requests = self._requests, []
-        self._armed = True
-        return self._checkpoint.arm(), requests
+        armed = self._checkpoint.arm(), requests
+        self._armed = armed
+        return armed
 
-    async def _serve(self, armed: Armed) -> None:
-        """Finish an armed barrier and answer its requests (their partitions together)."""
+    async def _serve(self, armed: Armed | None) -> None:
+        """Finish an armed barrier (None: arm one now, nothing being in flight) and answer
+        its requests (their partitions together)."""
         assert self._checkpoint is not None
-        barrier, requests = armed
-        scope = {tp for parts, _ in requests for tp in parts}
-        try:
-            async with self._serving:
+        async with self._serving:
+            if armed is None:
+                if not self._requests:
+                    return  # answered by a barrier that finished while this one waited
+                armed = self._arm()
+            barrier, requests = armed
+            scope = {tp for parts, _ in requests for tp in parts}
+            try:
                 ok = await self._checkpoint.finish(barrier, scope)
-        except BaseException as exc:
-            for _, fut in requests:
-                if not fut.done():
-                    fut.set_exception(exc)
-            raise
-        finally:
-            self._armed = False
+            except BaseException as exc:
+                for _, fut in requests:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                raise
+            finally:
+                self._armed = None
         for _, fut in requests:
             if not fut.done():
                 fut.set_result(ok)
 
     def _fail_requests(self) -> None:
+        """The dispatcher failed: answer every request, armed or not, with False."""
         requests, self._requests = self._requests, []
+        if self._armed is not None:
+            requests += self._armed[1]
+            self._armed = None
         for _, fut in requests:
             if not fut.done():
                 fut.set_result(False)
@@ -215,6 +225,6 @@ class Dispatcher:
 
             future = asyncio.wrap_future(self._pipeline.step(records, note))
         batch = Batch(items, good, ticket, future)
-        if self._requests and not self._armed:
+        if self._requests and self._armed is None:
             batch.barrier = self._arm()  # right behind this batch on the engine thread
         return batch

@@ -68,7 +68,7 @@ class Emitter:
                 futures += await self._outputs.write(pairs)
                 outputs = len(pairs)
             else:
-                outputs = await self._emit_per_partition(batch, pairs, futures)
+                outputs = await self._emit_per_partition(batch, outs, pairs, futures)
             skipped = {id(r) for r in stepped.skipped}
             event_ms = [
                 it.event_ms
@@ -113,15 +113,23 @@ class Emitter:
         return Emitted(batch.ticket, futures, outputs, reasons, event_ms)
 
     async def _emit_per_partition(
-        self, batch: Batch, pairs: list[tuple[str, bytes]], futures: list[asyncio.Future[Any]]
+        self,
+        batch: Batch,
+        outs: Sequence[Output],
+        pairs: list[tuple[str, bytes]],
+        futures: list[asyncio.Future[Any]],
     ) -> int:
         """Send each output through its input partition's transaction; returns how many
         were sent (the rest belong to partitions being recovered)."""
         assert self._producers is not None
-        tp_of = {it.record.stream: it.tp for it in batch.good if it.record is not None}
+        # By (stream, seq): a stream whose records come from two partitions (input
+        # partitions were added) has each output in the transaction of its own record.
+        tp_of = {
+            (it.record.stream, it.record.seq): it.tp for it in batch.good if it.record is not None
+        }
         groups: dict[TopicPartition, list[tuple[str, bytes]]] = {}
-        for pair in pairs:
-            groups.setdefault(tp_of[pair[0]], []).append(pair)
+        for out, pair in zip(outs, pairs, strict=True):
+            groups.setdefault(tp_of[(out.stream, out.seq)], []).append(pair)
         sent = 0
         for tp, group in groups.items():
             if self._stale(tp, batch.ticket.seq):

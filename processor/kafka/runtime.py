@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from processor.engine import Engine
-from processor.errors import LstmStreamError
+from processor.errors import ConfigError, LstmStreamError
 from processor.kafka.batcher import Batcher, FlowControl
 from processor.kafka.clients import client_kwargs
 from processor.kafka.items import Item
@@ -268,6 +268,13 @@ class Processor:
         s = self.settings
         if not (s.exactly_once and s.durable):
             return
+        acks = producer_kw.get("acks", "all")
+        if acks not in ("all", -1) or producer_kw.get("enable_idempotence") is False:
+            raise ConfigError(
+                f"--processing-guarantee exactly-once needs idempotent transactional producers "
+                f"with acks=all (given: acks={acks!r}, enable_idempotence="
+                f"{producer_kw.get('enable_idempotence')!r}): drop those Kafka options"
+            )
         self.producers = PartitionProducers(
             producer_kw,
             group_id=s.group_id,
@@ -420,8 +427,8 @@ class Processor:
             await self._forget_streams(lambda tp: tp in partitions)
         if self.producers is not None:
             # Committed (nothing open) or not (the next owner's start aborts what is open).
-            for tp in partitions:
-                await self.producers.discard(tp)
+            producers = self.producers
+            await asyncio.gather(*(producers.discard(tp) for tp in partitions))
         self.ledger.forget(partitions)
         stages.fetcher.forget(partitions)
         for tp in partitions:
@@ -522,26 +529,38 @@ class Processor:
 
     async def _on_lost(self, lost: dict[TopicPartition, str]) -> None:
         """Partitions whose transaction did not commit (partition -> result; their producers
-        are discarded): drop what was queued or in flight for them and forget their streams
-        (their uncommitted state); a fenced partition belongs to another member now and stays
-        paused until the next rebalance; the others are restored from their state topic and
-        consumed again from their committed offset (under a new producer, which fences the
-        discarded one)."""
+        are discarded, an aborted transaction is aborted): stop owning them, drop what was
+        queued or in flight for them, forget their streams (their uncommitted state), and
+        ask the group for a new assignment.
+
+        Recovery goes through the group on purpose. A fenced partition may belong to another
+        member now; restarting its producer here would fence that member in turn. An aborted
+        one may be in the middle of moving. The rebalance settles who owns what, and the
+        owner restores each partition from its state topic under a freshly started producer
+        (which fences any producer of the partition still around) in
+        :meth:`on_assigned`."""
         stages = self._stages
         if stages is None:
             return
         parts = set(lost)
-        fenced = {tp for tp, result in lost.items() if result == "fenced"}
-        for tp in sorted(fenced):
-            log.warning(
-                "fenced out of partition %s: another member started its transactional "
-                "producer, so that member owns it now; this member stops processing it until "
-                "the next rebalance (its open transaction was aborted)",
-                tp,
-            )
-        self.ownership.revoke(fenced)
-        again = {tp for tp in parts - fenced if tp in self.ownership.owned}
-        self.ownership.restore(again)
+        for tp, result in sorted(lost.items()):
+            if result == "fenced":
+                log.warning(
+                    "fenced out of partition %s: its transactional producer was fenced "
+                    "(another member started it, or the broker aborted a transaction open "
+                    "longer than --transaction-timeout-ms); this member stops processing it "
+                    "and rejoins the group",
+                    tp,
+                )
+            else:
+                log.warning(
+                    "partition %s: its transaction %s; its uncommitted work is dropped and "
+                    "the group is rejoined, the partition's owner restores it from its last "
+                    "commit",
+                    tp,
+                    "was aborted" if result == "aborted" else "timed out",
+                )
+        self.ownership.revoke(parts)
         assigned = stages.consumer.assignment()
         stages.consumer.pause(*(tp for tp in parts if tp in assigned))
         dropped = self.batcher.drop(parts)
@@ -551,19 +570,13 @@ class Processor:
         stages.fetcher.forget(parts)
         forgotten = await self._forget_streams(lambda tp: tp in parts)
         log.info(
-            "partitions %s: uncommitted work dropped (%d queued records, %d streams forgotten)",
+            "partitions %s: %d queued records dropped, %d streams forgotten",
             sorted(map(str, parts)),
             len(dropped),
             forgotten,
         )
-        if not again or self.producers is None or self._phase is Phase.STOPPING:
-            return  # (a drain that lost a partition fails: a restart restores it)
-        await self.producers.start(again)
-        applied: dict[TopicPartition, dict[str, int]] = {}
-        if self.recovery is not None:
-            applied = await self.recovery.restore(again)
-        again &= self.ownership.owned  # a rebalance may have revoked some meanwhile
-        await self._consume_from_committed(stages, again, {}, applied)
+        if self._phase is not Phase.STOPPING:  # a drain that lost a partition fails instead
+            _request_rejoin(stages.consumer)
 
     async def _forget_streams(self, match: Callable[[Any], bool]) -> int:
         index = self._index
@@ -617,6 +630,20 @@ class Processor:
             stats.duplicates,
             stats.out_of_order,
         )
+
+
+def _request_rejoin(consumer: AIOKafkaConsumer) -> None:
+    """Make the consumer rejoin its group (revoking and reassigning every partition) at
+    its next poll. aiokafka offers no public call for this; its group coordinator does."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    request = getattr(coordinator, "request_rejoin", None)
+    if request is None:
+        log.error(
+            "cannot ask the consumer to rejoin its group (aiokafka changed): partitions that "
+            "lost their transaction stay paused until the next rebalance"
+        )
+        return
+    request()
 
 
 async def run_processor(

@@ -229,9 +229,10 @@ class Settings:
     transaction_timeout_ms: int = option(
         30_000,
         "exactly-once: the broker aborts a transaction left open this long (a member that "
-        "died and never came back); it must exceed --commit-interval-ms plus the time a "
-        "commit takes. Until then read_committed readers of the output topic wait at the "
-        "open transaction",
+        "died and never came back: until then read_committed readers of the output topic "
+        "wait at its open transaction); must exceed twice --commit-interval-ms. A "
+        "transaction that outlives it (the broker stalled) is fenced: the member rejoins the "
+        "group and the partition is restored from its last commit",
         check=at_least(1000),
         group=_STATE,
     )

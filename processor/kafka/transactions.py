@@ -38,10 +38,19 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     InvalidProducerEpoch,
+    InvalidTopicError,
     KafkaError,
+    MessageSizeTooLargeError,
     ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
+    UnsupportedVersionError,
 )
 
 from processor.errors import ConfigError, LstmStreamError
@@ -60,6 +69,19 @@ log = logging.getLogger(__name__)
 
 #: Errors meaning "another producer with this transactional id started after this one".
 FENCED: Final = (ProducerFenced, InvalidProducerEpoch)
+#: Failures that redoing the interval cannot fix: the processor stops with an error.
+_PERMANENT: Final = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    AuthenticationFailedError,
+    InvalidTopicError,
+    UnsupportedVersionError,
+)
 #: Longest wait for a producer to stop when it is discarded (its unsent batches are dropped:
 #: their transaction is aborted by the next start of the id).
 _STOP_TIMEOUT_S: Final = 5.0
@@ -180,6 +202,9 @@ class PartitionProducers:
         errors = [r for r in started if isinstance(r, BaseException)]
         for r in started:
             if isinstance(r, PartitionProducer):
+                old = self._live.pop(r.tp, None)
+                if old is not None:  # a concurrent start of the same partition
+                    await _stop_quietly(old.producer)
                 self._live[r.tp] = r
         self._metrics.producers_active.set(len(self._live))
         if errors:
@@ -195,8 +220,10 @@ class PartitionProducers:
             raise ConfigError(f"exactly-once needs an idempotent producer: {exc}") from None
         try:
             await asyncio.wait_for(producer.start(), self.timeout_s)
-        except (TimeoutError, KafkaError) as exc:
+        except BaseException as exc:
             await _stop_quietly(producer)
+            if not isinstance(exc, (TimeoutError, KafkaError)):
+                raise
             if isinstance(exc, TransactionalIdAuthorizationFailed):
                 raise TransactionError(
                     f"the broker refuses the transactional id {tid!r} (grant this principal "
@@ -214,11 +241,16 @@ class PartitionProducers:
             OutputWriter(producer, state_topic),
         )
 
-    async def discard(self, tp: TopicPartition) -> None:
-        """Forget ``tp``'s producer and stop it without waiting for its unsent batches (an
-        open transaction stays open until the next start of the id aborts it, or the broker
-        does after the transaction timeout)."""
-        pp = self._live.pop(tp, None)
+    async def discard(self, tp: TopicPartition, pp: PartitionProducer | None = None) -> None:
+        """Forget ``tp``'s producer (only if it still is ``pp``, when given: a newer one
+        started meanwhile stays) and stop it without waiting for its unsent batches (an open
+        transaction stays open until the next start of the id aborts it, or the broker does
+        after the transaction timeout)."""
+        live = self._live.get(tp)
+        if pp is None:
+            pp = live
+        if pp is not None and live is pp:
+            del self._live[tp]
         self._metrics.producers_active.set(len(self._live))
         if pp is not None:
             await _stop_quietly(pp.producer)
@@ -226,9 +258,9 @@ class PartitionProducers:
     async def close(self) -> None:
         """Abort every open transaction (best effort, within the timeout) and stop every
         producer. Called when the processor stops: a drained processor has none open."""
-        parts = list(self._live)
-        await asyncio.gather(*(self.abort(tp) for tp in parts))
-        await asyncio.gather(*(self.discard(tp) for tp in parts))
+        live = list(self._live.values())
+        await asyncio.gather(*(self._abort(pp) for pp in live))
+        await asyncio.gather(*(self.discard(pp.tp, pp) for pp in live))
 
     async def sink(self, tp: TopicPartition) -> PartitionProducer | None:
         """The producer through which records of input partition ``tp`` are sent now, its
@@ -253,12 +285,16 @@ class PartitionProducers:
     ) -> str:
         """End ``tp``'s interval: produce its state records (``(key, value, headers)`` for
         the partition of the state topic numbered like ``tp``) and await them, add
-        ``offset`` (the next input offset; None: unchanged) to the transaction, commit.
+        ``offset`` (the next input offset; None: unchanged) to the transaction, commit; all
+        within ``timeout_s``.
 
         Returns the result, one of :data:`processor.metrics.TRANSACTION_RESULTS`, or
         ``"idle"`` when there was nothing to commit. On any result other than committed or
         idle the producer is discarded: the caller must forget the partition's uncommitted
-        state and restore it (aborted, timeout) or stop owning it (fenced).
+        state and restore it (aborted, timeout) or stop owning it (fenced). Raises
+        :class:`TransactionError` (after aborting) when the failure cannot go away by
+        trying again (a record the broker refuses, a missing authorisation...): redoing the
+        interval would fail the same way forever.
         """
         pp = self._live.get(tp)
         if pp is None:
@@ -267,59 +303,74 @@ class PartitionProducers:
             return "idle"
         t0 = time.perf_counter()
         result = "committed"
+        cause: BaseException | None = None
         async with pp.lock:
             try:
-                if pp.failure is not None:
-                    raise pp.failure
-                await pp.begin()
-                if states:
-                    futures = await pp.states.write_partitioned({tp.partition: states})
-                    await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
-                if offset is not None:
-                    await asyncio.wait_for(
-                        pp.producer.send_offsets_to_transaction({tp: offset}, self._group),
-                        self.timeout_s,
-                    )
-                await asyncio.wait_for(pp.producer.commit_transaction(), self.timeout_s)
-                pp.open = False
+                await asyncio.wait_for(self._commit(pp, states, offset), self.timeout_s)
             except FENCED as exc:
                 result = "fenced"
                 log.debug("transaction of %s fenced: %r", tp, exc)
             except TimeoutError:
                 result = "timeout"
                 log.warning(
-                    "the transaction of %s did not end within %.0f s: aborted (its producer "
+                    "the transaction of %s did not end within %.0f s: abandoned (its producer "
                     "is discarded; the partition is restored from its last commit)",
                     tp,
                     self.timeout_s,
                 )
             except Exception as exc:
-                result = "fenced" if isinstance(pp.failure, FENCED) else "aborted"
-                if result == "aborted":
-                    log.warning(
-                        "the transaction of %s failed (%r): aborted, the partition is restored "
-                        "from its last commit",
-                        tp,
-                        exc,
-                    )
+                result, cause = "aborted", exc
+                log.warning(
+                    "the transaction of %s failed (%r): aborted, the partition is restored "
+                    "from its last commit",
+                    tp,
+                    exc,
+                )
         self._metrics.transactions.labels(result).inc()
         self._metrics.transaction_seconds.observe(time.perf_counter() - t0)
         if result != "committed":
             if result == "aborted":
-                await self.abort(tp)
-            await self.discard(tp)
+                await self._abort(pp)
+            await self.discard(tp, pp)
+        if cause is not None and _permanent(cause):
+            raise TransactionError(
+                f"producing to the transaction of {tp.topic}/{tp.partition} failed in a way "
+                f"that retrying cannot fix: {cause!r}"
+            ) from cause
         return result
 
-    async def abort(self, tp: TopicPartition) -> None:
-        """Abort ``tp``'s open transaction within the timeout; never raises (a producer that
-        cannot abort is discarded by the caller, and the next start of its id aborts)."""
-        pp = self._live.get(tp)
-        if pp is None or not pp.open:
+    async def _commit(
+        self,
+        pp: PartitionProducer,
+        states: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]],
+        offset: int | None,
+    ) -> None:
+        if pp.failure is not None:
+            raise pp.failure
+        await pp.begin()
+        if states:
+            futures = await pp.states.write_partitioned({pp.tp.partition: states})
+            await asyncio.gather(*futures)
+        if offset is not None:
+            await pp.producer.send_offsets_to_transaction({pp.tp: offset}, self._group)
+        await pp.producer.commit_transaction()
+        pp.open = False
+
+    async def _abort(self, pp: PartitionProducer) -> None:
+        """Abort ``pp``'s open transaction within the timeout; never raises (a producer that
+        cannot abort -- fenced, broken -- is discarded, and the next start of its id
+        aborts)."""
+        if not pp.open:
             return
         with contextlib.suppress(Exception):
             async with pp.lock:
                 await asyncio.wait_for(pp.producer.abort_transaction(), self.timeout_s)
                 pp.open = False
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A send or commit failure that trying again cannot fix."""
+    return isinstance(exc, (*_PERMANENT, ValueError))  # ValueError: larger than a batch
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

@@ -143,6 +143,16 @@ class FakeTxnProducer(FakeProducer):
         self.pending_offsets = {}
 
 
+class FakeCoordinator:
+    """Counts the rejoins the runtime asks for (a test delivers the rebalance)."""
+
+    def __init__(self) -> None:
+        self.rejoins = 0
+
+    def request_rejoin(self) -> None:
+        self.rejoins += 1
+
+
 class TxnHarness(Harness):
     """:class:`Harness` in exactly-once mode: the group's offsets are the transactions'."""
 
@@ -151,9 +161,16 @@ class TxnHarness(Harness):
         self.broker = FakeTxnBroker()
         # The runtime reads the group's offsets through the consumer: the transactions'.
         self.consumer.offsets = self.broker.offsets
+        self.coordinator = FakeCoordinator()
+        self.consumer._coordinator = self.coordinator  # type: ignore[attr-defined]
 
     async def start(self) -> None:
         await self.proc.start_with(self.consumer, self.producer, self.broker.factory)  # type: ignore[arg-type]
+        await self.proc.on_assigned({TP0, TP1})
+
+    async def rebalance(self) -> None:
+        """The rebalance a rejoin leads to, with the same assignment (eager: all revoked)."""
+        await self.proc.on_revoked({TP0, TP1})
         await self.proc.on_assigned({TP0, TP1})
 
 
@@ -241,6 +258,10 @@ def test_a_failed_send_aborts_its_partition_which_is_consumed_again_from_its_com
             lambda: h.proc.metrics.transactions.labels("aborted")._value.get() == 1,
             "the aborted transaction",
         )
+        # TP0 stops being processed and the member asks the group for a new assignment.
+        assert h.coordinator.rejoins == 1
+        assert not h.proc.ownership.owns(TP0) and TP0 in h.consumer.paused()
+        await h.rebalance()
         await _until(lambda: len(h.broker.outputs()) == 60, "60 committed outputs")
         await h.proc.drain()
         await h.proc.close()
@@ -250,9 +271,9 @@ def test_a_failed_send_aborts_its_partition_which_is_consumed_again_from_its_com
         assert len(outs) == len(set(outs)) == 60
         assert h.broker.offsets == {TP0: 40, TP1: 20}
         _assert_each_transaction_covers_exactly_its_offsets(h)
-        # A fresh producer of TP0's id took over (it fenced the discarded one).
+        # At the new assignment fresh producers took over (each fenced the previous one).
         assert h.broker.epochs[transactional_id(GROUP, TP0)] == 1
-        assert h.broker.epochs[transactional_id(GROUP, TP1)] == 0
+        assert h.broker.epochs[transactional_id(GROUP, TP1)] == 1
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(go())
@@ -277,7 +298,7 @@ def test_a_fenced_partition_stops_being_owned_and_the_others_go_on(
         )
         await _until(lambda: len(h.broker.outputs()) == 20, "TP1's outputs committed")
         assert not h.proc.ownership.owns(TP0) and h.proc.ownership.owns(TP1)
-        assert TP0 in h.consumer.paused()
+        assert TP0 in h.consumer.paused() and h.coordinator.rejoins == 1
         _feed(h, range(10, 12), ((TP1, "b"),))
         await _until(lambda: len(h.broker.outputs()) == 22, "TP1 goes on")
         await h.proc.drain()
@@ -289,7 +310,7 @@ def test_a_fenced_partition_stops_being_owned_and_the_others_go_on(
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(go())
-    fenced = [r.getMessage() for r in caplog.records if "fenced out of partition" in r.getMessage()]
+    fenced = [m for r in caplog.records if "fenced out of partition" in (m := r.getMessage())]
     assert len(fenced) == 1 and f"{IN}" in fenced[0]
 
 
