@@ -410,3 +410,81 @@ def test_emit_routes_each_record_through_its_partitions_transaction_and_drops_st
         assert emitted.outputs == 1 and emitted.reasons == ["non_finite"]
 
     asyncio.run(go())
+
+
+class _FailingPipeline:
+    """Steps fail (as an engine error would); calls run at once."""
+
+    def step(self, records: Any, then: Any = None) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future[Any] = Future()
+        fut.set_exception(RuntimeError("engine failed"))
+        return fut
+
+    def call(self, fn: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future[Any] = Future()
+        fut.set_result(fn(None))
+        return fut
+
+
+class _RecordingCheckpoint:
+    """arm()/finish() as the dispatcher calls them; finish answers True."""
+
+    def __init__(self) -> None:
+        self.armed = 0
+        self.finished = 0
+
+    def arm(self) -> Any:
+        self.armed += 1
+        return object()
+
+    async def finish(self, barrier: Any, partitions: Any) -> bool:
+        self.finished += 1
+        return True
+
+
+def test_checkpoint_requests_are_answered_even_when_the_dispatcher_fails() -> None:
+    """A request armed on a batch whose step then fails is answered (False) instead of
+    leaving its caller -- a rebalance callback -- waiting forever; while the dispatcher is not
+    running, a request is served at once."""
+    from processor.kafka.batcher import Batcher
+    from processor.kafka.dispatch import Dispatcher
+    from processor.kafka.items import Item
+    from processor.kafka.ledger import OffsetLedger
+    from processor.kafka.streams import PartitionIndex
+    from processor.records import Record
+
+    async def go() -> None:
+        batcher: Batcher[Item] = Batcher(8, 0.0)
+        checkpoint = _RecordingCheckpoint()
+
+        async def emit(batch: Any, stepped: Any) -> Any:
+            raise AssertionError("nothing is emitted: the step fails")
+
+        dispatcher = Dispatcher(
+            _FailingPipeline(),  # type: ignore[arg-type]
+            batcher,
+            OffsetLedger(),
+            PartitionIndex(),
+            emit,
+            lambda emitted: None,
+            pipeline_depth=2,
+            checkpoint=checkpoint,  # type: ignore[arg-type]
+        )
+        assert await dispatcher.checkpoint() is True  # not running: served at once
+        assert (checkpoint.armed, checkpoint.finished) == (1, 1)
+        run = asyncio.create_task(dispatcher.run())
+        request = asyncio.create_task(dispatcher.checkpoint([TP0]))
+        await asyncio.sleep(0)  # the request is queued before the batch is submitted
+        batcher.add([Item(TP0, 0, 0.0, None, Record("a", 0, np.zeros(2)))])
+        dispatcher.notify()
+        with pytest.raises(RuntimeError, match="engine failed"):
+            await run
+        assert checkpoint.armed == 2, "the request did not ride on the failing batch"
+        assert await asyncio.wait_for(request, 5) is False
+        assert checkpoint.finished == 1
+
+    asyncio.run(go())
