@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -380,6 +381,11 @@ async def bench_visible_latency(
             await admin.close()
 
 
+def _say(msg: str) -> None:
+    """A progress line on stderr (stdout carries the JSON result)."""
+    print(f"eos bench: {msg}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m processor.bench.eos``: prints one JSON object, returns 0."""
     from processor.bench import kafka as kafka_bench
@@ -424,22 +430,26 @@ def main(argv: list[str] | None = None) -> int:
         engine = kafka_bench.bench_engine_only(options, records=args.records, streams=args.streams)
         intervals = []
         for interval in args.intervals_ms:
-            pairs = [
-                measure_pair(
-                    args.bootstrap_servers,
-                    options,
-                    records=args.records,
-                    streams=args.streams,
-                    commit_interval_ms=interval,
-                    eos_first=bool(i % 2),
+            pairs = []
+            for i in range(max(1, args.repeat)):
+                pairs.append(
+                    measure_pair(
+                        args.bootstrap_servers,
+                        options,
+                        records=args.records,
+                        streams=args.streams,
+                        commit_interval_ms=interval,
+                        eos_first=bool(i % 2),
+                    )
                 )
-                for i in range(max(1, args.repeat))
-            ]
+                alos, eos = (p["records_per_s"] for p in pairs[-1])
+                _say(f"{interval} ms pair {i + 1}: {alos:,.0f} vs {eos:,.0f} msg/s")
             intervals.append(summarise_pairs(interval, pairs))
         latency = []
         if args.latency_seconds > 0:
             for interval in args.intervals_ms:
                 for guarantee in (AT_LEAST_ONCE, EXACTLY_ONCE):
+                    _say(f"latency, {guarantee}, {interval} ms")
                     latency.append(
                         asyncio.run(
                             bench_visible_latency(
