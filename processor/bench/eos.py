@@ -26,7 +26,6 @@ used by the measurements and tested without a broker.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -390,17 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m processor.bench.eos``: prints one JSON object, returns 0."""
     from processor.bench import kafka as kafka_bench
 
-    parser = argparse.ArgumentParser(
-        prog="python -m processor.bench.eos",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--bootstrap-servers", required=True, help="a broker to use")
-    parser.add_argument(
-        "--model", default=None, help="model file (default: a random 2x256 LSTM on 32 features)"
-    )
-    parser.add_argument("--records", type=int, default=200_000, help="records (default 200000)")
-    parser.add_argument("--streams", type=int, default=2048, help="streams (default 2048)")
+    parser = kafka_bench.module_parser("python -m processor.bench.eos", __doc__)
     parser.add_argument(
         "--intervals-ms",
         type=int,
@@ -415,7 +404,6 @@ def main(argv: list[str] | None = None) -> int:
         default=10.0,
         help="paced seconds of each latency run (default 10; 0 = no latency runs)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (default 2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     configure_threads(args.threads, 1)  # before anything runs TensorFlow

@@ -51,6 +51,7 @@ __all__ = [
     "bench_engine_only",
     "main",
     "make_lstm_model",
+    "module_parser",
     "produce_records",
     "synthetic_steps",
 ]
@@ -437,12 +438,11 @@ async def _topic_bytes(bootstrap: str, topic: str, partitions: int) -> int:
         await consumer.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m processor.bench.kafka``: prints one JSON object, returns 0."""
+def module_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every Kafka benchmark module's own command line shares: broker, model,
+    records, streams, TensorFlow threads."""
     parser = argparse.ArgumentParser(
-        prog="python -m processor.bench.kafka",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--bootstrap-servers", required=True, help="a broker to use")
     parser.add_argument(
@@ -450,9 +450,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--records", type=int, default=200_000, help="records (default 200000)")
     parser.add_argument("--streams", type=int, default=2048, help="streams (default 2048)")
+    parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (default 2)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m processor.bench.kafka``: prints one JSON object, returns 0."""
+    parser = module_parser("python -m processor.bench.kafka", __doc__)
     parser.add_argument("--partitions", type=int, default=4, help="input partitions (default 4)")
     parser.add_argument("--max-batch", type=int, default=1024, help="max batch (default 1024)")
-    parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (default 2)")
     parser.add_argument(
         "--repeat",
         type=int,
