@@ -178,9 +178,6 @@ class PartitionProducers:
         self._metrics = metrics
         self._live: dict[TopicPartition, PartitionProducer] = {}
 
-    def __contains__(self, tp: object) -> bool:
-        return tp in self._live
-
     def get(self, tp: TopicPartition) -> PartitionProducer | None:
         """The live producer of ``tp`` (None: not started, or discarded after a failure)."""
         return self._live.get(tp)
