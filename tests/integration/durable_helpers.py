@@ -8,10 +8,15 @@
 * :func:`read_to_end` -- a whole topic up to its current end offsets;
 * :func:`state_last_values` -- the last value per key of a state topic, partition by
   partition (what a compacted topic converges to);
+* :class:`Topics` / :func:`make_topics` -- the input, output and dead-letter topics of one
+  test;
 * :func:`verify_run` -- the verifier: compares everything a run left in Kafka with an
   uninterrupted in-process reference and raises one ``AssertionError`` listing every kind
-  of problem found (with counts and examples);
-* small waits on conditions with deadlines (committed offsets, metrics).
+  of problem found (with counts and examples); :func:`verify_finished_run` -- what every
+  fault test calls at its end: the reference, the verifier, the count of aborted output
+  records and the cleanup of the state topic;
+* the names of the metrics these tests watch, and small waits on conditions with deadlines
+  (committed offsets, metrics).
 
 Durable state, as these tests expect it: ``lstm-stream run`` keeps each stream's state in a
 compacted topic per input topic, ``f"{group}-{input}-state"`` by default (:func:`state_topic`),
@@ -24,14 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +49,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
-from kafka_helpers import FEATURES, RunProcess, http_get, metric_total  # type: ignore[import-not-found]
+from kafka_helpers import (
+    FEATURES,
+    RunProcess,
+    http_get,
+    metric_total,
+    reference_outputs,
+)
 
 from processor.codec import (
     MISSING_KEY,
@@ -59,10 +73,38 @@ ATOL = 1e-6
 REASON_HEADER = "lstm-stream.reason"
 EXAMPLES = 5  # examples per problem kind in a failure message
 
+# Metrics of ``lstm-stream run`` that the fault tests wait on or report (sums over labels
+# unless a label is named).
+OUT = "lstm_stream_records_out_total"
+ASSIGNED = "lstm_stream_assigned_partitions"
+PRODUCERS = "lstm_stream_producers_active"
+COMMITTED = 'lstm_stream_transactions_total{result="committed"}'
+FENCED = 'lstm_stream_transactions_total{result="fenced"}'
+TXN_COUNT = "lstm_stream_transaction_seconds_count"
+
 
 def state_topic(group: str, input_topic: str) -> str:
     """The default name of the state topic of ``input_topic`` for consumer group ``group``."""
     return f"{group}-{input_topic}-state"
+
+
+@dataclass
+class Topics:
+    """The three topics of one test run: input, output and dead letters."""
+
+    source: str
+    out: str
+    dlq: str
+
+
+async def make_topics(factory: Callable[..., Awaitable[str]], inputs: int = 3) -> Topics:
+    """Fresh topics from the ``topic_factory`` fixture: ``inputs`` input partitions, three
+    output partitions, one dead-letter partition (the factory deletes them after the test)."""
+    return Topics(
+        source=await factory(partitions=inputs, prefix="in"),
+        out=await factory(partitions=3, prefix="out"),
+        dlq=await factory(partitions=1, prefix="dlq"),
+    )
 
 
 # ---- workload -----------------------------------------------------------------------------
@@ -609,6 +651,50 @@ async def verify_run(
     return Verified(len(outputs), len(got), len(outputs) - len(got), len(dead), problems)
 
 
+async def verify_finished_run(
+    bootstrap: str,
+    admin: AIOKafkaAdminClient,
+    *,
+    workload: Workload,
+    model: str,
+    group: str,
+    topics: Topics,
+    producer: PacedProducer | None,
+    exact: bool = False,
+) -> tuple[Verified, int]:
+    """The end of a fault test, once every processor of the run has stopped: the
+    uninterrupted reference of ``workload.valid`` through ``model`` (computed now, not while
+    processors run: they need the two cores), :func:`verify_run` of ``topics`` with
+    ``exact``, and a printed summary. Returns what the verifier read and, with ``exact``, the
+    number of output records that only a read_uncommitted reader sees (records of aborted
+    transactions; 0 without ``exact``, where nothing is written in transactions). The state
+    topic the run created is deleted whatever the outcome. ``producer`` is the run's
+    :class:`PacedProducer` (None only if the test failed before it existed)."""
+    try:
+        assert producer is not None
+        t0 = time.monotonic()
+        reference = await asyncio.to_thread(reference_outputs, model, workload.valid)
+        t_ref = time.monotonic() - t0
+        verified = await verify_run(
+            bootstrap, admin, workload=workload, reference=reference, group=group,
+            input_topic=topics.source, output_topic=topics.out, dlq_topic=topics.dlq,
+            partition_of=producer.partition_of, exact=exact,
+        )  # fmt: skip
+        aborted = 0
+        seen = (
+            f"{verified.outputs} outputs ({verified.redelivered} re-delivered copies), "
+            f"{verified.dead_letters} dead letters"
+        )
+        if exact:
+            raw = await read_to_end(bootstrap, topics.out, isolation_level="read_uncommitted")
+            aborted = len(raw) - verified.outputs
+            seen += f" read_committed; {aborted} more output records read_uncommitted (aborted)"
+        print(f"verified{' exactly once' if exact else ''}: {seen}; reference {t_ref:.0f} s")
+        return verified, aborted
+    finally:
+        await delete_topics_quietly(admin, [state_topic(group, topics.source)])
+
+
 def _fmt(y: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.5f}" for v in np.ravel(y)) + "]"
 
@@ -658,18 +744,18 @@ def run_args(
     bootstrap: str,
     model: str,
     *,
-    source: str,
-    output: str,
-    dlq: str,
+    topics: Topics,
     group: str,
     commit_interval_ms: int = 1000,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """``lstm-stream run`` flags of these tests: small batches, one thread, the default
-    processing guarantee (at-least-once) and the default state topic name."""
+    processing guarantee (at-least-once) unless ``extra`` names one, and the default state
+    topic name."""
     return [
-        "--bootstrap-servers", bootstrap, "--input-topic", source, "--output-topic", output,
-        "--dlq-topic", dlq, "--group-id", group, "--model", model, "--max-batch", "64",
+        "--bootstrap-servers", bootstrap, "--input-topic", topics.source,
+        "--output-topic", topics.out, "--dlq-topic", topics.dlq, "--group-id", group,
+        "--model", model, "--max-batch", "64",
         "--cache-capacity", "1024", "--queue-max-records", "512",
         "--commit-interval-ms", str(commit_interval_ms), "--threads", "1",
         "--log-level", "INFO",
@@ -677,6 +763,78 @@ def run_args(
         # for it), without changing anything else.
         "--kafka-option", "consumer.session_timeout_ms=6000", *extra,
     ]  # fmt: skip
+
+
+# ---- killing and restarting -----------------------------------------------------------------
+
+
+class Lives:
+    """The successive lives of one processor: ``lstm-stream run args``, one after the other,
+    each logging to ``log_dir/run<i>.log``. :meth:`start` starts the next life and waits until
+    it is ready (``startups`` records how long that took); :meth:`kill_all` belongs in the
+    test's ``finally``."""
+
+    def __init__(self, args: list[str], log_dir: Path) -> None:
+        self.args = args
+        self.log_dir = log_dir
+        self.procs: list[RunProcess] = []
+        self.startups: list[float] = []
+
+    @property
+    def current(self) -> RunProcess:
+        """The newest life (the one running, unless the test just killed it)."""
+        return self.procs[-1]
+
+    async def start(self) -> RunProcess:
+        proc = RunProcess(self.args, self.log_dir / f"run{len(self.procs)}.log")
+        self.procs.append(proc)
+        t0 = time.monotonic()
+        await proc.wait_ready()
+        self.startups.append(time.monotonic() - t0)
+        return proc
+
+    def kill_all(self) -> None:
+        """SIGKILL every life still running."""
+        for proc in self.procs:
+            proc.kill()
+
+
+def kill_thresholds(seed: int, kills: int, low: int, high: int) -> list[int]:
+    """Output counts at which to kill ``kills`` successive lives, in a seeded random order:
+    one 0 (killed as soon as it is ready: mid-restore or first fetch) and ``kills - 1``
+    counts from ``low`` to ``high`` (not aligned with any commit interval)."""
+    rng = random.Random(seed)
+    thresholds = [0, *(rng.randint(low, high) for _ in range(kills - 1))]
+    rng.shuffle(thresholds)
+    return thresholds
+
+
+async def kill_and_restart(
+    lives: Lives,
+    producer: PacedProducer,
+    thresholds: Sequence[int],
+    after_kill: Callable[[], Awaitable[None]] | None = None,
+) -> list[int]:
+    """The kill loop of the fault tests, started with one ready life and a ``producer``
+    whose budget is its first share of the records (``len(records) // (kills + 1)``): for
+    each threshold, until the current life has given that many outputs, then SIGKILL (it
+    must die of it), ``after_kill`` (what the test observes with no processor running), a
+    new life, and the producer's budget raised by one more share, so input arrives during
+    every life. Returns the records acknowledged at each kill. The last life is left
+    running (``lives.current``) with the producer's budget at the end of the records."""
+    n = len(producer.records)
+    sent_at_kills: list[int] = []
+    for k, threshold in enumerate(thresholds):
+        proc = lives.current
+        await wait_metric(proc, OUT, partial(operator.le, threshold), 120, f"{threshold} outputs")
+        proc.signal(signal.SIGKILL)
+        sent_at_kills.append(producer.sent)
+        assert await proc.wait() == -signal.SIGKILL
+        if after_kill is not None:
+            await after_kill()
+        await lives.start()
+        producer.allow(n * (k + 2) // (len(thresholds) + 1))
+    return sent_at_kills
 
 
 async def delete_topics_quietly(admin: AIOKafkaAdminClient, names: Sequence[str]) -> None:

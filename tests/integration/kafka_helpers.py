@@ -205,7 +205,50 @@ class SteppedProducer:
         return self.steps
 
 
+def transactional_producer(bootstrap: str, transactional_id: str) -> AIOKafkaProducer:
+    """An unstarted transactional producer, idempotent with ``acks="all"`` (what
+    transactions require, and how the processor's own transactional producers run)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        acks="all",
+    )
+
+
 # ---- reading ------------------------------------------------------------------------------
+
+
+def topic_reader(bootstrap: str, isolation_level: str = "read_committed") -> AIOKafkaConsumer:
+    """An unstarted consumer outside any group for tests that ``assign()`` the partitions
+    they read: it starts at the earliest offset and commits nothing. ``read_committed`` (the
+    default) sees committed transactions only; ``read_uncommitted`` sees every record in the
+    log, aborted ones included."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level=isolation_level,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+
+
+def group_member(
+    bootstrap: str, group: str, *topics: str, isolation_level: str = "read_uncommitted"
+) -> AIOKafkaConsumer:
+    """An unstarted member of consumer group ``group`` (subscribed to ``topics`` if any, else
+    the caller subscribes), starting at the earliest offset where the group has none and
+    committing nothing by itself; a short heartbeat interval so that rebalances settle
+    quickly."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=isolation_level,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=500,
+    )
 
 
 async def read_topic(
@@ -218,9 +261,7 @@ async def read_topic(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from the beginning, read until ``until(records)`` holds
     (fails the test after ``timeout``), then ``settle`` seconds more to catch extras."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
+    consumer = topic_reader(bootstrap, "read_uncommitted")
     await consumer.start()
     out: list[ConsumerRecord[bytes, bytes]] = []
     try:

@@ -6,11 +6,15 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import ConsumerRecord
+from kafka_helpers import group_member, topic_reader, transactional_producer
+
+TopicFactory = Callable[..., Awaitable[str]]
 
 
 async def _consume(
@@ -38,7 +42,7 @@ async def test_cluster_metadata(kafka_bootstrap: str, admin_client: AIOKafkaAdmi
 
 
 async def test_topic_factory_creates_partitions(
-    topic_factory, admin_client: AIOKafkaAdminClient
+    topic_factory: TopicFactory, admin_client: AIOKafkaAdminClient
 ) -> None:
     topic = await topic_factory(partitions=4)
     assert topic in await admin_client.list_topics()
@@ -47,7 +51,7 @@ async def test_topic_factory_creates_partitions(
 
 
 async def test_produce_consume_with_group(
-    kafka_bootstrap: str, topic_factory, unique_group
+    kafka_bootstrap: str, topic_factory: TopicFactory, unique_group: str
 ) -> None:
     topic = await topic_factory(partitions=3)
     sent = {f"k{i}".encode(): f"v{i}".encode() for i in range(30)}
@@ -61,13 +65,7 @@ async def test_produce_consume_with_group(
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=unique_group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = group_member(kafka_bootstrap, unique_group, topic)
     await consumer.start()
     try:
         records = await _consume(consumer, len(sent))
@@ -88,13 +86,7 @@ async def test_produce_consume_with_group(
     # The group remembers its position: a new member of the same group gets nothing old.
     for tp, end in ends.items():
         assert end == len(by_partition.get(tp.partition, []))
-    consumer2 = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=kafka_bootstrap,
-        group_id=unique_group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer2 = group_member(kafka_bootstrap, unique_group, topic)
     await consumer2.start()
     try:
         await consumer2.getmany(timeout_ms=1000)  # joins the group
@@ -106,22 +98,11 @@ async def test_produce_consume_with_group(
 
 
 async def test_group_splits_partitions_between_members(
-    kafka_bootstrap: str, topic_factory, unique_group
+    kafka_bootstrap: str, topic_factory: TopicFactory, unique_group: str
 ) -> None:
     topic = await topic_factory(partitions=4)
 
-    def member() -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=kafka_bootstrap,
-            group_id=unique_group,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            session_timeout_ms=10000,
-            heartbeat_interval_ms=500,
-        )
-
-    a, b = member(), member()
+    a, b = (group_member(kafka_bootstrap, unique_group, topic) for _ in range(2))
     await a.start()
     await b.start()
     try:
@@ -140,7 +121,7 @@ async def test_group_splits_partitions_between_members(
 
 
 async def test_transaction_commits_outputs_and_offsets_atomically(
-    kafka_bootstrap: str, topic_factory, unique_group
+    kafka_bootstrap: str, topic_factory: TopicFactory, unique_group: str
 ) -> None:
     """Consume-transform-produce: outputs + input offsets in one transaction; an aborted
     transaction leaves neither outputs (for read_committed) nor offsets behind."""
@@ -156,20 +137,9 @@ async def test_transaction_commits_outputs_and_offsets_atomically(
     finally:
         await plain.stop()
 
-    txn_producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap,
-        transactional_id=f"txn-{uuid.uuid4().hex}",
-        enable_idempotence=True,
-        acks="all",
-    )
+    txn_producer = transactional_producer(kafka_bootstrap, f"txn-{uuid.uuid4().hex}")
     await asyncio.wait_for(txn_producer.start(), 60)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap,
-        group_id=unique_group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
+    consumer = group_member(kafka_bootstrap, unique_group, isolation_level="read_committed")
     await consumer.start()
     try:
         consumer.assign([tp_in])
@@ -200,9 +170,7 @@ async def test_transaction_commits_outputs_and_offsets_atomically(
         await txn_producer.stop()
 
     # Offsets: only the committed transaction's offset is the group's.
-    checker = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap, group_id=unique_group, enable_auto_commit=False
-    )
+    checker = group_member(kafka_bootstrap, unique_group)
     await checker.start()
     try:
         assert await checker.committed(tp_in) == 3
@@ -210,18 +178,8 @@ async def test_transaction_commits_outputs_and_offsets_atomically(
         await checker.stop()
 
     tp_out = TopicPartition(sink, 0)
-    committed_reader = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    uncommitted_reader = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap,
-        isolation_level="read_uncommitted",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    committed_reader = topic_reader(kafka_bootstrap)
+    uncommitted_reader = topic_reader(kafka_bootstrap, "read_uncommitted")
     await committed_reader.start()
     await uncommitted_reader.start()
     try:
@@ -249,21 +207,14 @@ async def test_transaction_commits_outputs_and_offsets_atomically(
 
 
 async def test_open_transaction_hides_records_until_commit(
-    kafka_bootstrap: str, topic_factory
+    kafka_bootstrap: str, topic_factory: TopicFactory
 ) -> None:
     """read_committed stops at the last stable offset while a transaction is open."""
     topic = await topic_factory(partitions=1)
     tp = TopicPartition(topic, 0)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, transactional_id=f"txn-{uuid.uuid4().hex}"
-    )
+    producer = transactional_producer(kafka_bootstrap, f"txn-{uuid.uuid4().hex}")
     await asyncio.wait_for(producer.start(), 60)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    reader = topic_reader(kafka_bootstrap)
     await reader.start()
     try:
         reader.assign([tp])
@@ -278,7 +229,7 @@ async def test_open_transaction_hides_records_until_commit(
 
 
 async def test_new_transactional_producer_fences_the_old_one(
-    kafka_bootstrap: str, topic_factory
+    kafka_bootstrap: str, topic_factory: TopicFactory
 ) -> None:
     """Starting a producer with the same transactional_id aborts the old one's open
     transaction and fences it (the zombie-fencing the processor's EOS design relies on)."""
@@ -286,9 +237,9 @@ async def test_new_transactional_producer_fences_the_old_one(
     tp = TopicPartition(topic, 0)
     txn_id = f"txn-{uuid.uuid4().hex}"
 
-    old = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+    old = transactional_producer(kafka_bootstrap, txn_id)
     await asyncio.wait_for(old.start(), 60)
-    new = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+    new = transactional_producer(kafka_bootstrap, txn_id)
     try:
         await old.begin_transaction()
         await old.send_and_wait(topic, b"zombie")
@@ -308,12 +259,7 @@ async def test_new_transactional_producer_fences_the_old_one(
         with contextlib.suppress(ProducerFenced):
             await old.stop()
 
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=kafka_bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    reader = topic_reader(kafka_bootstrap)
     await reader.start()
     try:
         reader.assign([tp])

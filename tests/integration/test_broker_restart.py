@@ -20,23 +20,23 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from durable_helpers import (  # type: ignore[import-not-found]
+from durable_helpers import (
+    COMMITTED,
+    OUT,
     PacedProducer,
     PrivateBroker,
-    delete_topics_quietly,
+    make_topics,
     make_workload,
     metric,
     open_transactions,
     run_args,
-    state_topic,
-    verify_run,
+    verify_finished_run,
     wait_committed_to_end,
     wait_metric,
 )
-from kafka_helpers import (  # type: ignore[import-not-found]
+from kafka_helpers import (
     RunProcess,
     no_leftover_tasks,
-    reference_outputs,
     tiny_model,
 )
 
@@ -46,9 +46,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
 ]
-
-OUT = "lstm_stream_records_out_total"
-COMMITTED = 'lstm_stream_transactions_total{result="committed"}'
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +79,18 @@ async def test_broker_sigkill_and_restart_under_a_running_processor(
 ) -> None:
     workload = make_workload(57, streams=120, records=6_000, prefix="b")
     n = len(workload.records)
-    source = await topic_factory(partitions=3, prefix="in")
-    out = await topic_factory(partitions=3, prefix="out")
-    dlq = await topic_factory(partitions=1, prefix="dlq")
+    topics = await make_topics(topic_factory)
     exact = guarantee == "exactly-once"
     # Exactly-once: a longer interval, so the broker most likely dies with a transaction open.
-    args = run_args(kafka_bootstrap, tiny_model, source=source, output=out, dlq=dlq,
-                    group=unique_group, commit_interval_ms=3000 if exact else 1000,
+    args = run_args(kafka_bootstrap, tiny_model, topics=topics, group=unique_group,
+                    commit_interval_ms=3000 if exact else 1000,
                     extra=["--processing-guarantee", guarantee])  # fmt: skip
     producer: PacedProducer | None = None
     t_start = time.monotonic()
     proc = RunProcess(args, tmp_path / "run.log")
     try:
         await proc.wait_ready()
-        producer = PacedProducer(kafka_bootstrap, source, workload.records, rate=250,
+        producer = PacedProducer(kafka_bootstrap, topics.source, workload.records, rate=250,
                                  budget=n // 2)  # fmt: skip
         await wait_metric(proc, OUT, lambda v: v >= n // 4, 120, "the processor under way")
         if exact:  # transactions commit before the outage
@@ -104,7 +99,7 @@ async def test_broker_sigkill_and_restart_under_a_running_processor(
         await producer.wait_paused()
         # What read_committed readers cannot see yet when the broker dies (printed: a
         # transaction that was open may commit after the restart or be aborted and redone).
-        unstable = await open_transactions(kafka_bootstrap, out)
+        unstable = await open_transactions(kafka_bootstrap, topics.out)
         t_kill = time.monotonic()
         await asyncio.to_thread(private_broker.kill)
         await asyncio.to_thread(private_broker.start)  # same data directory, same ports
@@ -114,7 +109,7 @@ async def test_broker_sigkill_and_restart_under_a_running_processor(
         # The processor rides the outage out: it must neither exit nor need a restart.
         await producer.finish()
         await wait_committed_to_end(
-            admin_client, kafka_bootstrap, unique_group, source, timeout=180, alive=[proc]
+            admin_client, kafka_bootstrap, unique_group, topics.source, timeout=180, alive=[proc]
         )
         transactions = await metric(proc, "lstm_stream_transactions_total")
         assert await proc.terminate() == 0, proc.text()
@@ -129,12 +124,7 @@ async def test_broker_sigkill_and_restart_under_a_running_processor(
         f"in open transactions at the kill, by partition: {unstable}); "
         f"{time.monotonic() - t_start:.0f} s"
     )
-    try:
-        reference = await asyncio.to_thread(reference_outputs, tiny_model, workload.valid)
-        await verify_run(
-            kafka_bootstrap, admin_client, workload=workload, reference=reference,
-            group=unique_group, input_topic=source, output_topic=out, dlq_topic=dlq,
-            partition_of=producer.partition_of, exact=exact,
-        )  # fmt: skip
-    finally:
-        await delete_topics_quietly(admin_client, [state_topic(unique_group, source)])
+    await verify_finished_run(
+        kafka_bootstrap, admin_client, workload=workload, model=tiny_model, group=unique_group,
+        topics=topics, producer=producer, exact=exact,
+    )  # fmt: skip

@@ -15,42 +15,46 @@ baseline: the same kind of input through a processor that is never interrupted.
 
 Every processor runs with the defaults of the durable state (at-least-once, the state topic
 named after the group and the input topic), a 1 s commit interval and the broker's minimum
-session timeout (a SIGKILLed member leaves the group after 6 s instead of 10 s).
+session timeout (a SIGKILLed member leaves the group after 6 s instead of 10 s); the
+rebalance test runs once more in exactly-once mode, where a read_committed reader must see
+every output and dead letter exactly once (the verifier's ``exact``) and each member must run
+one transactional producer per partition it owns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import operator
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from durable_helpers import (  # type: ignore[import-not-found]
+from durable_helpers import (
+    ASSIGNED,
+    COMMITTED,
+    OUT,
+    PRODUCERS,
+    Lives,
     PacedProducer,
     Workload,
-    delete_topics_quietly,
+    kill_and_restart,
+    kill_thresholds,
+    make_topics,
     make_workload,
     metric,
     peak_rss_mib,
     run_args,
-    state_topic,
-    verify_run,
+    verify_finished_run,
     wait_committed_to_end,
     wait_metric,
 )
-from kafka_helpers import (  # type: ignore[import-not-found]
+from kafka_helpers import (
     FEATURES,
     RunProcess,
     no_leftover_tasks,
-    reference_outputs,
     tiny_model,
 )
 
@@ -62,9 +66,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
 ]
-
-OUT = "lstm_stream_records_out_total"
-ASSIGNED = "lstm_stream_assigned_partitions"
 
 
 async def test_uninterrupted_run_matches_the_reference(
@@ -79,27 +80,24 @@ async def test_uninterrupted_run_matches_the_reference(
     records) through one processor that is never interrupted meets every check of the
     verifier, so a failure of a fault test is the fault's doing."""
     workload = make_workload(3, streams=60, records=3_000, prefix="u")
-    source = await topic_factory(partitions=3, prefix="in")
-    out = await topic_factory(partitions=3, prefix="out")
-    dlq = await topic_factory(partitions=1, prefix="dlq")
-    args = run_args(kafka_bootstrap, tiny_model, source=source, output=out, dlq=dlq,
-                    group=unique_group)  # fmt: skip
+    topics = await make_topics(topic_factory)
+    args = run_args(kafka_bootstrap, tiny_model, topics=topics, group=unique_group)
     proc = RunProcess(args, tmp_path / "run.log")
     producer: PacedProducer | None = None
     try:
         await proc.wait_ready()
-        producer = PacedProducer(kafka_bootstrap, source, workload.records, rate=1000)
+        producer = PacedProducer(kafka_bootstrap, topics.source, workload.records, rate=1000)
         await producer.finish()
         await wait_committed_to_end(
-            admin_client, kafka_bootstrap, unique_group, source, timeout=120, alive=[proc]
+            admin_client, kafka_bootstrap, unique_group, topics.source, timeout=120, alive=[proc]
         )
         assert await proc.terminate() == 0, proc.text()
     finally:
         if producer is not None:
             await producer.close()
         proc.kill()
-    await _verify(kafka_bootstrap, admin_client, workload, tiny_model, unique_group, source,
-                  out, dlq, producer)  # fmt: skip
+    await verify_finished_run(kafka_bootstrap, admin_client, workload=workload, model=tiny_model,
+                              group=unique_group, topics=topics, producer=producer)  # fmt: skip
 
 
 async def test_kill_9_loop_resumes_every_stream_from_its_durable_state(
@@ -113,75 +111,61 @@ async def test_kill_9_loop_resumes_every_stream_from_its_durable_state(
     """SIGKILL at seeded random output counts (not aligned with the 1 s checkpoints), a
     restart after each, input arriving all along; then one last run to the end and SIGTERM.
     """
-    seed = 9
     kills = 5
-    workload = make_workload(seed, streams=240, records=21_000)
+    workload = make_workload(9, streams=240, records=21_000)
     assert len(workload.valid) >= 20_000 and workload.resets and workload.ends
     assert workload.reborn and len(workload.bad) >= 200
-    source = await topic_factory(partitions=3, prefix="in")
-    out = await topic_factory(partitions=3, prefix="out")
-    dlq = await topic_factory(partitions=1, prefix="dlq")
-    args = run_args(kafka_bootstrap, tiny_model, source=source, output=out, dlq=dlq,
-                    group=unique_group)  # fmt: skip
-    rng = random.Random(seed)
-    # Outputs of a life before its kill: 0 (killed right after it is ready: mid-restore or
-    # first fetch), small (within the first checkpoint), larger (several checkpoints).
-    thresholds = [0, *(rng.randint(1, 1500) for _ in range(kills - 1))]
-    rng.shuffle(thresholds)
-
-    lives: list[RunProcess] = []
-    startups: list[float] = []
-    producer: PacedProducer | None = None
-
-    async def start() -> RunProcess:
-        proc = RunProcess(args, tmp_path / f"run{len(lives)}.log")
-        lives.append(proc)
-        t0 = time.monotonic()
-        await proc.wait_ready()
-        startups.append(time.monotonic() - t0)
-        return proc
-
+    topics = await make_topics(topic_factory)
+    lives = Lives(run_args(kafka_bootstrap, tiny_model, topics=topics, group=unique_group),
+                  tmp_path)  # fmt: skip
+    # Outputs of a life before its kill: 0, small (within the first checkpoint), larger
+    # (several checkpoints).
+    thresholds = kill_thresholds(9, kills, 1, 1500)
     n = len(workload.records)
-    sent_at_kills: list[int] = []
+    producer: PacedProducer | None = None
     t_start = time.monotonic()
     try:
-        proc = await start()
-        # Each life gets its share of new input, arriving while it runs (and is killed).
-        producer = PacedProducer(kafka_bootstrap, source, workload.records, rate=600,
+        await lives.start()
+        producer = PacedProducer(kafka_bootstrap, topics.source, workload.records, rate=600,
                                  budget=n // (kills + 1))  # fmt: skip
-        for k, threshold in enumerate(thresholds):
-            await wait_metric(
-                proc, OUT, partial(operator.le, threshold), 120, f"{threshold} outputs"
-            )
-            proc.signal(signal.SIGKILL)
-            sent_at_kills.append(producer.sent)
-            assert await proc.wait() == -signal.SIGKILL
-            proc = await start()
-            producer.allow(n * (k + 2) // (kills + 1))
+        sent_at_kills = await kill_and_restart(lives, producer, thresholds)
         await producer.finish()
         await wait_committed_to_end(
-            admin_client, kafka_bootstrap, unique_group, source, timeout=180, alive=[proc]
-        )
-        rc = await proc.terminate()
-        assert rc == 0, proc.text()
+            admin_client, kafka_bootstrap, unique_group, topics.source, timeout=180,
+            alive=[lives.current],
+        )  # fmt: skip
+        assert await lives.current.terminate() == 0, lives.current.text()
     finally:
         if producer is not None:
             await producer.close()
-        for p in lives:
-            p.kill()
+        lives.kill_all()
     elapsed = time.monotonic() - t_start
     print(
-        f"\nkill loop: {len(lives)} lives, start-up {[round(s, 1) for s in startups]} s, "
-        f"records produced at the kills {sent_at_kills} of {n}, outputs of each life before "
-        f"its kill >= {thresholds}, {elapsed:.0f} s"
+        f"\nkill loop: {len(lives.procs)} lives, start-up "
+        f"{[round(s, 1) for s in lives.startups]} s, records produced at the kills "
+        f"{sent_at_kills} of {n}, outputs of each life before its kill >= {thresholds}, "
+        f"{elapsed:.0f} s"
     )
     # Input arrived during every life (each kill saw more of it than the previous one).
     assert all(a < b for a, b in itertools.pairwise([0, *sent_at_kills, n])), sent_at_kills
-    await _verify(kafka_bootstrap, admin_client, workload, tiny_model, unique_group, source,
-                  out, dlq, producer)  # fmt: skip
+    await verify_finished_run(kafka_bootstrap, admin_client, workload=workload, model=tiny_model,
+                              group=unique_group, topics=topics, producer=producer)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("guarantee", "seed", "records", "interval_ms"),
+    [
+        # Exactly-once: a smaller input (transactions cost time) and a longer interval, so
+        # that the SIGKILL most likely lands inside open transactions.
+        pytest.param("at-least-once", 31, 9_000, 1000, id="at-least-once"),
+        pytest.param("exactly-once", 37, 5_000, 1500, id="exactly-once"),
+    ],
+)
 async def test_rebalance_1_3_1_keeps_every_stream_state(
+    guarantee: str,
+    seed: int,
+    records: int,
+    interval_ms: int,
     kafka_bootstrap: str,
     topic_factory: Callable[..., Awaitable[str]],
     unique_group: str,
@@ -191,36 +175,59 @@ async def test_rebalance_1_3_1_keeps_every_stream_state(
 ) -> None:
     """One member, then three (two join while input flows), then one again (one leaves with
     SIGTERM, one is SIGKILLed): every stream that moved resumed from its state, so every
-    output equals the uninterrupted reference."""
-    workload = make_workload(31, streams=150, records=9_000, prefix="r")
-    source = await topic_factory(partitions=6, prefix="in")
-    out = await topic_factory(partitions=3, prefix="out")
-    dlq = await topic_factory(partitions=1, prefix="dlq")
-    args = run_args(kafka_bootstrap, tiny_model, source=source, output=out, dlq=dlq,
-                    group=unique_group)  # fmt: skip
+    output equals the uninterrupted reference. Exactly-once, in addition: each member runs
+    one transactional producer per partition it owns and commits transactions (the SIGKILLed
+    one dies with its transactions open), and a read_committed reader sees every output and
+    dead letter exactly once."""
+    exact = guarantee == "exactly-once"
+    workload = make_workload(seed, streams=150, records=records, prefix="e" if exact else "r")
     n = len(workload.records)
-    procs: dict[str, RunProcess] = {}
+    topics = await make_topics(topic_factory, inputs=6)
+    args = run_args(kafka_bootstrap, tiny_model, topics=topics, group=unique_group,
+                    commit_interval_ms=interval_ms,
+                    extra=["--processing-guarantee", guarantee])  # fmt: skip
+    members: dict[str, RunProcess] = {}
     producer: PacedProducer | None = None
     t_start = time.monotonic()
+
+    async def join(*names: str) -> list[RunProcess]:
+        new = [RunProcess(args, tmp_path / f"{name}.log") for name in names]
+        members.update(zip(names, new, strict=True))
+        for p in new:
+            await p.wait_ready()
+        return new
+
+    async def owns(p: RunProcess, count: int, what: str) -> None:
+        """Until ``p`` owns ``count`` partitions (exactly-once: each with its transactional
+        producer)."""
+        await wait_metric(p, ASSIGNED, lambda v: v == count, 90, what)
+        if exact:
+            await wait_metric(p, PRODUCERS, lambda v: v == count, 30, f"{what}: producers")
+
+    async def under_way(p: RunProcess, outputs: int, what: str) -> None:
+        """Until ``p`` has given at least ``outputs`` outputs (exactly-once: and committed
+        a transaction)."""
+        await wait_metric(p, OUT, lambda v: v >= outputs, 120, what)
+        if exact:
+            await wait_metric(p, COMMITTED, lambda v: v > 0, 60, f"{what}: transactions")
+
     try:
-        a = procs["a"] = RunProcess(args, tmp_path / "a.log")
-        await a.wait_ready()
-        producer = PacedProducer(kafka_bootstrap, source, workload.records, rate=200,
+        (a,) = await join("a")
+        producer = PacedProducer(kafka_bootstrap, topics.source, workload.records, rate=200,
                                  budget=n // 4)  # fmt: skip
-        await wait_metric(a, OUT, lambda v: v >= n // 8, 120, "A under way")
+        await under_way(a, n // 8, "A under way")
+        await owns(a, 6, "A alone")
         # B and C join while input flows: a trickle while they start (however long that
         # takes, A must not have consumed everything before they are in), more after.
         producer.set_rate(20)
         producer.allow(2 * n // 3)
         sent_before_join = producer.sent
-        b = procs["b"] = RunProcess(args, tmp_path / "b.log")
-        c = procs["c"] = RunProcess(args, tmp_path / "c.log")
-        for p in (b, c):
-            await p.wait_ready()
+        b, c = await join("b", "c")
         producer.set_rate(300)
+        for p, name in ((a, "A"), (b, "B"), (c, "C")):
+            await owns(p, 2, f"{name} owning its share")
         for p in (b, c):
-            await wait_metric(p, OUT, lambda v: v > 0, 120, "outputs from a new member")
-        await wait_metric(a, ASSIGNED, lambda v: v <= 2, 60, "A down to its share")
+            await under_way(p, 1, "a new member under way")
         assert sent_before_join < producer.sent < n, "no input arrived while B and C joined"
         assert await b.terminate() == 0, b.text()  # leaves gracefully
         producer.allow(5 * n // 6)
@@ -229,19 +236,21 @@ async def test_rebalance_1_3_1_keeps_every_stream_state(
         c.signal(signal.SIGKILL)  # crashes: its partitions move after the session timeout
         assert await c.wait() == -signal.SIGKILL
         await producer.finish()
-        await wait_metric(a, ASSIGNED, lambda v: v == 6, 90, "A alone again")
+        await owns(a, 6, "A alone again")
         await wait_committed_to_end(
-            admin_client, kafka_bootstrap, unique_group, source, timeout=120, alive=[a]
+            admin_client, kafka_bootstrap, unique_group, topics.source, timeout=120, alive=[a]
         )
         assert await a.terminate() == 0, a.text()
     finally:
         if producer is not None:
             await producer.close()
-        for p in procs.values():
+        for p in members.values():
             p.kill()
-    print(f"\nrebalance 1 -> 3 -> 1: {time.monotonic() - t_start:.0f} s")
-    await _verify(kafka_bootstrap, admin_client, workload, tiny_model, unique_group, source,
-                  out, dlq, producer)  # fmt: skip
+    print(f"\n{guarantee} rebalance 1 -> 3 -> 1: {time.monotonic() - t_start:.0f} s")
+    await verify_finished_run(kafka_bootstrap, admin_client, workload=workload, model=tiny_model,
+                              group=unique_group, topics=topics, producer=producer,
+                              exact=exact)  # fmt: skip
+    print(f"{guarantee} rebalance with verification: {time.monotonic() - t_start:.0f} s")
 
 
 async def test_flood_of_streams_beyond_memory_then_some_return(
@@ -274,14 +283,12 @@ async def test_flood_of_streams_beyond_memory_then_some_return(
         w.last[stream] = (1, False)
     w.records.extend(returning)
     w.valid = [v for _, v in w.records]
-    source = await topic_factory(partitions=3, prefix="in")
-    out = await topic_factory(partitions=3, prefix="out")
-    dlq = await topic_factory(partitions=1, prefix="dlq")
+    topics = await make_topics(topic_factory)
     args = run_args(
-        kafka_bootstrap, tiny_model, source=source, output=out, dlq=dlq, group=unique_group,
+        kafka_bootstrap, tiny_model, topics=topics, group=unique_group,
         extra=["--cache-capacity", "256", "--spill-capacity", "1024", "--max-batch", "128"],
     )  # fmt: skip
-    producer = PacedProducer(kafka_bootstrap, source, w.records, rate=1e9, chunk=2000,
+    producer = PacedProducer(kafka_bootstrap, topics.source, w.records, rate=1e9, chunk=2000,
                              budget=n_streams)  # fmt: skip
     proc = RunProcess(args, tmp_path / "flood.log")
     t_start = time.monotonic()
@@ -289,14 +296,14 @@ async def test_flood_of_streams_beyond_memory_then_some_return(
         await proc.wait_ready()
         await producer.wait_sent(n_streams)
         await wait_committed_to_end(
-            admin_client, kafka_bootstrap, unique_group, source, timeout=180, alive=[proc]
+            admin_client, kafka_bootstrap, unique_group, topics.source, timeout=180, alive=[proc]
         )
         t_flood = time.monotonic() - t_start
         lost = await metric(proc, "lstm_stream_state_lost_total")
         on_disk = await metric(proc, "lstm_stream_disk_streams")
         await producer.finish()
         await wait_committed_to_end(
-            admin_client, kafka_bootstrap, unique_group, source, timeout=60, alive=[proc]
+            admin_client, kafka_bootstrap, unique_group, topics.source, timeout=60, alive=[proc]
         )
         rss = peak_rss_mib(proc.popen.pid)
         assert await proc.terminate() == 0, proc.text()
@@ -309,36 +316,5 @@ async def test_flood_of_streams_beyond_memory_then_some_return(
     )
     assert on_disk > 0  # the flood went beyond the device and host tables
     assert lost == 0
-    await _verify(kafka_bootstrap, admin_client, w, tiny_model, unique_group, source, out,
-                  dlq, producer)  # fmt: skip
-
-
-async def _verify(
-    bootstrap: str,
-    admin: AIOKafkaAdminClient,
-    workload: Workload,
-    model: str,
-    group: str,
-    source: str,
-    out: str,
-    dlq: str,
-    producer: PacedProducer | None,
-) -> None:
-    """The reference (computed now, after the processors: they need the two cores), the
-    verifier, and the cleanup of the state topic the processor created."""
-    try:
-        t0 = time.monotonic()
-        reference = await asyncio.to_thread(reference_outputs, model, workload.valid)
-        t_ref = time.monotonic() - t0
-        assert producer is not None
-        verified = await verify_run(
-            bootstrap, admin, workload=workload, reference=reference, group=group,
-            input_topic=source, output_topic=out, dlq_topic=dlq,
-            partition_of=producer.partition_of,
-        )  # fmt: skip
-        print(
-            f"verified: {verified.outputs} outputs ({verified.redelivered} re-delivered "
-            f"copies), {verified.dead_letters} dead letters; reference {t_ref:.0f} s"
-        )
-    finally:
-        await delete_topics_quietly(admin, [state_topic(group, source)])
+    await verify_finished_run(kafka_bootstrap, admin_client, workload=w, model=tiny_model,
+                              group=unique_group, topics=topics, producer=producer)  # fmt: skip

@@ -10,6 +10,9 @@ joining and leaving, and a zombie (a member frozen past its session timeout whil
 partitions moved) that wakes up, is fenced by the new owner's producer and writes nothing
 a read_committed reader can see.
 
+The 1 -> 3 -> 1 rebalance in this mode is a parameter of
+``test_durable_state.test_rebalance_1_3_1_keeps_every_stream_state``.
+
 Every test ends with :func:`durable_helpers.verify_run` with ``exact=True`` (read_committed:
 no gap, no duplicate output, no duplicate dead letter, outputs equal to an uninterrupted
 reference, per-stream order, offsets committed to the end, the state topic's last values),
@@ -23,38 +26,38 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import operator
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from durable_helpers import (  # type: ignore[import-not-found]
+from durable_helpers import (
+    ASSIGNED,
+    COMMITTED,
+    FENCED,
+    OUT,
+    PRODUCERS,
+    TXN_COUNT,
+    Lives,
     PacedProducer,
-    Verified,
-    Workload,
-    delete_topics_quietly,
+    Topics,
+    kill_and_restart,
+    kill_thresholds,
+    make_topics,
     make_workload,
-    metric,
     open_transactions,
-    read_to_end,
     run_args,
-    state_topic,
-    verify_run,
+    verify_finished_run,
     wait_committed_to_end,
     wait_metric,
 )
-from kafka_helpers import (  # type: ignore[import-not-found]
+from kafka_helpers import (
     RunProcess,
     http_get,
     metric_total,
     no_leftover_tasks,
-    reference_outputs,
     tiny_model,
 )
 
@@ -65,71 +68,16 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-OUT = "lstm_stream_records_out_total"
-ASSIGNED = "lstm_stream_assigned_partitions"
-PRODUCERS = "lstm_stream_producers_active"
-COMMITTED = 'lstm_stream_transactions_total{result="committed"}'
-FENCED = 'lstm_stream_transactions_total{result="fenced"}'
-TXN_COUNT = "lstm_stream_transaction_seconds_count"
-
 
 def eos_args(
-    bootstrap: str, model: str, *, source: str, out: str, dlq: str, group: str, interval_ms: int
+    bootstrap: str, model: str, *, topics: Topics, group: str, interval_ms: int
 ) -> list[str]:
     """:func:`durable_helpers.run_args` in exactly-once mode with a commit interval of
     ``interval_ms`` (the default transaction timeout, 30 s, stays above twice it)."""
     return run_args(
-        bootstrap, model, source=source, output=out, dlq=dlq, group=group,
-        commit_interval_ms=interval_ms, extra=["--processing-guarantee", "exactly-once"],
+        bootstrap, model, topics=topics, group=group, commit_interval_ms=interval_ms,
+        extra=["--processing-guarantee", "exactly-once"],
     )  # fmt: skip
-
-
-@dataclass
-class Topics:
-    """The three topics of one test."""
-
-    source: str
-    out: str
-    dlq: str
-
-
-async def make_topics(factory: Callable[..., Awaitable[str]], inputs: int) -> Topics:
-    return Topics(
-        source=await factory(partitions=inputs, prefix="in"),
-        out=await factory(partitions=3, prefix="out"),
-        dlq=await factory(partitions=1, prefix="dlq"),
-    )
-
-
-async def verify_exactly_once(
-    bootstrap: str,
-    admin: AIOKafkaAdminClient,
-    workload: Workload,
-    model: str,
-    group: str,
-    topics: Topics,
-    producer: PacedProducer | None,
-) -> tuple[Verified, int]:
-    """The reference (computed after the processors: they need the two cores), the verifier
-    with ``exact=True``, and the number of output records only a read_uncommitted reader
-    sees (records of aborted transactions); cleans up the state topic the run created."""
-    try:
-        assert producer is not None
-        reference = await asyncio.to_thread(reference_outputs, model, workload.valid)
-        verified = await verify_run(
-            bootstrap, admin, workload=workload, reference=reference, group=group,
-            input_topic=topics.source, output_topic=topics.out, dlq_topic=topics.dlq,
-            partition_of=producer.partition_of, exact=True,
-        )  # fmt: skip
-        uncommitted = await read_to_end(bootstrap, topics.out, isolation_level="read_uncommitted")
-        aborted = len(uncommitted) - verified.outputs
-        print(
-            f"verified exactly once: {verified.outputs} outputs, {verified.dead_letters} dead "
-            f"letters read_committed; {aborted} more output records read_uncommitted (aborted)"
-        )
-        return verified, aborted
-    finally:
-        await delete_topics_quietly(admin, [state_topic(group, topics.source)])
 
 
 async def metrics_of(proc: RunProcess, *names: str) -> dict[str, float] | None:
@@ -159,48 +107,33 @@ async def test_kill_9_inside_open_transactions_loses_and_repeats_nothing(
     each, input arriving all along; then one last run to the end and SIGTERM. Right after
     each kill the output topic's last stable offset is compared with its high watermark: a
     gap is the killed member's open transaction, which its successor must abort."""
-    seed = 19
     kills = 3
-    workload = make_workload(seed, streams=160, records=7_000, prefix="k")
+    workload = make_workload(19, streams=160, records=7_000, prefix="k")
     assert workload.resets and workload.ends and workload.reborn and len(workload.bad) >= 100
-    topics = await make_topics(topic_factory, inputs=3)
-    args = eos_args(kafka_bootstrap, tiny_model, source=topics.source, out=topics.out,
-                    dlq=topics.dlq, group=unique_group, interval_ms=2500)  # fmt: skip
-    rng = random.Random(seed)
-    # Outputs of a life before its kill: 0 (killed as soon as it is ready) and counts that
-    # fall inside the first transactions and later ones (~1,000 records per interval).
-    thresholds = [0, *(rng.randint(50, 1500) for _ in range(kills - 1))]
-    rng.shuffle(thresholds)
+    topics = await make_topics(topic_factory)
+    lives = Lives(eos_args(kafka_bootstrap, tiny_model, topics=topics, group=unique_group,
+                           interval_ms=2500), tmp_path)  # fmt: skip
+    # Outputs of a life before its kill: 0 and counts that fall inside the first
+    # transactions and later ones (~1,000 records per interval).
+    thresholds = kill_thresholds(19, kills, 50, 1500)
     n = len(workload.records)
-    lives: list[RunProcess] = []
     open_at_kill: list[dict[int, int]] = []
-    sent_at_kills: list[int] = []
     producer: PacedProducer | None = None
     t_start = time.monotonic()
 
-    async def start() -> RunProcess:
-        proc = RunProcess(args, tmp_path / f"run{len(lives)}.log")
-        lives.append(proc)
-        await proc.wait_ready()
-        return proc
+    async def observe_open_transactions() -> None:
+        # Nobody writes the output topic now: what read_committed cannot see yet is the
+        # killed member's open transaction.
+        open_at_kill.append(await open_transactions(kafka_bootstrap, topics.out))
 
     try:
-        proc = await start()
+        await lives.start()
         producer = PacedProducer(kafka_bootstrap, topics.source, workload.records, rate=400,
                                  budget=n // (kills + 1))  # fmt: skip
-        for k, threshold in enumerate(thresholds):
-            await wait_metric(
-                proc, OUT, partial(operator.le, threshold), 120, f"{threshold} outputs"
-            )
-            proc.signal(signal.SIGKILL)
-            sent_at_kills.append(producer.sent)
-            assert await proc.wait() == -signal.SIGKILL
-            # Nobody writes the output topic now: what read_committed cannot see yet is
-            # the killed member's open transaction.
-            open_at_kill.append(await open_transactions(kafka_bootstrap, topics.out))
-            proc = await start()
-            producer.allow(n * (k + 2) // (kills + 1))
+        sent_at_kills = await kill_and_restart(lives, producer, thresholds,
+                                               observe_open_transactions)  # fmt: skip
         await producer.finish()
+        proc = lives.current
         await wait_committed_to_end(
             admin_client, kafka_bootstrap, unique_group, topics.source, timeout=180, alive=[proc]
         )
@@ -209,17 +142,18 @@ async def test_kill_9_inside_open_transactions_loses_and_repeats_nothing(
     finally:
         if producer is not None:
             await producer.close()
-        for p in lives:
-            p.kill()
+        lives.kill_all()
     print(
-        f"\nexactly-once kill loop: {len(lives)} lives, outputs before each kill >= "
+        f"\nexactly-once kill loop: {len(lives.procs)} lives, outputs before each kill >= "
         f"{thresholds}, records produced at the kills {sent_at_kills} of {n}, open "
         f"transactions in the output topic right after each kill (partition: records) "
         f"{open_at_kill}; last life's metrics {last}; {time.monotonic() - t_start:.0f} s"
     )
     assert all(a < b for a, b in itertools.pairwise([0, *sent_at_kills, n])), sent_at_kills
-    _, aborted = await verify_exactly_once(kafka_bootstrap, admin_client, workload, tiny_model,
-                                           unique_group, topics, producer)  # fmt: skip
+    _, aborted = await verify_finished_run(
+        kafka_bootstrap, admin_client, workload=workload, model=tiny_model, group=unique_group,
+        topics=topics, producer=producer, exact=True,
+    )  # fmt: skip
     assert any(open_at_kill), "no kill landed inside an open transaction with outputs"
     assert aborted > 0, "no output record of an aborted transaction in the output topic"
     assert last is not None and last[COMMITTED] > 0 and last[TXN_COUNT] > 0, last
@@ -245,8 +179,8 @@ async def test_zombie_member_is_fenced_and_writes_nothing_visible(
     n = len(workload.records)
     topics = await make_topics(topic_factory, inputs=4)
     # A long interval: A is frozen well inside a transaction.
-    args = eos_args(kafka_bootstrap, tiny_model, source=topics.source, out=topics.out,
-                    dlq=topics.dlq, group=unique_group, interval_ms=4000)  # fmt: skip
+    args = eos_args(kafka_bootstrap, tiny_model, topics=topics, group=unique_group,
+                    interval_ms=4000)  # fmt: skip
     procs: list[RunProcess] = []
     producer: PacedProducer | None = None
     t_start = time.monotonic()
@@ -318,83 +252,11 @@ async def test_zombie_member_is_fenced_and_writes_nothing_visible(
         f"transactions {fenced:.0f}; its WARNING lines:\n  " + "\n  ".join(lines)
         + f"\n{time.monotonic() - t_start:.0f} s"
     )  # fmt: skip
-    _, aborted = await verify_exactly_once(kafka_bootstrap, admin_client, workload, tiny_model,
-                                           unique_group, topics, producer)  # fmt: skip
+    _, aborted = await verify_finished_run(
+        kafka_bootstrap, admin_client, workload=workload, model=tiny_model, group=unique_group,
+        topics=topics, producer=producer, exact=True,
+    )  # fmt: skip
     # Every fenced line names the partition it lost (its topic, in whatever form).
     assert all(topics.source in line for line in lines), lines
     assert aborted > 0, "A's open transaction left no aborted output records"
     print(f"zombie with verification: {time.monotonic() - t_start:.0f} s")
-
-
-async def test_rebalance_1_3_1_with_transactions_loses_and_repeats_nothing(
-    kafka_bootstrap: str,
-    topic_factory: Callable[..., Awaitable[str]],
-    unique_group: str,
-    tiny_model: str,
-    tmp_path: Path,
-    admin_client: AIOKafkaAdminClient,
-) -> None:
-    """One member, then three (two join while input flows), then one again (one leaves with
-    SIGTERM, one is SIGKILLed with its transactions open): each member runs one
-    transactional producer per partition it owns, and a read_committed reader sees every
-    output and dead letter exactly once."""
-    workload = make_workload(37, streams=150, records=5_000, prefix="e")
-    n = len(workload.records)
-    topics = await make_topics(topic_factory, inputs=6)
-    args = eos_args(kafka_bootstrap, tiny_model, source=topics.source, out=topics.out,
-                    dlq=topics.dlq, group=unique_group, interval_ms=1500)  # fmt: skip
-    members: dict[str, RunProcess] = {}
-    producer: PacedProducer | None = None
-    t_start = time.monotonic()
-
-    async def join(*names: str) -> list[RunProcess]:
-        new = [RunProcess(args, tmp_path / f"{name}.log") for name in names]
-        members.update(zip(names, new, strict=True))
-        for p in new:
-            await p.wait_ready()
-        return new
-
-    async def owns(p: RunProcess, count: int, what: str) -> None:
-        """Until ``p`` owns ``count`` partitions, each with its transactional producer."""
-        await wait_metric(p, ASSIGNED, lambda v: v == count, 90, what)
-        await wait_metric(p, PRODUCERS, lambda v: v == count, 30, f"{what}: producers")
-
-    try:
-        (a,) = await join("a")
-        producer = PacedProducer(kafka_bootstrap, topics.source, workload.records, rate=200,
-                                 budget=n // 4)  # fmt: skip
-        await wait_metric(a, COMMITTED, lambda v: v > 0, 60, "A's first transactions")
-        await owns(a, 6, "A alone")
-        # A trickle while B and C start (however long that takes, input is still coming
-        # when they are in), more once they are.
-        producer.set_rate(20)
-        producer.allow(2 * n // 3)
-        joined_at = producer.sent
-        b, c = await join("b", "c")
-        producer.set_rate(300)
-        for p, name in ((a, "A"), (b, "B"), (c, "C")):
-            await owns(p, 2, f"{name} owning its share")
-        for p in (b, c):
-            await wait_metric(p, COMMITTED, lambda v: v > 0, 60, "a new member's transactions")
-        assert joined_at < producer.sent < n, "no input arrived while B and C joined"
-        assert await b.terminate() == 0, b.text()
-        producer.allow(5 * n // 6)
-        c_out = await metric(c, OUT)
-        await wait_metric(c, OUT, lambda v: v > c_out, 60, "C goes on")
-        c.signal(signal.SIGKILL)
-        assert await c.wait() == -signal.SIGKILL
-        await producer.finish()
-        await owns(a, 6, "A alone again")
-        await wait_committed_to_end(
-            admin_client, kafka_bootstrap, unique_group, topics.source, timeout=120, alive=[a]
-        )
-        assert await a.terminate() == 0, a.text()
-    finally:
-        if producer is not None:
-            await producer.close()
-        for p in members.values():
-            p.kill()
-    print(f"\nexactly-once rebalance 1 -> 3 -> 1: {time.monotonic() - t_start:.0f} s")
-    await verify_exactly_once(kafka_bootstrap, admin_client, workload, tiny_model, unique_group,
-                              topics, producer)  # fmt: skip
-    print(f"exactly-once rebalance with verification: {time.monotonic() - t_start:.0f} s")

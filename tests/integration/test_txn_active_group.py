@@ -36,7 +36,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalOperation, ProducerFenced
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import ConsumerRecord
-from kafka_helpers import Sent, send_raw
+from kafka_helpers import (
+    Sent,
+    group_member,
+    send_raw,
+    topic_reader,
+    transactional_producer,
+)
 
 TopicFactory = Callable[..., Awaitable[str]]
 
@@ -48,26 +54,16 @@ READ_TIMEOUT_S = 30.0
 # ---- group members ----------------------------------------------------------------------------
 
 
-def _member(bootstrap: str, group: str) -> AIOKafkaConsumer:
-    """A group member that will ``subscribe()`` (so it gets a generation and an assignment),
-    reading committed data only, committing nothing by itself."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=500,
-    )
-
-
 @contextlib.asynccontextmanager
 async def _members(
     bootstrap: str, group: str, topic: str, count: int
 ) -> AsyncIterator[list[AIOKafkaConsumer]]:
-    """``count`` started members of ``group`` subscribed to ``topic``; stopped on exit."""
-    members = [_member(bootstrap, group) for _ in range(count)]
+    """``count`` started members of ``group`` subscribed to ``topic`` (with ``subscribe()``,
+    so that each gets a generation and an assignment), reading committed data only; stopped
+    on exit."""
+    members = [
+        group_member(bootstrap, group, isolation_level="read_committed") for _ in range(count)
+    ]
     try:
         for m in members:
             await m.start()
@@ -129,15 +125,6 @@ def _txn_id(group: str, tp: TopicPartition) -> str:
     return f"{group}-{tp.topic}-{tp.partition}"
 
 
-def _txn_producer(bootstrap: str, transactional_id: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        transactional_id=transactional_id,
-        enable_idempotence=True,
-        acks="all",
-    )
-
-
 async def _process(
     producer: AIOKafkaProducer,
     sink: str,
@@ -159,12 +146,7 @@ async def _read_committed(bootstrap: str, tp: TopicPartition) -> list[bytes]:
     (no open transaction: last stable offset == high watermark) and the reader is at its end.
     Waiting for stability rather than for a count means an unwanted extra record fails the
     caller's equality check instead of going unseen."""
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    reader = topic_reader(bootstrap)
     await reader.start()
     out: list[bytes] = []
     try:
@@ -281,7 +263,7 @@ async def test_txn_offset_commit_accepted_for_group_with_active_members(
         }
 
         for tp in sorted(tps):
-            producer = _txn_producer(kafka_bootstrap, _txn_id(unique_group, tp))
+            producer = transactional_producer(kafka_bootstrap, _txn_id(unique_group, tp))
             await asyncio.wait_for(producer.start(), 60)
             try:
                 await producer.begin_transaction()
@@ -336,9 +318,9 @@ async def test_fenced_producer_commits_neither_offsets_nor_outputs(
         before = _generations(members)
         txn_id = _txn_id(unique_group, tp)
 
-        zombie = _txn_producer(kafka_bootstrap, txn_id)
+        zombie = transactional_producer(kafka_bootstrap, txn_id)
         await asyncio.wait_for(zombie.start(), 60)
-        owner = _txn_producer(kafka_bootstrap, txn_id)
+        owner = transactional_producer(kafka_bootstrap, txn_id)
         try:
             await zombie.begin_transaction()
             for r in read:
@@ -374,9 +356,9 @@ async def test_fenced_producer_commits_neither_offsets_nor_outputs(
 async def _fenced_pair(bootstrap: str) -> tuple[AIOKafkaProducer, AIOKafkaProducer]:
     """(old, new): ``old`` started first; ``new`` is created but not started."""
     txn_id = f"fence-{uuid.uuid4().hex}"
-    old = _txn_producer(bootstrap, txn_id)
+    old = transactional_producer(bootstrap, txn_id)
     await asyncio.wait_for(old.start(), 60)
-    return old, _txn_producer(bootstrap, txn_id)
+    return old, transactional_producer(bootstrap, txn_id)
 
 
 async def _assert_dead(producer: AIOKafkaProducer, topic: str, tp: TopicPartition) -> None:
@@ -469,7 +451,7 @@ async def test_next_owner_init_makes_committed_offsets_readable(
         [member] = members
         read = (await _poll_until_settled(members, _ends(source, sent)))[tp]
         txn_id = _txn_id(unique_group, tp)
-        owner = _txn_producer(kafka_bootstrap, txn_id)
+        owner = transactional_producer(kafka_bootstrap, txn_id)
         await asyncio.wait_for(owner.start(), 60)
         try:
             for i in range(rounds):
@@ -477,7 +459,7 @@ async def test_next_owner_init_makes_committed_offsets_readable(
                 if await member.committed(tp) != i + 1:
                     stale_right_after_commit += 1
                 # The partition changes hands: the next owner starts its producer first.
-                next_owner = _txn_producer(kafka_bootstrap, txn_id)
+                next_owner = transactional_producer(kafka_bootstrap, txn_id)
                 await asyncio.wait_for(next_owner.start(), 60)
                 await owner.stop()  # fenced by now; stops without raising
                 owner = next_owner
@@ -523,7 +505,7 @@ async def test_transaction_costs_on_this_broker(
 
     starts: list[float] = []
     for _ in range(cycles):
-        producer = _txn_producer(kafka_bootstrap, f"init-{uuid.uuid4().hex}")
+        producer = transactional_producer(kafka_bootstrap, f"init-{uuid.uuid4().hex}")
         t0 = time.perf_counter()
         await asyncio.wait_for(producer.start(), 60)
         starts.append(time.perf_counter() - t0)
@@ -531,7 +513,7 @@ async def test_transaction_costs_on_this_broker(
 
     async with _members(kafka_bootstrap, unique_group, source, 1) as members:
         read = (await _poll_until_settled(members, _ends(source, sent)))[tp]
-        producer = _txn_producer(kafka_bootstrap, _txn_id(unique_group, tp))
+        producer = transactional_producer(kafka_bootstrap, _txn_id(unique_group, tp))
         await asyncio.wait_for(producer.start(), 60)
         durations: list[float] = []
         try:
