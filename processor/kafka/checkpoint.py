@@ -18,8 +18,10 @@ revocation and at the end of a drain):
 
 A crash at any point leaves either the previous checkpoint's offsets with states at or ahead
 of them -- the re-delivered records whose ``seq`` is not above the restored one are skipped,
-their outputs already exist -- or this one's. An exactly-once mode would run steps 3 and 4
-in one transaction per partition, with the outputs.
+their outputs already exist -- or this one's. Exactly-once
+(:class:`TransactionalCheckpoint`) runs steps 3 and 4 in one transaction per input partition,
+with the interval's outputs and dead letters, at a barrier the dispatcher places between two
+emissions.
 """
 
 from __future__ import annotations

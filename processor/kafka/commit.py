@@ -8,8 +8,10 @@ already applied while their stream is still cached).
 
 With a state topic the loop runs the :class:`~processor.kafka.checkpoint.Checkpoint` cycle
 instead (states first, then exactly the offsets those states cover), which commits through
-:meth:`CommitLoop.commit_offsets`. An exactly-once mode would wrap that cycle in a
-transaction per partition.
+:meth:`CommitLoop.commit_offsets`. With exactly-once, :meth:`CommitLoop.commit_now` asks the
+dispatcher for a barrier instead, and the
+:class:`~processor.kafka.checkpoint.TransactionalCheckpoint` commits the offsets inside each
+partition's transaction.
 """
 
 from __future__ import annotations

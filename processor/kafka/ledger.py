@@ -8,8 +8,9 @@ last record of the longest prefix of completed tickets -- never beyond a record 
 is not yet acknowledged. Batches take a prefix of each partition's queue, so tickets cover
 each partition's offsets in increasing, contiguous order.
 
-The ledger is the commit loop's only input; an exactly-once commit path (transactions) can
-replace the commit loop and keep using the same tickets (``docs/architecture.md``).
+The ledger is the commit path's only input, in both processing guarantees: exactly-once
+commits the same barrier offsets inside each partition's transaction
+(``docs/architecture.md``).
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ Guarantees:
   finish, a checkpoint is taken and committed; streams of partitions that really moved away
   are forgotten (without a state topic, ``--state-topic none``, a moved stream restarts from
   its initial state on the new owner);
+* with ``--processing-guarantee exactly-once``, each input partition's outputs, dead
+  letters, state records and offsets of one commit interval form one transaction of that
+  partition's own transactional producer (:mod:`~processor.kafka.transactions`): a
+  read_committed reader sees each output once, and a member whose producer was fenced stops
+  processing the partition and rejoins the group;
 * SIGTERM/SIGINT (via the stop event): stop fetching, drain, produce, commit, return.
 """
 
