@@ -311,18 +311,13 @@ class PartitionProducers:
                 result = "timeout"
                 log.warning(
                     "the transaction of %s did not end within %.0f s: abandoned (its producer "
-                    "is discarded; the partition is restored from its last commit)",
+                    "is discarded; the next start of its id aborts it)",
                     tp,
                     self.timeout_s,
                 )
             except Exception as exc:
                 result, cause = "aborted", exc
-                log.warning(
-                    "the transaction of %s failed (%r): aborted, the partition is restored "
-                    "from its last commit",
-                    tp,
-                    exc,
-                )
+                log.warning("the transaction of %s failed (%r): aborted", tp, exc)
         self._metrics.transactions.labels(result).inc()
         self._metrics.transaction_seconds.observe(time.perf_counter() - t0)
         if result != "committed":
