@@ -48,10 +48,17 @@ from processor.demo_live import PROGRESS_INTERVAL_S as PROGRESS_INTERVAL_S
 from processor.demo_live import LatencyHistogram as LatencyHistogram
 from processor.demo_live import LiveRun as _Run
 from processor.demo_live import mse as _mse
-from processor.demo_report import DemoSummary, ForecastErrors, format_summary, sample_history
+from processor.demo_report import (
+    DemoSummary,
+    ForecastErrors,
+    format_summary,
+    sample_history,
+    write_summary_json,
+)
 from processor.demo_report import describe_model as _describe_model
 from processor.demo_report import evaluate_sample as _evaluate_sample
 from processor.demo_report import offline_diff as _offline_diff
+from processor.demo_report import summary_record as summary_record
 from processor.engine import configure_threads
 from processor.errors import ConfigError
 from processor.example import TrainConfig, format_metrics
@@ -260,6 +267,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of messages delivered twice (the engine must drop the copies)",
     )
     g.add_argument(
+        "--summary-json",
+        metavar="PATH",
+        default=None,
+        help="also write the summary's figures (throughput, batches, latency percentiles, the "
+        "error table, the offline agreement) to PATH as one JSON object, for scripts and CI",
+    )
+    g.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -299,8 +313,9 @@ def _sigint_sets(event: threading.Event) -> Iterator[None]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the demo from parsed flags, print the summary on stdout. Exit code 0 (2 for bad
-    settings)."""
+    """Run the demo from parsed flags, print the summary on stdout (and, with
+    ``--summary-json``, write :func:`summary_record` there). Exit code 0; 2 for bad settings,
+    1 when the JSON file cannot be written."""
     try:
         config = config_from_args(args)
         config.check()
@@ -326,4 +341,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     print(format_summary(summary))
+    json_path = getattr(args, "summary_json", None)
+    if json_path is not None:
+        try:
+            write_summary_json(summary, json_path)
+        except OSError as exc:
+            print(f"error: cannot write --summary-json {json_path}: {exc}", file=sys.stderr)
+            return 1
     return 0

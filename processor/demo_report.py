@@ -18,7 +18,11 @@ summary for the terminal.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +93,16 @@ class DemoSummary:
     def throughput(self) -> float:
         """Generated messages per second of live traffic."""
         return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def input_mb_per_s(self) -> float:
+        """Input record bytes (redelivered copies included) per second, in MB (10^6 bytes)."""
+        return self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def output_mb_per_s(self) -> float:
+        """Output record bytes per second, in MB (10^6 bytes)."""
+        return self.output_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
 def sample_history(meter: Meter) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -189,7 +203,109 @@ def _f(v: float | None, spec: str = ".5f") -> str:
 
 
 def _ratio(a: float | None, b: float | None) -> str:
-    return f"{b / a:.1f}x" if a and b is not None else "n/a"
+    r = _ratio_value(a, b)
+    return "n/a" if r is None else f"{r:.1f}x"
+
+
+def _ratio_value(a: float | None, b: float | None) -> float | None:
+    """How many times ``a`` (the kept-state error) is below ``b``; None when undefined."""
+    return b / a if a and b is not None else None
+
+
+def _number(v: float | None) -> float | None:
+    # JSON has no NaN or infinity (strict parsers reject them): an undefined figure is null.
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _errors_record(e: ForecastErrors) -> dict[str, Any]:
+    return {
+        "streams": e.streams,
+        "pairs": e.pairs,
+        "kept": _number(e.stateful),
+        "reset": _number(e.reset),
+        "baseline": _number(e.naive),
+    }
+
+
+def summary_record(s: DemoSummary) -> dict[str, Any]:
+    """The figures of ``s`` as one JSON-ready object (what ``demo --summary-json`` writes).
+
+    The same numbers :func:`format_summary` prints, unrounded: undefined figures (no
+    messages, no pairs, a non-Keras model's offline check) are ``null``, never NaN. Keys:
+    ``model``, ``streams``, ``streams_seen``, ``seconds``, ``stopped_early``,
+    ``rate_target`` (0 = as fast as possible); ``messages`` (the counters of
+    :class:`DemoSummary` plus ``answered_once``); ``throughput`` (``messages_per_s``,
+    ``input_mb_per_s``, ``output_mb_per_s``); ``batches`` (``ticks``, ``compiled_calls``,
+    ``mean_batch``); ``latency_ms`` (``p50``, ``p99``, ``max``); ``cache``; ``errors``
+    (``metric``; ``all_streams`` and ``sample``, each with ``streams``, ``pairs`` and the
+    mean squared errors ``kept``, ``reset`` and ``baseline``; ``kept_vs_reset`` and
+    ``kept_vs_baseline``: how many times the kept-state error is lower, from the sample);
+    ``offline_max_abs_diff``; ``training`` (the training report, or null).
+    """
+    sm = s.sample
+    return {
+        "model": s.model,
+        "streams": s.streams,
+        "streams_seen": s.streams_seen,
+        "seconds": s.seconds,
+        "stopped_early": s.stopped_early,
+        "rate_target": s.rate_target,
+        "messages": {
+            "generated": s.generated,
+            "redelivered": s.redelivered,
+            "inputs": s.inputs,
+            "decoded": s.decoded,
+            "bad_records": s.bad_records,
+            "outputs": s.outputs,
+            "duplicates": s.duplicates,
+            "input_bytes": s.input_bytes,
+            "output_bytes": s.output_bytes,
+            "answered_once": s.outputs == s.generated,
+        },
+        "throughput": {
+            "messages_per_s": s.throughput,
+            "input_mb_per_s": s.input_mb_per_s,
+            "output_mb_per_s": s.output_mb_per_s,
+        },
+        "batches": {
+            "ticks": s.ticks,
+            "compiled_calls": s.compiled_calls,
+            "mean_batch": s.mean_batch,
+        },
+        "latency_ms": {
+            "p50": _number(s.latency_p50_ms),
+            "p99": _number(s.latency_p99_ms),
+            "max": _number(s.latency_max_ms),
+        },
+        "cache": {
+            "capacity": s.cache_capacity,
+            "cached": s.cached,
+            "spilled_now": s.spilled_now,
+            "admitted": s.admitted,
+            "evicted_lru": s.evicted_lru,
+            "evicted_idle": s.evicted_idle,
+            "restored_from_spill": s.restored_from_spill,
+            "state_lost": s.state_lost,
+        },
+        "errors": {
+            "metric": "mean squared error of the next-sample forecast",
+            "all_streams": _errors_record(s.all_streams),
+            "sample": _errors_record(sm),
+            "kept_vs_reset": _number(_ratio_value(sm.stateful, sm.reset)),
+            "kept_vs_baseline": _number(_ratio_value(sm.stateful, sm.naive)),
+        },
+        "offline_max_abs_diff": _number(s.offline_max_abs_diff),
+        "training": s.training,
+    }
+
+
+def write_summary_json(s: DemoSummary, path: str | Path) -> Path:
+    """Write :func:`summary_record` of ``s`` to ``path`` (parent directories created) as
+    one JSON object and a newline; returns the path. Raises OSError if it cannot be written."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary_record(s), indent=2, allow_nan=False) + "\n")
+    return out
 
 
 def format_summary(s: DemoSummary) -> str:
@@ -207,7 +323,8 @@ def format_summary(s: DemoSummary) -> str:
         f"outputs: {s.outputs:,} ({s.output_bytes / 1e6:.1f} MB), duplicates dropped "
         f"{s.duplicates:,}; every generated message answered once: "
         f"{'yes' if s.outputs == s.generated else 'NO'}",
-        f"throughput: {s.throughput:,.0f} msg/s for the whole path, one tick at a time "
+        f"throughput: {s.throughput:,.0f} msg/s, {s.input_mb_per_s:,.1f} MB/s in and "
+        f"{s.output_mb_per_s:,.1f} MB/s out, for the whole path, one tick at a time "
         "(generate, encode, decode, engine on the pipeline's thread, encode output)",
         f"engine: {s.compiled_calls:,} compiled steps, mean batch {s.mean_batch:,.1f}",
         f"latency (generated -> output encoded): p50 {s.latency_p50_ms:.1f} ms, p99 "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -234,13 +235,18 @@ def test_demo_rate_limited_run_keeps_the_rate_and_the_identities(step_model: Ste
     assert "target 2,000 msg/s" in demo.format_summary(s)
 
 
-def test_demo_stop_event_ends_the_run_with_a_summary(step_model: StepModel) -> None:
+def test_demo_stop_event_ends_the_run_with_a_summary(step_model: StepModel, tmp_path: Path) -> None:
     stop = threading.Event()
     stop.set()
     s = run_demo(_config(duration=60.0), step_model, stop=stop)
     assert s.stopped_early and s.generated == s.outputs == 0
     assert s.sample.pairs == 0 and s.sample.stateful is None
     assert "stopped early" in demo.format_summary(s)
+    # Without messages there are no latencies or errors: JSON null, never NaN.
+    j = json.loads(demo.write_summary_json(s, tmp_path / "s.json").read_text())
+    assert j["stopped_early"] is True and j["messages"]["generated"] == 0
+    assert j["latency_ms"] == {"p50": None, "p99": None, "max": None}
+    assert j["errors"]["sample"]["kept"] is None and j["errors"]["kept_vs_reset"] is None
 
 
 def test_demo_trains_the_example_model_when_none_is_given() -> None:
@@ -252,8 +258,10 @@ def test_demo_trains_the_example_model_when_none_is_given() -> None:
     assert s.model.startswith("example model trained in this run")
 
 
-def test_demo_main_runs_from_flags(trained: tuple[Any, TrainMetrics, Path]) -> None:
+def test_demo_main_runs_from_flags(trained: tuple[Any, TrainMetrics, Path], tmp_path: Path) -> None:
+    json_path = tmp_path / "out" / "summary.json"
     argv = ["--model", str(trained[2]), "--duration", "1", "--streams", "100"]
+    argv += ["--summary-json", str(json_path)]
     argv += ["--no-progress", "--threads", "0", "--max-batch", "32", "--sample-streams", "10"]
     args = _parse(demo, argv)
     config = demo.config_from_args(args)
@@ -263,12 +271,32 @@ def test_demo_main_runs_from_flags(trained: tuple[Any, TrainMetrics, Path]) -> N
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
         assert demo.main(args) == 0
     assert "=== lstm-stream demo summary ===" in stdout.getvalue()
+    _check_json_matches_text(json.loads(json_path.read_text()), stdout.getvalue())
     # ...but never below --max-batch; and an impossible setting is an error, not a crash.
     assert demo.config_from_args(_parse(demo, ["--streams", "10"])).engine.cache_capacity == 1024
     bad = _parse(demo, ["--cache-capacity", "16", "--max-batch", "32"])
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert demo.main(bad) == 2
     assert "exceeds --cache-capacity" in err.getvalue()
+
+
+def _check_json_matches_text(j: dict[str, Any], text: str) -> None:
+    """The --summary-json object holds the numbers the text summary printed."""
+    m, e, lat = j["messages"], j["errors"], j["latency_ms"]
+    assert m["generated"] > 0 and m["answered_once"] is True
+    assert f"{m['generated']:,} generated + {m['redelivered']:,} redelivered" in text
+    assert f"{j['throughput']['messages_per_s']:,.0f} msg/s" in text
+    assert f"{j['throughput']['input_mb_per_s']:,.1f} MB/s in" in text
+    assert f"{j['batches']['compiled_calls']:,} compiled steps" in text
+    assert f"mean batch {j['batches']['mean_batch']:,.1f}" in text
+    assert f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms" in text
+    sm = e["sample"]
+    assert sm["pairs"] > 0 and None not in (sm["kept"], sm["reset"], sm["baseline"])
+    row = f"{sm['kept']:.5f}{sm['reset']:>13.5f}{sm['baseline']:>12.5f}{sm['pairs']:>10,}"
+    assert row in text
+    assert f"{e['kept_vs_reset']:.1f}x better than resetting" in text
+    assert e["all_streams"]["reset"] is None  # not measured over all streams
+    assert f"max abs difference {j['offline_max_abs_diff']:.2e}" in text
 
 
 def test_latency_histogram_percentiles_are_within_two_percent() -> None:
