@@ -27,7 +27,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from processor.codec import decode_output, encode_input
+from processor.codec import ENCODINGS, decode_output, encode_image_input, encode_input
+from processor.codec.images import image_size
 from processor.errors import BadRecord, ConfigError
 
 __all__ = [
@@ -132,11 +133,17 @@ async def produce(
     with_ts: bool = True,
     kafka_options: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    encoding: str = "raw",
+    quality: int = 90,
 ) -> ProduceStats:
     """Produce synthetic input records; stops after ``count`` records or ``duration``
     seconds (whichever is given; both: the first reached). ``rate`` records/s in total
     (0 = as fast as possible). Records go step by step: every stream's seq k before any
-    stream's seq k+1. Returns when every record is acknowledged."""
+    stream's seq k+1. Returns when every record is acknowledged.
+
+    ``encoding`` ``jpeg`` or ``png`` (frames only) writes each frame's ``x`` as that image
+    (JPEG at ``quality``) with the record's ``encoding`` field; ``raw`` writes tensor bytes.
+    ``ConfigError`` for an encoding other kinds or shapes cannot take."""
     from aiokafka import AIOKafkaProducer
 
     from processor.kafka.clients import client_kwargs
@@ -144,6 +151,15 @@ async def produce(
 
     if count is None and duration is None:
         raise ConfigError("give a record count or a duration")
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if encoding != "raw" and (kind != "frames" or image_size(shape) is None):
+        raise ConfigError(
+            f"--encoding {encoding} needs --kind frames and an image shape (H,W or H,W,C), "
+            f"got {kind} {list(shape)}"
+        )
+    if encoding == "jpeg" and not 1 <= quality <= 100:
+        raise ConfigError(f"JPEG quality must be 1..100, got {quality}")
     _, producer_kw = client_kwargs(bootstrap_servers, "unused", kafka_options or {})
     producer = AIOKafkaProducer(**producer_kw)
     await producer.start()
@@ -164,7 +180,16 @@ async def produce(
             xs = gen.step(seq)
             n = streams if count is None else min(streams, count - sent)
             ts = int(time.time() * 1000) if with_ts else None
-            pairs = [(names[i], encode_input(names[i], seq, xs[i], ts=ts)) for i in range(n)]
+            if encoding == "raw":
+                pairs = [(names[i], encode_input(names[i], seq, xs[i], ts=ts)) for i in range(n)]
+            else:
+                pairs = [
+                    (
+                        names[i],
+                        encode_image_input(names[i], seq, xs[i], encoding, quality=quality, ts=ts),
+                    )
+                    for i in range(n)
+                ]
             pending += await writer.write(pairs)
             sent += n
             seq += 1
@@ -206,6 +231,19 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model", default=None, help="take the per-step shape from this model's input"
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="raw",
+        help="frames only: jpeg or png writes each x as that compressed image (the record's "
+        "encoding field); raw (default) writes tensor bytes",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=90,
+        help="JPEG quality 1..100 for --encoding jpeg (default 90)",
     )
     parser.add_argument(
         "--rate",
@@ -269,6 +307,8 @@ def main_produce(args: argparse.Namespace) -> int:
                 stream_prefix=args.stream_prefix,
                 with_ts=not args.no_ts,
                 kafka_options=_kafka_options(args.kafka_option),
+                encoding=args.encoding,
+                quality=args.quality,
             )
         )
     except ConfigError as exc:

@@ -16,6 +16,8 @@ Input record, a msgpack map:
 ``ts``        optional int, event time in ms since the epoch
 ``reset``     optional bool: start from the initial state before this step
 ``end``       optional bool: free the stream's state after this step
+``encoding``  optional str, ``"raw"`` (default), ``"jpeg"`` or ``"png"``: ``x`` is then the
+              compressed bytes of a uint8 image of the model's (H, W[, C]) input shape
 ============  ========================================================================
 
 Unknown extra keys are ignored (forward compatibility). Output records carry ``stream``,
@@ -24,7 +26,8 @@ when the input had one. Dead-letter records carry ``reason``, ``detail``, ``reco
 original bytes) and optionally ``source``, ``offset`` and ``index``.
 
 Modules: :mod:`~processor.codec.decode` (:class:`RecordDecoder`, input records),
-:mod:`~processor.codec.encode` (input and output records), :mod:`~processor.codec.deadletter`
+:mod:`~processor.codec.encode` (input and output records), :mod:`~processor.codec.images`
+(JPEG/PNG payloads), :mod:`~processor.codec.deadletter`
 (dead-letter records), :mod:`~processor.codec.framing` (files of concatenated records) and
 :mod:`~processor.codec.reasons` (the one registry of dead-letter reason codes,
 :data:`REASONS`). This package re-exports their public names; import them from here.
@@ -36,11 +39,15 @@ from processor.codec.deadletter import decode_dead_letter, encode_dead_letter
 from processor.codec.decode import MAX_SEQ, RecordDecoder
 from processor.codec.encode import decode_output, encode_input, encode_output, encode_outputs
 from processor.codec.framing import Frame, iter_framed
+from processor.codec.images import ENCODINGS, encode_frame, encode_image_input
 from processor.codec.reasons import (
     BAD_DTYPE,
     BAD_STREAM_ID,
     BAD_VALUE,
     DECODE_REASONS,
+    IMAGE_TOO_LARGE,
+    IMAGE_UNDECODABLE,
+    IMAGE_WRONG_SIZE,
     KEY_MISMATCH,
     MISSING_FIELD,
     MISSING_KEY,
@@ -65,6 +72,10 @@ __all__ = [
     "BAD_VALUE",
     "DECODE_REASONS",
     "DTYPES",
+    "ENCODINGS",
+    "IMAGE_TOO_LARGE",
+    "IMAGE_UNDECODABLE",
+    "IMAGE_WRONG_SIZE",
     "KEY_MISMATCH",
     "MAX_SEQ",
     "MISSING_FIELD",
@@ -86,6 +97,8 @@ __all__ = [
     "decode_dead_letter",
     "decode_output",
     "encode_dead_letter",
+    "encode_frame",
+    "encode_image_input",
     "encode_input",
     "encode_output",
     "encode_outputs",

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 
 from processor.codec._common import type_name, unpack, unpack_or_bad_record
+from processor.codec.images import ENCODINGS, ImageSize, check_header, decode_images, image_size
 from processor.codec.reasons import (
     BAD_DTYPE,
     BAD_STREAM_ID,
@@ -36,6 +37,20 @@ from processor.errors import BadRecord
 from processor.records import Record
 
 __all__ = ["MAX_SEQ", "RecordDecoder"]
+
+
+class _PendingImage(NamedTuple):
+    """An encoded image record that passed every check but the decode of its pixels."""
+
+    stream: str
+    seq: int
+    ts: int | None
+    reset: bool
+    end: bool
+    encoding: str
+    size: ImageSize
+    data: bytes
+
 
 #: Largest accepted ``seq``: the engine keeps the last applied seq per stream as int64.
 MAX_SEQ: Final = 2**63 - 1
@@ -60,6 +75,7 @@ class RecordDecoder:
         "_dtype_name",
         "_fast",
         "_float_model",
+        "_image_size",
         "_input_dtype",
         "_input_shape",
         "_key_ids",
@@ -108,6 +124,7 @@ class RecordDecoder:
         self._fast = WIRE_DTYPES[dtype.name] == self._input_dtype and bool(shape)
         self._nbytes = self._size * self._input_dtype.itemsize
         self._shape_list = list(shape)
+        self._image_size = image_size(shape)  # None: encoded images never fit this model
         self._dtype_name = dtype.name  # np.dtype.name is computed on each access (~1 us)
         # Message key bytes -> the stream id they name, for keys that passed every stream id
         # check (a bounded memo: ids repeat every step). Only ever holds valid pairs, so
@@ -146,8 +163,25 @@ class RecordDecoder:
         Never raises anything but ``BadRecord`` for any ``value`` of type ``bytes``; the
         reason is one of :data:`~processor.codec.reasons.DECODE_REASONS`. Checks run in this
         order, so a record with several faults reports the first: size, msgpack, map, stream
-        id, seq, ts, reset, end, dtype, shape, x. Monotonicity of ``seq`` is the engine's job.
+        id, seq, ts, reset, end, encoding, dtype, shape, x. Monotonicity of ``seq`` is the
+        engine's job.
+
+        An ``x`` with ``encoding`` ``jpeg`` or ``png`` (its ``dtype`` must then be ``uint8``,
+        the default, and the model's a float dtype or ``uint8``) is checked by its header
+        first -- refused unread if it declares more pixel bytes than ``max_record_bytes``
+        (``image_too_large``) or another size than the model's ``(H, W[, C])`` input
+        (``image_wrong_size``) -- then decoded (``image_undecodable`` if it does not) and
+        converted to the model's dtype; ``Record.x`` is then a fresh, writable array.
         """
+        result = self._decode(value, key, defer_images=False)
+        assert type(result) is Record  # only deferred decoding returns a _PendingImage
+        return result
+
+    def _decode(
+        self, value: bytes, key: bytes | str | None, *, defer_images: bool
+    ) -> Record | _PendingImage:
+        """:meth:`decode`; with ``defer_images`` an encoded image that passed its header
+        checks is returned undecoded, for :meth:`decode_many` to decode with its batch."""
         if len(value) > self._max_record_bytes:
             raise BadRecord(
                 OVERSIZE,
@@ -180,6 +214,17 @@ class RecordDecoder:
         end = obj.get("end", False)
         if type(end) is not bool:
             raise BadRecord(WRONG_TYPE, f"'end' must be a bool, got {type_name(end)}")
+
+        encoding = obj.get("encoding", "raw")
+        if encoding != "raw":
+            if type(encoding) is not str:
+                raise BadRecord(WRONG_TYPE, f"'encoding' must be a str, got {type_name(encoding)}")
+            if encoding not in ENCODINGS:
+                raise BadRecord(
+                    BAD_VALUE,
+                    f"unknown encoding {_clip(encoding)!r}, expected one of {list(ENCODINGS)}",
+                )
+            return self._decode_image(obj, encoding, stream, seq, ts, reset, end, defer_images)
 
         wire_dtype = self._wire_dtype(obj.get("dtype", "float32"))
 
@@ -216,6 +261,68 @@ class RecordDecoder:
             )
         return Record(stream=stream, seq=seq, x=arr, ts=ts, reset=reset, end=end)
 
+    def _decode_image(
+        self,
+        obj: dict[Any, Any],
+        encoding: str,
+        stream: str,
+        seq: int,
+        ts: int | None,
+        reset: bool,
+        end: bool,
+        defer: bool,
+    ) -> Record | _PendingImage:
+        """The rest of :meth:`decode` for an ``x`` encoded as an image."""
+        dtype = obj.get("dtype", "uint8")
+        if type(dtype) is not str:
+            raise BadRecord(WRONG_TYPE, f"'dtype' must be a str, got {type_name(dtype)}")
+        if dtype != "uint8":
+            raise BadRecord(
+                BAD_DTYPE, f"a {encoding} 'x' holds uint8 pixels, but 'dtype' is {_clip(dtype)!r}"
+            )
+        if not self._float_model and self._dtype_name != "uint8":
+            raise BadRecord(
+                BAD_DTYPE,
+                f"a {encoding} 'x' holds uint8 pixels, which the model's "
+                f"{self._dtype_name} cannot take without loss",
+            )
+        if "shape" in obj:
+            self._check_shape(obj["shape"])
+        if "x" not in obj:
+            raise BadRecord(MISSING_FIELD, "missing field 'x'")
+        x = obj["x"]
+        if type(x) is not bytes:
+            raise BadRecord(WRONG_TYPE, f"a {encoding} 'x' must be bin, got {type_name(x)}")
+        size = check_header(x, encoding, self._image_size, self._max_record_bytes)
+        pending = _PendingImage(stream, seq, ts, reset, end, encoding, size, x)
+        if defer:
+            return pending
+        result = self._finish_images([pending])[0]
+        if type(result) is not Record:
+            assert isinstance(result, BadRecord)
+            raise result
+        return result
+
+    def _finish_images(self, pending: Sequence[_PendingImage]) -> list[Record | BadRecord]:
+        """Decode the images of ``pending`` (one batch per encoding) into records."""
+        out: list[Record | BadRecord] = [_PENDING] * len(pending)
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(pending):
+            groups.setdefault(p.encoding, []).append(i)
+        for encoding, idx in groups.items():
+            size = pending[idx[0]].size  # every header matched the model's image size
+            images = decode_images([pending[i].data for i in idx], encoding, size)
+            for i, img in zip(idx, images, strict=True):
+                if isinstance(img, BadRecord):
+                    out[i] = img
+                    continue
+                p = pending[i]
+                x = img.reshape(self._input_shape)  # (H, W, 1) -> (H, W) for 2-D models
+                if x.dtype != self._input_dtype:
+                    x = x.astype(self._input_dtype)  # uint8 -> float: exact, always finite
+                out[i] = Record(p.stream, p.seq, x, p.ts, p.reset, p.end)
+        return out
+
     def decode_many(
         self, values: Sequence[bytes], keys: Sequence[bytes | str | None]
     ) -> list[Record | BadRecord]:
@@ -235,9 +342,12 @@ class RecordDecoder:
         n = len(values)
         if len(keys) != n:
             raise ValueError(f"{n} values but {len(keys)} keys")
-        out: list[Record | BadRecord] = []
+        out: list[Any] = []  # Record | BadRecord, and _PendingImage until decoded
+        images: list[int] = []  # positions in `out` of images awaiting the batch decode
         if not self._fast:
-            return [self._decode_or_error(v, k) for v, k in zip(values, keys, strict=True)]
+            for v, k in zip(values, keys, strict=True):
+                out.append(self._deferred_or_error(v, k, images, len(out)))
+            return self._with_images(out, images)
         fast_rows: list[int] = []  # positions in `out` of records on the fast path
         fields: list[tuple[str, int, int | None, bool, bool, bytes]] = []
         xs: list[bytes] = []
@@ -245,12 +355,14 @@ class RecordDecoder:
         for value, key in zip(values, keys, strict=True):
             f = fast(value, key)
             if f is None:
-                out.append(self._decode_or_error(value, key))
+                out.append(self._deferred_or_error(value, key, images, len(out)))
                 continue
             fast_rows.append(len(out))
             out.append(_PENDING)
             fields.append(f)
             xs.append(f[5])
+        if images:
+            out = self._with_images(out, images)
         if not fast_rows:
             return out
         arr = np.frombuffer(b"".join(xs), dtype=self._input_dtype)
@@ -309,8 +421,8 @@ class RecordDecoder:
         end = get("end", False)
         if type(reset) is not bool or type(end) is not bool:
             return None
-        if get("dtype", "float32") != self._dtype_name:
-            return None
+        if get("dtype", "float32") != self._dtype_name or "encoding" in obj:
+            return None  # an encoded x (even "raw") is decode()'s
         shape = get("shape")
         if shape is None:
             if "shape" in obj:
@@ -325,6 +437,28 @@ class RecordDecoder:
         if type(x) is not bytes or len(x) != self._nbytes:
             return None
         return stream, seq, ts, reset, end, x
+
+    def _deferred_or_error(
+        self, value: bytes, key: bytes | str | None, images: list[int], at: int
+    ) -> Record | BadRecord | _PendingImage:
+        """What :meth:`decode` gives, except that an image that passed its header checks is
+        returned undecoded and its position ``at`` appended to ``images``."""
+        try:
+            result = self._decode(value, key, defer_images=True)
+        except BadRecord as exc:
+            return exc
+        if type(result) is _PendingImage:
+            images.append(at)
+        return result
+
+    def _with_images(self, out: list[Any], images: list[int]) -> list[Record | BadRecord]:
+        """``out`` with the pending images at positions ``images`` decoded (in one batch)."""
+        if images:
+            for i, result in zip(
+                images, self._finish_images([out[i] for i in images]), strict=True
+            ):
+                out[i] = result
+        return out
 
     def _decode_or_error(self, value: bytes, key: bytes | str | None) -> Record | BadRecord:
         try:

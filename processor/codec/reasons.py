@@ -20,6 +20,9 @@ __all__ = [
     "BAD_STREAM_ID",
     "BAD_VALUE",
     "DECODE_REASONS",
+    "IMAGE_TOO_LARGE",
+    "IMAGE_UNDECODABLE",
+    "IMAGE_WRONG_SIZE",
     "KEY_MISMATCH",
     "MISSING_FIELD",
     "MISSING_KEY",
@@ -61,6 +64,9 @@ SHAPE_MISMATCH: Final = "shape_mismatch"
 SIZE_MISMATCH: Final = "size_mismatch"
 NON_FINITE: Final = "non_finite"
 BAD_VALUE: Final = "bad_value"
+IMAGE_UNDECODABLE: Final = "image_undecodable"
+IMAGE_WRONG_SIZE: Final = "image_wrong_size"
+IMAGE_TOO_LARGE: Final = "image_too_large"
 # Framing of an input file (processor.codec.framing.iter_framed).
 TRUNCATED: Final = "truncated"
 # Transport rules: the Kafka runtime (a record needs its key) and replay (seq order).
@@ -98,7 +104,20 @@ _ALL: Final = (
     Reason(
         BAD_VALUE,
         "a value out of range: `seq` above `2**63 - 1`, a non-number in `x`, a float for an "
-        "integer dtype, or an int the dtype cannot hold",
+        "integer dtype, an int the dtype cannot hold, or an unknown `encoding`",
+    ),
+    Reason(
+        IMAGE_UNDECODABLE,
+        "a `jpeg` or `png` `x` has no valid header or its data does not decode",
+    ),
+    Reason(
+        IMAGE_WRONG_SIZE,
+        "a `jpeg` or `png` `x` is not of the model's input height, width and channels",
+    ),
+    Reason(
+        IMAGE_TOO_LARGE,
+        "a `jpeg` or `png` header declares more pixel bytes than `--max-record-bytes`; "
+        "refused before decoding",
     ),
     Reason(TRUNCATED, "the input file ends inside this record"),
     Reason(MISSING_KEY, "a Kafka record without a message key (the key must be the stream id)"),
@@ -128,4 +147,7 @@ DECODE_REASONS: Final[tuple[str, ...]] = (
     SIZE_MISMATCH,
     NON_FINITE,
     BAD_VALUE,
+    IMAGE_UNDECODABLE,
+    IMAGE_WRONG_SIZE,
+    IMAGE_TOO_LARGE,
 )

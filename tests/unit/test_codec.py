@@ -201,6 +201,23 @@ def test_constructor_rejects_unusable_signatures() -> None:
 DEEP = b"\x91" * 5000 + b"\x00"  # arrays nested 5000 deep
 
 
+def png_header(height: int, width: int, color: int = 0) -> bytes:
+    """The signature and IHDR chunk of a PNG (8-bit; the CRC is not checked before decoding)."""
+    ihdr = height.to_bytes(4, "big").join((width.to_bytes(4, "big"), bytes((8, color, 0, 0, 0))))
+    return b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + ihdr + b"\0" * 4
+
+
+def jpeg_header(height: int, width: int, channels: int = 1) -> bytes:
+    """SOI and a baseline SOF0 segment declaring ``height`` x ``width`` x ``channels``."""
+    sof = bytes((8,)) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes((channels,))
+    sof += bytes((1, 0x11, 0)) * channels
+    return b"\xff\xd8\xff\xc0" + (len(sof) + 2).to_bytes(2, "big") + sof
+
+
+def image_record(x: object, encoding: object = "jpeg", **changes: Any) -> bytes:
+    return pack(base_record(**{"x": x, "encoding": encoding, "dtype": "uint8", **changes}))
+
+
 REJECTS: list[tuple[str, bytes, bytes | str | None, str]] = [
     ("oversize", b"\x00" * 101, None, "record is 101 bytes, limit is 100"),
     ("undecodable", b"\xc1", None, "invalid msgpack"),
@@ -287,6 +304,25 @@ REJECTS: list[tuple[str, bytes, bytes | str | None, str]] = [
     ("bad_value", pack(base_record(x=[1.0] * 11 + [None])), None, "got nil"),
     ("bad_value", pack(base_record(x=[[1.0] * 3] * 3 + [[1, 2, b""]])), None, "'x[3][2]' must"),
     ("bad_value", pack(base_record(x=[1.5] * 12, dtype="int8")), None, "dtype int8 needs ints"),
+    ("bad_value", image_record(b"", encoding="gif"), None, "unknown encoding 'gif'"),
+    ("wrong_type", image_record(b"", encoding=1), None, "'encoding' must be a str, got int"),
+    ("wrong_type", image_record([1] * 12), None, "a jpeg 'x' must be bin, got list"),
+    ("bad_dtype", image_record(b"", dtype="float32"), None, "but 'dtype' is 'float32'"),
+    ("missing_field", image_record(...), None, "missing field 'x'"),
+    ("image_undecodable", image_record(b"\xff\xd8garbage"), None, "JPEG marker expected at"),
+    ("image_undecodable", image_record(b"GIF89a"), None, "not a JPEG: no SOI marker"),
+    ("image_undecodable", image_record(b"\xff\xd8\xff\xd9"), None, "no frame header (SOF)"),
+    ("image_undecodable", image_record(png_header(4, 3)[:20], "png"), None, "not a PNG"),
+    ("image_undecodable", image_record(png_header(4, 3) + b"junk", "png"), None, "does not decode"),
+    ("image_wrong_size", image_record(png_header(5, 5), "png"), None, "is 5x5x1, expected 4x3x1"),
+    ("image_wrong_size", image_record(jpeg_header(4, 3, 3)), None, "is 4x3x3, expected 4x3x1"),
+    (
+        "image_too_large",
+        image_record(jpeg_header(65000, 65000)),
+        None,
+        "declares 65000x65000x1 = 4225000000 bytes of pixels, limit is 4194304; not decoded",
+    ),
+    ("image_too_large", image_record(png_header(2**31, 2, 6), "png"), None, "not decoded"),
 ]
 
 

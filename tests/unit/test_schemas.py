@@ -19,6 +19,8 @@ from processor.codec import (
     RecordDecoder,
     decode_output,
     encode_dead_letter,
+    encode_frame,
+    encode_image_input,
     encode_input,
     encode_output,
 )
@@ -109,6 +111,40 @@ def test_encoded_inputs_validate_and_decode_to_what_they_carry(raw: bytes) -> No
     assert (record.reset, record.end) == (fields.get("reset", False), fields.get("end", False))
     assert record.x.dtype == np.float32 and record.x.shape == SHAPE
     np.testing.assert_array_equal(record.x, np.arange(12, dtype=np.float32).reshape(SHAPE))
+
+
+def _image_inputs() -> list[bytes]:
+    frame = (np.arange(12, dtype=np.uint8) * 20).reshape(SHAPE)
+    return [
+        encode_image_input("s", 0, frame, "png"),
+        encode_image_input("s", 1, frame, "jpeg", quality=95, ts=5, include_shape=False),
+        pack({"seq": 2, "x": encode_frame(frame, "png"), "encoding": "png"}),
+        encode_image_input("s", 3, frame, "raw"),
+    ]
+
+
+@pytest.mark.parametrize("raw", _image_inputs())
+def test_encoded_image_inputs_validate_and_decode(raw: bytes) -> None:
+    validator("input-record").validate(wire(raw))
+    record = RecordDecoder(SHAPE, "uint8").decode(raw, key=b"s")
+    expected = (np.arange(12, dtype=np.uint8) * 20).reshape(SHAPE)
+    tolerance = 40 if msgpack.unpackb(raw).get("encoding") == "jpeg" else 0
+    assert record.x.dtype == np.uint8 and record.x.shape == SHAPE
+    assert np.abs(record.x.astype(int) - expected.astype(int)).max() <= tolerance
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"encoding": "gif"},
+        {"encoding": "png", "x": [1] * 12},
+        {"encoding": "jpeg", "dtype": "float32"},
+        {"encoding": 1},
+    ],
+)
+def test_schema_rejects_malformed_image_records(changes: dict[str, Any]) -> None:
+    record = {"stream": "s", "seq": 1, "x": "AAAA", "dtype": "uint8", **changes}
+    assert not validator("input-record").is_valid(to_json(record))
 
 
 @pytest.mark.parametrize("ts", [None, 0, 1_700_000_000_000])

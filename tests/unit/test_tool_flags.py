@@ -250,6 +250,8 @@ ROWS: dict[str, dict[str, Row]] = {
             lambda s: (s.loaded[:1], s.call["shape"], s.call["kind"]),
             ([("/models/m.keras", None)], (7,), "frames"),
         ),
+        "--encoding": Row(("--kind", "frames", "--encoding", "jpeg"), _call("encoding"), "jpeg"),
+        "--quality": Row(("--quality", "75"), _call("quality"), 75),
         "--rate": Row(("--rate", "50"), _call("rate"), 50.0),
         "--duration": Row(("--duration", "3"), _call("duration"), 3.0),
         "--count": Row(
