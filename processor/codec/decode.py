@@ -421,8 +421,10 @@ class RecordDecoder:
         end = get("end", False)
         if type(reset) is not bool or type(end) is not bool:
             return None
-        if get("dtype", "float32") != self._dtype_name or "encoding" in obj:
-            return None  # an encoded x (even "raw") is decode()'s
+        if get("dtype", "float32") != self._dtype_name:
+            return None
+        if "encoding" in obj and get("encoding") != "raw":
+            return None  # an image (or a bad encoding) is decode()'s
         shape = get("shape")
         if shape is None:
             if "shape" in obj:

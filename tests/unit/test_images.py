@@ -119,6 +119,17 @@ def test_float_and_two_dimensional_models_take_images_converted(encoding: str) -
             assert np.abs(got.x.reshape(84, 84) - x.astype(np.float32)).max() <= tolerance
 
 
+def test_an_explicit_raw_encoding_is_plain_tensor_bytes() -> None:
+    xs = frames(3)
+    values = [record(x.tobytes(), "raw", seq=i, dtype="uint8") for i, x in enumerate(xs)]
+    values.append(record(xs[0].tobytes(), None, seq=9, dtype="uint8"))  # type: ignore[arg-type]
+    out = decoded(RecordDecoder(SHAPE, "uint8"), values)
+    for x, got in zip(xs, out, strict=False):
+        assert isinstance(got, Record)
+        np.testing.assert_array_equal(got.x, x)
+    assert isinstance(out[3], BadRecord) and out[3].reason == "wrong_type"
+
+
 def test_rgb_images_need_an_rgb_model() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     value = encode_image_input("s", 1, rgb, "png", include_shape=False)
