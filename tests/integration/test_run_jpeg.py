@@ -23,7 +23,6 @@ from kafka_helpers import (  # type: ignore[import-not-found]
 from prometheus_client import CollectorRegistry
 
 from processor.codec import RecordDecoder, encode_frame, encode_image_input, encode_input
-from processor.frames_example import build_frames_model
 from processor.kafka.output import DLQ_HEADERS
 from processor.tools import SyntheticInput, produce
 
@@ -42,8 +41,17 @@ def frames_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     import keras
 
     keras.utils.set_random_seed(5)
+    td = keras.layers.TimeDistributed
+    inp = keras.Input((None, *SHAPE), dtype="uint8")
+    h = td(keras.layers.Rescaling(1.0 / 255.0))(inp)
+    h = td(keras.layers.Conv2D(4, 4, strides=4, activation="relu"))(h)
+    h = td(keras.layers.Conv2D(4, 3, strides=3, activation="relu"))(h)
+    h = td(keras.layers.Flatten())(h)
+    h = keras.layers.Dense(8, activation="relu")(h)
+    h = keras.layers.LSTM(8, return_sequences=True)(h)
+    out = keras.layers.Dense(2)(h)
     path = tmp_path_factory.mktemp("models") / "frames.keras"
-    build_frames_model(units=8, filters=4, features=8).save(path)
+    keras.Model(inp, out).save(path)
     return str(path)
 
 
