@@ -86,6 +86,7 @@ GOALS: tuple[Goal, ...] = (
         at_most=True,
     ),
     Goal("catchup", "catch-up scan >= 3x waves", 3.0),
+    Goal("seed_frames", "engine >= 20x the seed's way on the seed frame model", 20.0),
     # The measured value is the number of timed regions that retraced.
     Goal("no_retrace", "no retracing in steady state", 0.0, at_most=True),
 )
@@ -380,9 +381,15 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_verdict("catchup", None, "n/a", "waves and scan not both measured"))
 
+    out.append(_seed_frames_verdict(results.get("frames", {})))
+
     checked, offenders = 0, []
-    for section in ("throughput", "cached_streams", "state_dtype", "catchup"):
-        for r in _rows(results, section):
+    timed = [
+        (s, _rows(results, s)) for s in ("throughput", "cached_streams", "state_dtype", "catchup")
+    ]
+    timed.append(("frames", _rows(results.get("frames", {}), "rows")))
+    for section, rows in timed:
+        for r in rows:
             if "retraces_in_timed_region" in r:
                 checked += 1
                 if r["retraces_in_timed_region"]:
@@ -403,6 +410,92 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     return out
+
+
+def _seed_frames_verdict(fr: dict[str, Any]) -> dict[str, Any]:
+    """The ``seed_frames`` goal from the frames section (``processor.bench.frames``): the
+    best engine batch's median-based rate over the fastest seed-way variant's. NOT RUN
+    without both, or when the two ways disagreed (a ratio of different computations)."""
+    sm = fr.get("summary") or {}
+    if fr.get("status") != "ran" or not sm:
+        return _verdict("seed_frames", None, "n/a", str(fr.get("reason", "not measured")))
+    ag = fr.get("agreement", {})
+    ratio = float(sm["ratio"])
+    by_batch = ", ".join(f"{b}: {r:.1f}x" for b, r in sm.get("ratio_by_batch", {}).items())
+    detail = (
+        f"engine {_fmt(sm['engine_msg_per_s'], 1)} frames/s at its best batch "
+        f"{sm['best_batch']} vs the seed's way ({sm['seed_variant'].split(',')[0]}) "
+        f"{_fmt(sm['seed_msg_per_s'], 1)} frames/s; by batch: {by_batch}"
+    )
+    if "bare_over_seed" in sm:
+        detail += (
+            f"; the model step alone (compiled, ready tensors, no state table) reaches "
+            f"{sm['bare_over_seed']:.1f}x at batch {sm['bare_best_batch']}"
+        )
+    if "engine_over_bare" in sm:
+        detail += f", and the engine runs at {sm['engine_over_bare']:.0%} of it at its best batch"
+    scope = f"seed_frames, best batch {sm['best_batch']}"
+    measured = f"{ratio:.1f}x (mean-based {float(sm['ratio_mean_based']):.1f}x)"
+    if not ag.get("ok"):
+        return _verdict(
+            "seed_frames", None, measured, "the two ways disagree: " + detail, scope=scope
+        )
+    return _verdict("seed_frames", ratio, measured, detail, scope=scope)
+
+
+def frames_lines(fr: dict[str, Any]) -> list[str]:
+    """The markdown of the frames section (seed's way vs engine on the seed frame model)."""
+    lines = ["## Frames: the seed model, the seed's way vs the engine", ""]
+    if fr.get("status") != "ran":
+        return [*lines, f"{fr.get('status', 'not_run')}: {fr.get('reason', '')}", ""]
+    ag = fr.get("agreement", {})
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in ag.get("max_abs_diff", {}).items())
+    lines += [
+        f"Model: {fr.get('description')} ({fr.get('params', 0):,} parameters, init model "
+        f"{fr.get('init_params', 0):,}; {fr.get('flops_per_frame', 0) / 1e6:.1f} MFLOP per "
+        "frame).  ",
+        f"Agreement over {ag.get('streams')} streams x {ag.get('steps')} steps against the "
+        f"Keras sequence model: {diffs} (tolerance {ag.get('tolerance', 0):.0e}): "
+        + ("ok" if ag.get("ok") else "**MISMATCH**"),
+        "",
+    ]
+    lines += _table(
+        [
+            "method",
+            "variant",
+            "streams per call",
+            "frames/s",
+            "mean frames/s",
+            "p50 ms per call",
+            "p99 ms per call",
+            "cores used",
+            "retraces",
+        ],
+        [
+            [
+                r["method"],
+                r.get("variant", ""),
+                r.get("batch", ""),
+                _fmt(r["msg_per_s_median"], 1),
+                _fmt(r["msg_per_s"], 1),
+                _fmt(r["latency_p50_ms"], 2),
+                _fmt(r["latency_p99_ms"], 2),
+                _fmt(r.get("cpu_cores_used") or math.nan, 2),
+                r.get("retraces_in_timed_region", ""),
+            ]
+            for r in fr.get("rows", [])
+        ],
+    )
+    sm = fr.get("summary") or {}
+    if sm:
+        lines += [
+            f"Best engine batch: {sm['best_batch']} ({sm['ratio']:.1f}x the fastest seed "
+            f"variant). Measured by `{fr.get('measured_by')}`, all points in alternating "
+            "time slices; every stream's first frame (the init model) falls in the warm-up "
+            "calls.",
+            "",
+        ]
+    return lines
 
 
 #: The ``exactly_once`` goal is judged only on runs at least this many commit intervals
@@ -878,6 +971,8 @@ def markdown(results: dict[str, Any]) -> str:
             "(`processor.bench.tiers`).",
             "",
         ]
+    if results.get("frames"):
+        lines += frames_lines(results["frames"])
     bd = results.get("breakdown", {})
     if bd:
         lines += ["## Where an engine step goes (p50 ms per call, each part timed alone)", ""]

@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,10 @@ class Config:
     eos_latency_rate: float = 2000.0  # records/s of the paced input (well below capacity)
     restore_streams: int = 100_000  # states restored from a state topic (durable section)
     state_volume_streams: tuple[int, ...] = (1_000, 10_000, 100_000)  # active streams
+    # Engine batch sizes of the frames section (seed frame model, seed's way vs engine);
+    # empty = the section is not run (--quick: it would double --quick's time).
+    frames_batches: tuple[int, ...] = ()
+    frames_seed_streams: int = 16  # streams interleaved by the seed's per-frame loop
     agreement_streams: int = 3
     agreement_steps: int = 5
     pool_size: int = 4096
@@ -111,6 +115,7 @@ def full_config(models: Sequence[str], min_time: float | None = None) -> Config:
         replay_streams=1024,
         replay_steps_per_file=16,
         breakdown_models=("lstm2x256", "lstm2x512", "cnn_lstm"),
+        frames_batches=(1, 64, 256, 1024),
         skipped=(
             "cnn_lstm batch 4096: a 4096-frame step moves 28 MiB of input and takes about a "
             "second; its sweep stops at 1024",
@@ -157,6 +162,7 @@ def quick_config(models: Sequence[str], min_time: float | None = None) -> Config
             "--quick: one model, batches 1/64/1024, cached streams 1k/16k (not 1M), catch-up "
             "over 64 streams, no XLA variant, ~0.1 s per point, exactly-once at a 1 s commit "
             "interval only and no latency runs: figures are indicative only",
+            "--quick: the frames section (seed frame model, seed's way vs engine) is not run",
         ),
     )
 
@@ -1090,6 +1096,30 @@ def durable_state(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, 
         "state_volume": volume,
         "measured_by": "processor.bench.durable",
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Frames: the seed frame model, the seed's way vs the engine
+# --------------------------------------------------------------------------------------------
+
+
+def seed_frames(cfg: Config, progress: Progress) -> dict[str, Any]:
+    """The frames section (:func:`processor.bench.frames.frames_section`) sized by ``cfg``:
+    engine batches ``cfg.frames_batches`` (none: ``status`` ``not_run``), the seed's way over
+    ``cfg.frames_seed_streams`` streams with ``cfg.b0_budget`` (per-frame calls, like B0)."""
+    from processor.bench import frames
+
+    return frames.frames_section(
+        cfg.frames_batches,
+        budget=cfg.budget,
+        seed_budget=replace(
+            cfg.b0_budget, warmup_steps=max(cfg.b0_budget.warmup_steps, 2 * cfg.frames_seed_streams)
+        ),
+        slice_s=cfg.slice_s,
+        seed_streams=cfg.frames_seed_streams,
+        seed=cfg.seed,
+        progress=progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -465,3 +465,149 @@ def test_markdown_reports_exactly_once_throughput_and_latency() -> None:
     assert "| 1,000 ms | exactly-once | 2,000 | 16,000 | 612.0 | 1,180.0 |" in md
     no_eos = report.markdown({"kafka": {"status": "not_run", "reason": "x"}, "goals": []})
     assert "Exactly-once" not in no_eos
+
+
+# --------------------------------------------------------------------------------------------
+# Frames: the seed frame model, the seed's way vs the engine
+# --------------------------------------------------------------------------------------------
+
+
+def _fr_row(method: str, batch: int, rate: float, variant: str = "v", **kw: Any) -> dict[str, Any]:
+    return {
+        "model": "seed_frames",
+        "method": method,
+        "variant": variant,
+        "batch": batch,
+        "msg_per_s": kw.pop("mean", rate),
+        "msg_per_s_median": rate,
+        "latency_p50_ms": 1.0,
+        "latency_p99_ms": 2.0,
+        **kw,
+    }
+
+
+def _frames_result(engine_best: float, ok: bool = True) -> dict[str, Any]:
+    from processor.bench import frames
+
+    rows = [
+        _fr_row("seed", 1, 40.0, "call, one model call per frame"),
+        _fr_row("seed", 1, 50.0, "tf.function, one model call per frame", mean=25.0),
+        _fr_row("engine", 1, 30.0, retraces_in_timed_region=0),
+        _fr_row("engine", 256, engine_best, retraces_in_timed_region=0),
+        _fr_row("engine", 1024, engine_best - 1.0, retraces_in_timed_region=0),
+        _fr_row("bare step", 256, 1_250.0),
+        _fr_row("bare step", 1024, 1_500.0),
+    ]
+    return {
+        "status": "ran",
+        "agreement": {"ok": ok, "streams": 2, "steps": 4, "tolerance": 1e-4, "max_abs_diff": {}},
+        "rows": rows,
+        "summary": frames.summarise(rows),
+    }
+
+
+def test_frames_summary_takes_the_best_engine_batch_over_the_fastest_seed_variant() -> None:
+    from processor.bench import frames
+
+    sm = _frames_result(1_000.0)["summary"]
+    assert sm["best_batch"] == 256
+    assert sm["seed_variant"].startswith("tf.function")
+    assert sm["ratio"] == pytest.approx(20.0)
+    assert sm["ratio_mean_based"] == pytest.approx(40.0)  # 1000 / the variant's mean 25
+    assert sm["ratio_by_batch"] == {"1": 0.6, "256": 20.0, "1024": 19.98}
+    # The bare step bounds the ratio (best bare batch), and the engine is set against the
+    # bare step at the engine's own best batch.
+    assert sm["bare_best_batch"] == 1024 and sm["bare_over_seed"] == pytest.approx(30.0)
+    assert sm["engine_over_bare"] == pytest.approx(0.8)
+    # Without either side there is nothing to compare.
+    assert frames.summarise([_fr_row("engine", 1, 10.0)]) == {}
+    assert frames.summarise([_fr_row("seed", 1, 10.0)]) == {}
+
+
+def test_seed_frames_goal_is_judged_at_20x_and_not_on_disagreeing_methods() -> None:
+    def goal(fr: dict[str, Any]) -> dict[str, Any]:
+        return {g["id"]: g for g in report.evaluate_goals({"frames": fr})}["seed_frames"]
+
+    assert goal(_frames_result(1_000.0))["status"] == "PASS"  # exactly 20x
+    assert goal(_frames_result(999.0))["status"] == "MISS"  # 19.98x
+    missed = goal(_frames_result(900.0))
+    assert missed["status"] == "MISS" and missed["measured"].startswith("18.0x")
+    assert "best batch 256" in missed["goal"]
+    assert goal(_frames_result(5_000.0, ok=False))["status"] == "NOT RUN"
+    skipped = goal({"status": "not_run", "reason": "no batch sizes configured"})
+    assert skipped["status"] == "NOT RUN" and "no batch sizes" in skipped["detail"]
+    # The frames section's engine points count for no_retrace.
+    fr = _frames_result(1_000.0)
+    fr["rows"][3]["retraces_in_timed_region"] = 1
+    retrace = {g["id"]: g for g in report.evaluate_goals({"frames": fr})}["no_retrace"]
+    assert retrace["status"] == "MISS" and "frames:seed_frames:256" in retrace["detail"]
+
+
+def test_frames_markdown_lists_every_point() -> None:
+    md = report.markdown({"frames": _frames_result(1_000.0), "goals": []})
+    assert "## Frames: the seed model, the seed's way vs the engine" in md
+    assert md.count("| seed |") == 2 and md.count("| engine |") == 3
+    assert md.count("| bare step |") == 2
+    not_run = report.markdown({"frames": {"status": "not_run", "reason": "--quick"}, "goals": []})
+    assert "not_run: --quick" in not_run
+
+
+def test_seed_loop_runs_init_on_a_streams_first_frame_only_and_keeps_states_apart() -> None:
+    from processor.bench import frames
+    from processor.records import Record
+
+    inits: list[float] = []
+
+    def init(x: Any) -> list[np.ndarray]:
+        inits.append(float(x.sum()))
+        return [np.full((1, 1), 100.0 * float(x.sum()))]
+
+    def step(inputs: list[Any]) -> list[np.ndarray]:
+        x, s = inputs
+        assert x.shape[0] == 1  # one frame per call
+        new = s + x.sum()
+        return [new, new]
+
+    loop = frames.SeedLoop(step, init)
+    one = np.ones(2)
+    out = loop.process([Record("a", 0, one), Record("b", 0, 2 * one), Record("a", 1, 3 * one)])
+    assert inits == [2.0, 4.0]  # once per stream, from its first frame
+    # a: init 200 + 2 (first frame) + 6 (second); b: init 400 + 4.
+    assert [(o.stream, o.seq, float(o.y[0])) for o in out] == [
+        ("a", 0, 202.0),
+        ("b", 0, 404.0),
+        ("a", 1, 208.0),
+    ]
+
+
+def test_frames_diffs_flag_missing_outputs() -> None:
+    from processor.bench import frames
+    from processor.records import Output
+
+    ref = {("a", 0): np.array([1.0, 2.0]), ("a", 1): np.array([0.0, 0.0])}
+    outs = {
+        "close": [Output("a", 0, np.array([1.0, 2.5])), Output("a", 1, np.array([0.0, -0.1]))],
+        "short": [Output("a", 0, np.array([1.0, 2.0]))],
+    }
+    assert frames.max_abs_diffs(ref, outs) == {"close": 0.5, "short": float("inf")}
+
+
+def test_frames_section_runs_in_the_full_config_only() -> None:
+    assert sweeps.full_config(["lstm2x256"]).frames_batches == (1, 64, 256, 1024)
+    quick = sweeps.quick_config(["lstm2x256"])
+    assert quick.frames_batches == ()
+    assert sweeps.seed_frames(quick, lambda _: None)["status"] == "not_run"
+
+
+def test_seed_model_and_engine_agree_with_the_sequence_model(tmp_path: Path) -> None:
+    """The seed's per-frame loop (both variants) and the engine built from the saved model
+    and init model files give the Keras sequence model's outputs."""
+    from processor.bench import frames
+
+    seed = frames.build_seed(0)
+    model_path, init_path = frames.save_models(seed, tmp_path)
+    engine = frames.build_frames_engine(model_path, init_path, max_batch=2)
+    ag = frames.agreement(seed, engine, streams=2, steps=3)
+    assert set(ag["max_abs_diff"]) == {"seed call", "seed tf.function", "engine"}
+    assert ag["reference_max_abs"] > 1e-2
+    assert ag["ok"] is True
