@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import statistics
@@ -107,19 +108,28 @@ async def produce_records(
     shape: tuple[int, ...],
     dtype: str = "float32",
     stream_prefix: str = "s",
-) -> float:
+    encoding: str = "raw",
+) -> tuple[float, int]:
     """Write ``records`` input records of ``streams`` streams (ids ``{stream_prefix}0..``,
     key = stream id, ``seq`` from 0, step-major, ``ts`` = now) to ``topic``, as fast as the
     broker takes them. Returns the produce rate in records/s once every record is
-    acknowledged; raises what aiokafka raises when a send fails.
+    acknowledged, and the records' bytes (values); raises what aiokafka raises when a send
+    fails.
+
+    ``encoding`` ``jpeg`` or ``png`` sends uint8 image steps as camera frames
+    (:func:`processor.codec.images.encode_image_input`); their content is that of ``produce
+    --kind frames`` (a moving bar over low noise), which compresses like a camera image
+    rather than like uniform noise.
 
     Uses the runtime's producer settings (:func:`processor.kafka.clients.client_kwargs`) and
     its batching writer, so the records reach the broker in the same way outputs do."""
     from aiokafka import AIOKafkaProducer
 
     from processor.codec import encode_input
+    from processor.codec.images import encode_image_input
     from processor.kafka.clients import client_kwargs
     from processor.kafka.output import OutputWriter
+    from processor.tools import SyntheticInput
 
     _, producer_kw = client_kwargs(bootstrap, "unused", {})
     producer = AIOKafkaProducer(**producer_kw)
@@ -127,15 +137,26 @@ async def produce_records(
     names = [f"{stream_prefix}{i}" for i in range(streams)]
     writer = OutputWriter(producer, topic)
     pending: list[asyncio.Future[Any]] = []
-    sent = 0
+    sent = size = 0
     t0 = time.perf_counter()
+    steps: Iterator[np.ndarray] = synthetic_steps(streams, shape, dtype)
+    if encoding != "raw":
+        frames = SyntheticInput("frames", shape, streams)
+        steps = (frames.step(seq) for seq in itertools.count())
+
+    def encode(stream: str, seq: int, x: np.ndarray, ts: int) -> bytes:
+        if encoding == "raw":
+            return encode_input(stream, seq, x, ts=ts)
+        return encode_image_input(stream, seq, x, encoding, ts=ts)
+
     try:
-        for seq, xs in enumerate(synthetic_steps(streams, shape, dtype)):
+        for seq, xs in enumerate(steps):
             if sent >= records:
                 break
             n = min(streams, records - sent)
             ts = int(time.time() * 1000)
-            batch = [(names[i], encode_input(names[i], seq, xs[i], ts=ts)) for i in range(n)]
+            batch = [(names[i], encode(names[i], seq, xs[i], ts)) for i in range(n)]
+            size += sum(len(v) for _, v in batch)
             pending += await writer.write(batch)
             sent += n
             if len(pending) > _MAX_PENDING_BATCHES:
@@ -146,7 +167,7 @@ async def produce_records(
     finally:
         await producer.stop()
     seconds = time.perf_counter() - t0
-    return sent / seconds if seconds > 0 else float("inf")
+    return (sent / seconds if seconds > 0 else float("inf")), size
 
 
 def bench_engine_only(options: EngineOptions, *, records: int, streams: int) -> dict[str, Any]:
@@ -184,6 +205,7 @@ async def bench_end_to_end(
     commit_interval_ms: int = 1000,
     durable: bool = True,
     processing_guarantee: str = "at-least-once",
+    encoding: str = "raw",
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Produce ``records`` first, then time the processor draining them (see the module
@@ -209,7 +231,9 @@ async def bench_end_to_end(
     ``state_bytes_per_s``, ``state_records``, ``checkpoints`` and
     ``checkpoint_seconds_mean``; exactly-once also ``transactions_committed``,
     ``transactions_aborted``, ``transaction_seconds_mean`` (ending one partition's
-    transaction) and ``transaction_seconds_share`` (their sum over ``seconds``). Raises
+    transaction) and ``transaction_seconds_share`` (their sum over ``seconds``);
+    ``encoding`` (raw, jpeg, png: see :func:`produce_records`) and ``input_bytes`` (the
+    input topic's size) describe the records. Raises
     :class:`TimeoutError` when the processor has not written and committed every output
     within ``timeout_s`` seconds of starting, and what the processor raises if it fails."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -241,13 +265,14 @@ async def bench_end_to_end(
             create_inputs=True,
         )
         model = load_step_model(options.model)
-        produced = await produce_records(
+        produced, input_bytes = await produce_records(
             bootstrap,
             source,
             records=records,
             streams=streams,
             shape=tuple(model.input_shape),
             dtype=model.input_dtype,
+            encoding=encoding,
         )
         settings = Settings(
             bootstrap_servers=bootstrap,
@@ -331,6 +356,8 @@ async def bench_end_to_end(
         return {
             **extra,
             "output_bytes_per_s": await _topic_bytes(bootstrap, out, partitions) / seconds,
+            "encoding": encoding,
+            "input_bytes": input_bytes,
             "records": records,
             "seconds": seconds,
             "records_per_s": records / seconds,
