@@ -56,7 +56,7 @@ def bench_decode_cost(frames: int = 512, repeats: int = 3) -> list[dict[str, Any
     frame (``decode_many`` over ``frames`` records, best of ``repeats``)."""
     from processor.codec import RecordDecoder
     from processor.codec.images import encode_image_input
-    from processor.tools import SyntheticInput
+    from processor.synthetic import SyntheticInput
 
     xs = SyntheticInput("frames", FRAME_SHAPE, frames).step(0)
     keys = [f"s{i}".encode() for i in range(frames)]

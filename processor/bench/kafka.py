@@ -129,7 +129,7 @@ async def produce_records(
     from processor.codec.images import encode_image_input
     from processor.kafka.clients import client_kwargs
     from processor.kafka.output import OutputWriter
-    from processor.tools import SyntheticInput
+    from processor.synthetic import SyntheticInput
 
     _, producer_kw = client_kwargs(bootstrap, "unused", {})
     producer = AIOKafkaProducer(**producer_kw)
