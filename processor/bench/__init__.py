@@ -169,6 +169,8 @@ def run(
         "replay": {},
         "kafka": {},
         "durable": {},
+        "frames": {},
+        "frames_kafka": {},
         "breakdown": {},
         "gc_impact": [],
         "latency_samples_ms": {},
@@ -299,6 +301,11 @@ def run(
         section("kafka", kafka)
         section("durable", durable)
         section("tiers", state_tiers)
+        section("frames", lambda: results.__setitem__("frames", sweeps.seed_frames(cfg, say)))
+        section(
+            "frames_kafka",
+            lambda: results.__setitem__("frames_kafka", sweeps.frames_kafka(cfg, say)),
+        )
         for name in cfg.breakdown_models:
             if name in loaded:
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,11 @@ GOALS: tuple[Goal, ...] = (
     ),
     Goal("catchup", "catch-up scan >= 3x waves", 3.0),
     Goal("seed_frames", "engine >= 20x the seed's way on the seed frame model", 20.0),
+    Goal(
+        "frames_kafka",
+        "camera frames through kafka (raw and JPEG) >= 50% of engine-only frames/s",
+        0.5,
+    ),
     # The measured value is the number of timed regions that retraced.
     Goal("no_retrace", "no retracing in steady state", 0.0, at_most=True),
 )
@@ -382,6 +388,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_verdict("catchup", None, "n/a", "waves and scan not both measured"))
 
     out.append(_seed_frames_verdict(results.get("frames", {})))
+    out.append(_frames_kafka_verdict(results.get("frames_kafka", {})))
 
     checked, offenders = 0, []
     timed = [
@@ -441,6 +448,68 @@ def _seed_frames_verdict(fr: dict[str, Any]) -> dict[str, Any]:
             "seed_frames", None, measured, "the two ways disagree: " + detail, scope=scope
         )
     return _verdict("seed_frames", ratio, measured, detail, scope=scope)
+
+
+def _frames_kafka_verdict(fk: dict[str, Any]) -> dict[str, Any]:
+    """The ``frames_kafka`` goal: the lower of the raw and JPEG end-to-end rates over
+    engine-only (medians of per-round ratios)."""
+    if fk.get("status") != "ran":
+        return _verdict("frames_kafka", None, "n/a", str(fk.get("reason", "not measured")))
+    raw, jpeg = float(fk["raw_over_engine"]), float(fk["jpeg_over_engine"])
+    rounds = fk.get("rounds", [])
+    engine = statistics.median(r["engine_only"]["records_per_s"] for r in rounds)
+    detail = (
+        f"raw {raw:.0%}, JPEG {jpeg:.0%} of engine-only ({engine:,.0f} frames/s), "
+        f"{len(rounds)} round(s)"
+    )
+    return _verdict(
+        "frames_kafka",
+        min(raw, jpeg),
+        f"{min(raw, jpeg):.0%}",
+        detail,
+        scope=f"cnn_lstm, {fk.get('records', 0):,} frames of {fk.get('streams', 0)} streams",
+    )
+
+
+def frames_kafka_lines(fk: dict[str, Any]) -> list[str]:
+    """The markdown of the camera-frames section: decode cost per frame, and raw and JPEG
+    frames through Kafka against engine-only."""
+    lines = ["## Camera frames: decode cost and frames through Kafka", ""]
+    decode = fk.get("decode", [])
+    if decode:
+        lines += _table(
+            ["encoding", "record bytes", "decode us/frame (decode_many, 512 frames)"],
+            [
+                [d["encoding"], f"{d['record_bytes']:,.0f}", f"{d['decode_us_per_frame']:.1f}"]
+                for d in decode
+            ],
+        )
+        lines.append("")
+    if fk.get("status") != "ran":
+        return [*lines, f"Through Kafka: not run ({fk.get('reason', '')}).", ""]
+    rows = []
+    for i, r in enumerate(fk.get("rounds", [])):
+        rows.append(
+            [
+                i + 1,
+                f"{r['engine_only']['records_per_s']:,.0f}",
+                f"{r['raw']['records_per_s']:,.0f} ({r['raw_over_engine']:.0%})",
+                f"{r['jpeg']['records_per_s']:,.0f} ({r['jpeg_over_engine']:.0%})",
+                f"{r['raw']['input_bytes'] / r['raw']['records']:,.0f} / "
+                f"{r['jpeg']['input_bytes'] / r['jpeg']['records']:,.0f}",
+            ]
+        )
+    lines += _table(
+        [
+            "round",
+            "engine-only frames/s",
+            "raw end to end",
+            "JPEG end to end",
+            "bytes/record raw / JPEG",
+        ],
+        rows,
+    )
+    return [*lines, ""]
 
 
 def frames_lines(fr: dict[str, Any]) -> list[str]:
@@ -973,6 +1042,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if results.get("frames"):
         lines += frames_lines(results["frames"])
+    if results.get("frames_kafka"):
+        lines += frames_kafka_lines(results["frames_kafka"])
     bd = results.get("breakdown", {})
     if bd:
         lines += ["## Where an engine step goes (p50 ms per call, each part timed alone)", ""]

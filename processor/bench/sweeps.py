@@ -81,6 +81,9 @@ class Config:
     # empty = the section is not run (--quick: it would double --quick's time).
     frames_batches: tuple[int, ...] = ()
     frames_seed_streams: int = 16  # streams interleaved by the seed's per-frame loop
+    # Camera frames through Kafka (cnn_lstm, raw and JPEG records); 0 records = not run.
+    frames_kafka_records: int = 20_000
+    frames_kafka_streams: int = 256
     agreement_streams: int = 3
     agreement_steps: int = 5
     pool_size: int = 4096
@@ -153,6 +156,7 @@ def quick_config(models: Sequence[str], min_time: float | None = None) -> Config
         kafka_records=10_000,
         kafka_repeats=1,
         kafka_streams=512,
+        frames_kafka_records=0,
         eos_intervals_ms=(1000,),
         eos_latency_intervals_ms=(),
         restore_streams=10_000,
@@ -1267,3 +1271,29 @@ def breakdown(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, Any]
     host.close()
     progress(f"breakdown {bm.spec.name}@{b}: {parts['summary_p50_ms']}")
     return parts
+
+
+def frames_kafka(cfg: Config, progress: Progress) -> dict[str, Any]:
+    """Camera frames through Kafka (:mod:`processor.bench.frames_kafka`): ``run`` on
+    ``cfg.frames_kafka_records`` 84x84x1 frames sent raw and as JPEG against engine-only
+    (``cfg.kafka_repeats`` rounds, median ratios), when there is a broker and records; and
+    always the decode stage's cost per frame for raw, JPEG and PNG payloads."""
+    from processor.bench import frames_kafka as fk
+
+    progress("frames: decode cost per frame (raw, jpeg, png)")
+    out: dict[str, Any] = {"decode": fk.bench_decode_cost()}
+    if cfg.bootstrap_servers is None or not cfg.frames_kafka_records:
+        why = "no --bootstrap-servers given" if cfg.bootstrap_servers is None else "--quick"
+        return out | {"status": "not_run", "reason": why}
+    with _kafka_logs_quiet(), tempfile.TemporaryDirectory() as tmp:
+        model = fk.save_frames_model(str(Path(tmp) / "cnn_lstm.keras"))
+        progress(f"frames: through Kafka, {cfg.frames_kafka_records:,} frames raw and jpeg")
+        result = fk.bench_frames_through_kafka(
+            cfg.bootstrap_servers,
+            model,
+            records=cfg.frames_kafka_records,
+            streams=cfg.frames_kafka_streams,
+            repeat=cfg.kafka_repeats,
+            threads=0,  # TensorFlow's pools were sized at start-up; they cannot change now
+        )
+    return out | result | {"status": "ran"}

@@ -611,3 +611,41 @@ def test_seed_model_and_engine_agree_with_the_sequence_model(tmp_path: Path) -> 
     assert set(ag["max_abs_diff"]) == {"seed call", "seed tf.function", "engine"}
     assert ag["reference_max_abs"] > 1e-2
     assert ag["ok"] is True
+
+
+def _frames_kafka(raw: list[float], jpeg: list[float]) -> dict[str, Any]:
+    rounds = [
+        {
+            "engine_only": {"records_per_s": 1000.0},
+            "raw": {"records_per_s": 1000.0 * r, "input_bytes": 7100 * 10, "records": 10},
+            "jpeg": {"records_per_s": 1000.0 * j, "input_bytes": 3100 * 10, "records": 10},
+            "raw_over_engine": r,
+            "jpeg_over_engine": j,
+        }
+        for r, j in zip(raw, jpeg, strict=True)
+    ]
+    import statistics
+
+    return {
+        "status": "ran",
+        "records": 10,
+        "streams": 2,
+        "rounds": rounds,
+        "raw_over_engine": statistics.median(raw),
+        "jpeg_over_engine": statistics.median(jpeg),
+        "decode": [{"encoding": "jpeg", "record_bytes": 3100.0, "decode_us_per_frame": 120.0}],
+    }
+
+
+def test_frames_kafka_goal_takes_the_lower_of_raw_and_jpeg() -> None:
+    from processor.bench.report import _frames_kafka_verdict, frames_kafka_lines
+
+    ok = _frames_kafka_verdict(_frames_kafka([0.9, 0.8], [0.6, 0.5]))
+    assert ok["status"] == "PASS" and ok["measured"] == "55%"
+    miss = _frames_kafka_verdict(_frames_kafka([0.9], [0.49]))
+    assert miss["status"] == "MISS"
+    not_run = _frames_kafka_verdict({"status": "not_run", "reason": "--quick"})
+    assert not_run["status"] == "NOT RUN" and not_run["detail"] == "--quick"
+    text = "\n".join(frames_kafka_lines(_frames_kafka([0.9], [0.6])))
+    assert "| jpeg | 3,100 | 120.0 |" in text
+    assert "900 (90%)" in text and "600 (60%)" in text and "7,100 / 3,100" in text
