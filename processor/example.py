@@ -1,5 +1,8 @@
 """The example model: next-value forecasting of noisy periodic sensor signals.
 
+(``--kind frames`` trains the video counterpart instead: see :mod:`processor.frames_example`;
+this module is the ``example-model`` command for both kinds.)
+
 ``lstm-stream example-model --out build/example-model.keras`` trains, in a few seconds on a
 small CPU, a one-layer LSTM that reads one sample of a multi-channel sensor per step and
 predicts the stream's next sample. The signal makes kept state matter: from one sample alone
@@ -29,6 +32,8 @@ from typing import Any
 import numpy as np
 
 import processor  # noqa: F401  (sets TF/Keras environment defaults before the import below)
+from processor import frames_example
+from processor.frames_example import FramesTrainConfig
 
 import keras  # isort: skip
 
@@ -283,27 +288,62 @@ def save_model(model: Any, out: str | Path) -> Path:
     return path
 
 
+#: Flags that only the sensor model has.
+_SENSOR_ONLY = ("channels", "layers")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``lstm-stream example-model``."""
+    """Flags of ``lstm-stream example-model``. The training flags default to nothing on the
+    parser (``argparse.SUPPRESS``) so that each ``--kind`` fills in its own defaults."""
     d = TrainConfig()
+    f = FramesTrainConfig()
     parser.add_argument("--out", required=True, help="output '.keras' file")
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed (data, weights)")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     parser.add_argument(
-        "--streams", type=int, default=d.streams, help="training streams (sequences)"
+        "--kind",
+        choices=("sensor", "frames"),
+        default="sensor",
+        help="sensor: next-sample forecasting of noisy multi-channel sines; frames: the "
+        "velocity of a bouncing object in 84x84x1 uint8 video frames",
     )
-    parser.add_argument("--steps", type=int, default=d.steps, help="time steps per sequence")
     parser.add_argument(
-        "--channels", type=int, default=d.channels, help="sensor channels per stream"
+        "--init-out",
+        default=None,
+        help="frames only: also train, jointly, a model mapping a stream's first frame to "
+        "every LSTM layer's initial (h, c) and save it to this '.keras' file (the engine's "
+        "--init-model)",
     )
-    parser.add_argument("--units", type=int, default=d.units, help="LSTM units per layer")
-    parser.add_argument("--layers", type=int, default=d.layers, help="stacked LSTM layers")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch")
+
+    def both(flag: str, kind: type, name: str, help_text: str) -> None:
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {getattr(d, name)} sensor, {getattr(f, name)} frames)",
+        )
+
+    both("--seed", int, "seed", "random seed (data, weights)")
+    both("--epochs", int, "epochs", "training epochs")
+    both("--streams", int, "streams", "training streams (sequences)")
+    both("--steps", int, "steps", "time steps per sequence")
     parser.add_argument(
+        "--channels",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"sensor only: channels per stream (default: {d.channels})",
+    )
+    both("--units", int, "units", "LSTM units per layer")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"sensor only: stacked LSTM layers (default: {d.layers}; frames: always 2)",
+    )
+    both("--batch-size", int, "batch_size", "training batch")
+    both(
         "--learning-rate",
-        type=float,
-        default=d.learning_rate,
-        help="initial Adam learning rate (cosine decay to 5%% of it)",
+        float,
+        "learning_rate",
+        "initial Adam learning rate (cosine decay to 5%% of it)",
     )
 
 
@@ -313,8 +353,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: getattr(args, k) for k in names if hasattr(args, k)})
 
 
+def frames_config_from_args(args: argparse.Namespace) -> FramesTrainConfig:
+    """The FramesTrainConfig of parsed ``example-model --kind frames`` flags (flags not
+    given keep the frames defaults; ``init_model`` is set by ``--init-out``)."""
+    names = set(asdict(FramesTrainConfig())) - {"init_model"}
+    given = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    return FramesTrainConfig(**given, init_model=getattr(args, "init_out", None) is not None)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Train the example model, save it to ``--out`` and print the summary. Exit code 0."""
+    """Train the example model of ``--kind``, save it to ``--out`` (and the init model to
+    ``--init-out``) and print the summary. Exit code 0, or 2 for invalid flags."""
+    if getattr(args, "kind", "sensor") == "frames":
+        return _main_frames(args)
+    if getattr(args, "init_out", None) is not None:
+        print("error: --init-out applies to --kind frames", file=sys.stderr)
+        return 2
     cfg = config_from_args(args)
     if min(cfg.streams, cfg.steps, cfg.epochs, cfg.batch_size) < 1:
         print("error: --streams, --steps, --epochs and --batch-size must be >= 1", file=sys.stderr)
@@ -327,4 +381,32 @@ def main(args: argparse.Namespace) -> int:
     path = save_model(model, args.out)
     print(format_metrics(cfg, metrics))
     print(f"saved {path}")
+    return 0
+
+
+def _main_frames(args: argparse.Namespace) -> int:
+    """``main`` for ``--kind frames``."""
+    given = [f"--{n}" for n in _SENSOR_ONLY if hasattr(args, n)]
+    if given:
+        print(f"error: {', '.join(given)} applies to --kind sensor only", file=sys.stderr)
+        return 2
+    outs = [("--out", args.out), ("--init-out", getattr(args, "init_out", None))]
+    for flag, value in outs:
+        if value is not None and not str(value).endswith(".keras"):
+            print(f"error: {flag} {value!r} must end in '.keras'", file=sys.stderr)
+            return 2
+    if getattr(args, "init_out", None) is not None and Path(args.init_out) == Path(args.out):
+        print("error: --init-out must differ from --out", file=sys.stderr)
+        return 2
+    cfg = frames_config_from_args(args)
+    if min(cfg.streams, cfg.steps, cfg.epochs, cfg.batch_size) < 1:
+        print("error: --streams, --steps, --epochs and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    print(f"training the frames example model (seed {cfg.seed})...", file=sys.stderr, flush=True)
+    model, init, metrics = frames_example.train_frames_model(cfg)
+    path = save_model(model, args.out)
+    print(frames_example.format_frames_metrics(cfg, metrics))
+    print(f"saved {path}")
+    if init is not None:
+        print(f"saved {save_model(init, args.init_out)} (initial states: --init-model)")
     return 0

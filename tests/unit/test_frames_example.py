@@ -1,13 +1,17 @@
-"""The frames example model (processor.frames_example): its clip generator, its training
-(kept state is what tells a velocity) and its init model served by the engine.
+"""The frames example model (`lstm-stream example-model --kind frames`): its clip generator,
+its training (kept state is what tells a velocity), its init model served by the engine, and
+the command.
 
 A small model is trained once for the module (to check what it learns), and a tiny one with
-its init model (to check the engine's use of it). No timing is asserted: only error ratios
-and equalities.
+its init model through the command (to check the files and the engine's use of them). No
+timing is asserted: only error ratios, equalities and files.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from processor.frames_example import (
     FramesTrainConfig,
     with_initial_state,
 )
+from processor.model import load_step_model
 from processor.options import EngineOptions, build_engine
 from processor.records import Output, Record
 
@@ -42,6 +47,13 @@ SMALL = FramesTrainConfig(
 INIT_PAIR = FramesTrainConfig(
     streams=8, steps=4, epochs=1, units=8, val_streams=4, val_steps=4, init_model=True
 )
+TINY_FLAGS = ["--epochs", "1", "--streams", "8", "--steps", "4", "--units", "8"]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    example.add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +74,19 @@ def init_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         example.save_model(model, tmp / "frames.keras"),
         example.save_model(init, tmp / "init.keras"),
     )
+
+
+@pytest.fixture(scope="module")
+def command_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """``example-model --kind frames --init-out`` with a tiny config: the model file, the
+    init model file and what the command printed."""
+    tmp = tmp_path_factory.mktemp("frames")
+    out, init_out = tmp / "m" / "frames.keras", tmp / "i" / "init.keras"
+    args = _parse(["--kind", "frames", "--out", str(out), "--init-out", str(init_out), *TINY_FLAGS])
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        assert example.main(args) == 0
+    return out, init_out, stdout.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,3 +211,50 @@ def test_engine_with_the_init_model_matches_the_offline_model(
         np.testing.assert_allclose(y, want[s], rtol=1e-4, atol=1e-4)
     # The init model matters: zero initial states give other velocities.
     assert not np.allclose(want, zero_start, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def test_example_model_kind_frames_writes_the_model_and_the_init_model(
+    command_run: tuple[Path, Path, str],
+) -> None:
+    out, init_out, text = command_run
+    args = _parse(["--kind", "frames", "--out", "x.keras", "--init-out", "y.keras", *TINY_FLAGS])
+    cfg = example.frames_config_from_args(args)
+    assert (cfg.epochs, cfg.streams, cfg.steps, cfg.units, cfg.init_model) == (1, 8, 4, 8, True)
+    assert cfg.batch_size == FramesTrainConfig().batch_size  # not given: the frames default
+    assert f"saved {out}" in text and f"saved {init_out}" in text
+    assert "state reset" in text and "mean velocity" in text
+    sm = load_step_model(out, init_model=str(init_out))
+    assert sm.has_init_model and sm.input_shape == FRAME_SHAPE and sm.input_dtype == "uint8"
+    assert sm.output_shape == (2,)
+    assert [s.shape for s in sm.state_spec] == [(8,)] * 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--out", "a.keras", "--init-out", "b.keras"], "--kind frames"),
+        (["--kind", "frames", "--out", "a.keras", "--channels", "2"], "--channels"),
+        (["--kind", "frames", "--out", "a.keras", "--init-out", "b.h5"], "'.keras'"),
+        (["--kind", "frames", "--out", "a.keras", "--init-out", "a.keras"], "differ"),
+        (["--kind", "frames", "--out", "a.keras", "--epochs", "0"], ">= 1"),
+    ],
+    ids=["init-out-sensor", "sensor-flag", "init-suffix", "same-file", "epochs"],
+)
+def test_example_model_refuses_bad_frames_flags(
+    argv: list[str], message: str, tmp_path: Path
+) -> None:
+    args = _parse(argv)
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.chdir(tmp_path):
+        assert example.main(args) == 2
+    assert message in err.getvalue()
+    assert not list(tmp_path.iterdir())
+
+
+def test_sensor_kind_keeps_its_defaults() -> None:
+    cfg = example.config_from_args(_parse(["--out", "a.keras"]))
+    assert cfg == example.TrainConfig()

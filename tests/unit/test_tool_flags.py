@@ -160,14 +160,22 @@ def _run_example(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
         seen.config = config
         return trained, None
 
+    trained_init = object()
+
+    def train_frames(config: Any) -> tuple[Any, Any, Any]:
+        seen.config = config
+        return trained, trained_init if config.init_model else None, None
+
     def save(model: Any, out: str | Path) -> Path:
-        assert model is trained
+        assert model is trained or model is trained_init
         seen.saved = str(out)
         return Path(out)
 
     mp.setattr(example, "train_example_model", train)
     mp.setattr(example, "save_model", save)
     mp.setattr(example, "format_metrics", lambda cfg, metrics: "")
+    mp.setattr(example.frames_example, "train_frames_model", train_frames)
+    mp.setattr(example.frames_example, "format_frames_metrics", lambda cfg, metrics: "")
     assert cli.main(["example-model", *argv]) == 0
     return seen
 
@@ -334,6 +342,12 @@ ROWS: dict[str, dict[str, Row]] = {
         "--layers": Row(("--layers", "2"), _config("layers"), 2),
         "--batch-size": Row(("--batch-size", "8"), _config("batch_size"), 8),
         "--learning-rate": Row(("--learning-rate", "0.5"), _config("learning_rate"), 0.5),
+        "--kind": Row(("--kind", "frames"), lambda s: type(s.config).__name__, "FramesTrainConfig"),
+        "--init-out": Row(
+            ("--kind", "frames", "--init-out", "/tmp/init.keras"),
+            lambda s: (getattr(s.config, "init_model", None), s.saved),
+            (True, "/tmp/init.keras"),
+        ),
     },
     "bench": {
         "--quick": Row(
