@@ -1,17 +1,25 @@
-"""``lstm-stream demo``: the main job embedded in one process, fed by synthetic live sensors.
+"""``lstm-stream demo``: the main job embedded in one process, fed by synthetic live sensors or
+cameras.
 
 Thousands of :class:`~processor.example.SignalBank` streams send their samples at different
-rates, some fall quiet for a while and come back. Every message takes the path of ``run`` and
+rates, some fall quiet for a while and come back. With ``--kind frames`` thousands of
+:class:`~processor.frames_example.FrameClips` cameras send 84x84x1 uint8 frames of a bouncing
+object instead, each at its own frame rate, starting at different times, in clips that end
+(``end``: the engine forgets the stream) and start again after a pause; the model gives the
+object's velocity in every frame. Every message takes the path of ``run`` and
 ``replay``: ``codec.encode_input`` -> bytes -> :class:`~processor.pipeline.Pipeline` (batch
 decode -> :class:`Engine` on its own thread, with its :class:`StateCache`: admission, LRU and
 idle eviction to the spill store, restore -> batch encode). A small fraction of messages is
 delivered twice (as at-least-once delivery does after a rebalance) and must be skipped by the
 engine as duplicates.
 
-The model forecasts each stream's next sample, so the run measures what kept state is worth:
-its forecasts with the state kept, with the state reset on every message (a sample of streams
-replayed afterwards) and the naive "next = current", all on the same pairs; for a Keras model
-the live outputs are also checked against the offline model over the whole sequences.
+The sensor model forecasts each stream's next sample, so the run measures what kept state is
+worth: its forecasts with the state kept, with the state reset on every message (a sample of
+streams replayed afterwards) and the naive "next = current", all on the same pairs. The frames
+model's velocities are scored the same way against the true velocities, the baseline being
+the best guess from one frame (the constant mean velocity, zero). For a Keras model the live
+outputs are also checked against the offline model over the sample's whole sequences (for
+frames: each sample camera's first clip).
 
 There is no broker and no batcher thread here: one loop generates a tick of messages, runs
 them and measures. With ``--rate 0`` a tick is ``--max-batch`` messages as fast as the loop
@@ -64,6 +72,12 @@ from processor.errors import ConfigError
 from processor.example import TrainConfig, format_metrics
 from processor.example import train_example_model as _train
 from processor.feeds import Traffic as Traffic
+from processor.frames_example import (
+    FRAME_SHAPE,
+    FramesTrainConfig,
+    format_frames_metrics,
+    train_frames_model,
+)
 from processor.model import KerasStepModel, StepModel, load_step_model
 from processor.options import EngineOptions, add_engine_arguments
 
@@ -79,6 +93,14 @@ def auto_cache_capacity(streams: int, max_batch: int) -> int:
     """
     return max(max_batch, streams * 9 // 16)
 
+
+KINDS = ("sensor", "frames")
+# Settings whose default depends on --kind (a frame is ~7 KB and ~0.4 MFLOP: fewer streams,
+# and a smaller sample, whose whole clips are kept in memory for the evaluation).
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sensor": {"streams": 4000, "sample_streams": 200},
+    "frames": {"streams": 2000, "sample_streams": 32, "start_spread_s": 5.0},
+}
 
 DEMO_ENGINE = EngineOptions(
     cache_capacity=auto_cache_capacity(4000, 1024), idle_timeout=IDLE_TIMEOUT_S
@@ -96,6 +118,10 @@ class DemoConfig:
     ``redeliver``: fraction of messages sent a second time. ``mean_active_s`` and
     ``quiet_s``: a stream stays active for an exponential time of this mean, then is quiet
     for a uniform time in ``quiet_s``. ``seed``: feeds and, without ``--model``, training.
+    ``kind``: "sensor" or "frames" (:data:`KIND_DEFAULTS` holds the settings the flags
+    default differently for frames). ``clip_frames``: for frames, each clip's length is
+    uniform in this range. ``start_spread_s``: streams start at a uniform time in
+    ``[0, start_spread_s)`` (0 = near the steady state from the start).
     """
 
     engine: EngineOptions = field(default_factory=lambda: DEMO_ENGINE)
@@ -108,9 +134,19 @@ class DemoConfig:
     redeliver: float = 0.002
     mean_active_s: float = 6.0
     quiet_s: tuple[float, float] = (2.0, 10.0)
+    kind: str = "sensor"
+    clip_frames: tuple[int, int] = (30, 300)
+    start_spread_s: float = 0.0
 
     def check(self) -> None:
         """Raise ConfigError for an unusable setting."""
+        if self.kind not in KINDS:
+            raise ConfigError(f"--kind must be one of {KINDS}, got {self.kind!r}")
+        lo, hi = self.clip_frames
+        if not 1 <= lo <= hi:
+            raise ConfigError(f"clip lengths must satisfy 1 <= lo <= hi, got {lo}, {hi}")
+        if self.start_spread_s < 0:
+            raise ConfigError(f"the start spread must be >= 0, got {self.start_spread_s}")
         if self.streams < 1:
             raise ConfigError(f"--streams must be >= 1, got {self.streams}")
         if not self.duration > 0:
@@ -123,13 +159,23 @@ class DemoConfig:
             raise ConfigError(f"--sample-streams must be >= 0, got {self.sample_streams}")
 
 
-def _check_model(model: StepModel) -> int:
+def _check_model(model: StepModel, kind: str = "sensor") -> int:
+    """The number of output values per step, after checking that ``model`` fits ``kind``."""
     shape = tuple(model.input_shape)
-    if len(shape) != 1 or tuple(model.output_shape) != shape:
+    out = tuple(model.output_shape)
+    if kind == "frames":
+        if shape != FRAME_SHAPE or np.dtype(model.input_dtype) != np.uint8 or out != (2,):
+            raise ConfigError(
+                f"the frames demo feeds {FRAME_SHAPE} uint8 frames and scores velocities: it "
+                f"needs a model with per-step input {FRAME_SHAPE} uint8 and output (2,); got "
+                f"input {shape} {model.input_dtype}, output {out}"
+            )
+        return 2
+    if len(shape) != 1 or out != shape:
         raise ConfigError(
             f"the demo feeds sensor vectors and scores next-sample forecasts: it needs a model "
             f"with per-step input and output shape (C,); got input {shape}, output "
-            f"{tuple(model.output_shape)}"
+            f"{out}"
         )
     if np.dtype(model.input_dtype).kind != "f":
         raise ConfigError(f"the demo needs a float input model, got {model.input_dtype}")
@@ -137,13 +183,39 @@ def _check_model(model: StepModel) -> int:
 
 
 def prepare_model(
-    config: DemoConfig, train: TrainConfig | None = None, log: TextIO = sys.stderr
+    config: DemoConfig,
+    train: TrainConfig | FramesTrainConfig | None = None,
+    log: TextIO | None = None,
 ) -> tuple[StepModel, str | None]:
-    """The model of ``config.engine.model``, or, without one, the example model trained now
-    (``train`` settings, seed ``config.seed``). Returns it with the training summary, if any."""
+    """The model of ``config.engine.model`` (with ``config.engine.init_model``), or, without
+    one, the example model of ``config.kind`` trained now (``train`` settings, of the kind's
+    type; default: the kind's defaults with seed ``config.seed``). Returns it with the
+    training summary, if any. Raises ConfigError for ``--init-model`` without ``--model`` or
+    ``train`` settings of the other kind. Notes go to ``log`` (default: ``sys.stderr`` at
+    the time of the call)."""
+    log = log if log is not None else sys.stderr
     if config.engine.model is not None:
         return load_step_model(config.engine.model, config.engine.init_model), None
+    if config.engine.init_model is not None:
+        raise ConfigError("--init-model needs the --model it belongs to")
+    if config.kind == "frames":
+        fcfg = train or FramesTrainConfig(seed=config.seed)
+        if not isinstance(fcfg, FramesTrainConfig):
+            raise ConfigError("the frames demo trains with FramesTrainConfig settings")
+        print(
+            f"no --model given: training the frames example model now ({fcfg.epochs} epochs "
+            f"on {fcfg.streams} clips; `lstm-stream example-model --kind frames --out FILE` "
+            "saves one)...",
+            file=log,
+            flush=True,
+        )
+        frames_model, init_model, fmetrics = train_frames_model(fcfg)
+        text = format_frames_metrics(fcfg, fmetrics)
+        print(text, file=log, flush=True)
+        return KerasStepModel.from_model(frames_model, init_model), text
     cfg = train or TrainConfig(seed=config.seed)
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError("the sensor demo trains with TrainConfig settings")
     print(
         f"no --model given: training the example model now ({cfg.epochs} epochs on "
         f"{cfg.streams} streams; `lstm-stream example-model --out FILE` saves one)...",
@@ -160,22 +232,24 @@ def run_demo(
     config: DemoConfig,
     model: StepModel | None = None,
     *,
-    train: TrainConfig | None = None,
+    train: TrainConfig | FramesTrainConfig | None = None,
     stop: threading.Event | None = None,
-    out: TextIO = sys.stderr,
+    out: TextIO | None = None,
 ) -> DemoSummary:
     """Run the demo and return its summary (see the module docstring).
 
     ``model``: use this StepModel instead of ``config.engine.model`` / training one.
     ``train``: training settings when a model must be trained. ``stop``: set it (e.g. from a
     SIGINT handler) to end the live phase early; the summary is still computed. ``out``:
-    where progress lines and notes go. Raises ConfigError for bad settings.
+    where progress lines and notes go (default: ``sys.stderr`` at the time of the call).
+    Raises ConfigError for bad settings.
     """
     config.check()
+    out = out if out is not None else sys.stderr
     training: str | None = None
     if model is None:
         model, training = prepare_model(config, train, out)
-    channels = _check_model(model)
+    channels = _check_model(model, config.kind)
     run = _Run(config, model, channels, out)
     seconds, stopped_early = run.loop(stop)
     meter, engine, opts = run.meter, run.engine, config.engine
@@ -224,6 +298,7 @@ def run_demo(
         sample=sample_errors,
         offline_max_abs_diff=offline,
         training=training,
+        kind=config.kind,
     )
 
 
@@ -245,7 +320,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         helps=helps,
     )
     g = parser.add_argument_group("synthetic traffic")
-    g.add_argument("--streams", type=int, default=d.streams, help="synthetic sensor streams")
+    g.add_argument(
+        "--kind",
+        choices=KINDS,
+        default=d.kind,
+        help="sensor: float vectors, the model forecasts the next one; frames: 84x84x1 uint8 "
+        "camera frames in clips of a bouncing object, the model gives its velocity (without "
+        "--model the frames example model is trained now, ~1 min)",
+    )
+    g.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="synthetic streams (default: 4000 sensors, 2000 cameras)",
+    )
     g.add_argument("--duration", type=float, default=d.duration, help="seconds of live traffic")
     g.add_argument(
         "--rate",
@@ -257,8 +345,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--sample-streams",
         type=int,
-        default=d.sample_streams,
-        help="streams replayed with the state reset on every message, for the comparison",
+        default=None,
+        help="streams replayed with the state reset on every message, for the comparison "
+        "(default: 200 sensors, 32 cameras)",
     )
     g.add_argument(
         "--redeliver",
@@ -285,11 +374,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     """The DemoConfig of parsed ``demo`` flags."""
     names = {f.name for f in dataclasses.fields(DemoConfig)} - {"engine"}
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    kind = given.get("kind", DemoConfig.kind)
+    fields = {**KIND_DEFAULTS.get(kind, {}), **given}
     engine = EngineOptions.from_args(args)
     if getattr(args, "cache_capacity", None) is None:
-        capacity = auto_cache_capacity(args.streams, engine.max_batch)
+        capacity = auto_cache_capacity(fields["streams"], engine.max_batch)
         engine = dataclasses.replace(engine, cache_capacity=capacity)
-    return DemoConfig(engine=engine, **{k: getattr(args, k) for k in names if hasattr(args, k)})
+    return DemoConfig(engine=engine, **fields)
 
 
 @contextmanager
@@ -328,7 +420,9 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     mode = f"{config.rate:,.0f} msg/s" if config.rate > 0 else "as fast as possible"
     print(
-        f"demo: {config.streams:,} synthetic streams for {config.duration:g} s, {mode}, cache "
+        f"demo: {config.streams:,} synthetic {'cameras' if config.kind == 'frames' else 'sensors'}"
+        f" for {config.duration:g} s, "
+        f"{mode}, cache "
         f"{config.engine.cache_capacity:,} streams, idle timeout {config.engine.idle_timeout} s "
         "(Ctrl-C ends early with the summary)",
         file=sys.stderr,

@@ -24,7 +24,9 @@ import numpy as np
 
 from processor.engine import Engine
 from processor.example import FEED_SALT
-from processor.feeds import Feeds, Traffic
+from processor.feeds import Feeds, SensorSource, Source, Traffic, stream_ids
+from processor.frames_example import FEED_SALT as FRAMES_FEED_SALT
+from processor.frames_example import FrameClips
 from processor.model import StepModel
 from processor.options import build_engine
 from processor.pipeline import Pipeline, StalePolicy
@@ -85,8 +87,14 @@ class LatencyHistogram:
 
 
 class Meter:
-    """Counters, latencies and forecast errors, over the run and since the last progress line;
-    the inputs and outputs of the ``sample`` streams (their first :data:`MAX_SAMPLE_STEPS`)."""
+    """Counters, latencies and errors, over the run and since the last progress line; the
+    inputs, outputs and targets of the ``sample`` streams (their first
+    :data:`MAX_SAMPLE_STEPS` messages, and with clips only their first clip).
+
+    Errors: without targets each output is a forecast of the stream's next input, scored
+    against it, with the baseline "next = current"; with targets each output is scored
+    against its own target, with the baseline the constant zero (the mean of the symmetric
+    synthetic targets: the best guess without state). ``channels``: values per output."""
 
     def __init__(self, n: int, channels: int, sample: np.ndarray) -> None:
         self.generated = self.redelivered = self.decoded = self.bad = 0
@@ -103,34 +111,56 @@ class Meter:
         self.pairs = 0
         self.in_sample = np.zeros(n, bool)
         self.in_sample[sample] = True
-        self.history: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {
-            int(s): ([], []) for s in sample
+        self.recording = self.in_sample.copy()
+        # Per sample stream: inputs, outputs, targets (the last stays empty for forecasts).
+        self.history: dict[int, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]] = {
+            int(s): ([], [], []) for s in sample
         }
         # Since the last progress line.
         self.mark_time = 0.0
         self.mark_generated = 0
+        self.mark_bytes = 0
         self.mark_rows = 0
         self.mark_calls = 0
         self.mark_lat = self.latency.counts()
 
-    def score(self, idx: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Streams ``idx`` sent ``x`` and got forecasts ``y``: score their previous forecasts
-        (and the naive one) against ``x``, then keep ``y`` for their next sample."""
-        prev = self.has_pred[idx]
-        if prev.any():
-            i = idx[prev]
-            self.sq_state += float(((self.pred[i] - x[prev]) ** 2).sum())
-            self.sq_naive += float(((self.last_x[i] - x[prev]) ** 2).sum())
-            self.pairs += int(prev.sum())
-        self.pred[idx] = y
-        self.last_x[idx] = x
+    def score(
+        self,
+        idx: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        targets: np.ndarray | None = None,
+        ended: np.ndarray | None = None,
+    ) -> None:
+        """Streams ``idx`` sent ``x`` and got outputs ``y``. Without ``targets``: score their
+        previous forecasts (and the naive one) against ``x``, then keep ``y`` for their next
+        sample. With ``targets``: score ``y`` (and the zero baseline) against them. ``ended``:
+        which of them ended a clip (their sample recording stops there)."""
+        if targets is None:
+            prev = self.has_pred[idx]
+            if prev.any():
+                i = idx[prev]
+                self.sq_state += float(((self.pred[i] - x[prev]) ** 2).sum())
+                self.sq_naive += float(((self.last_x[i] - x[prev]) ** 2).sum())
+                self.pairs += int(prev.sum())
+            self.pred[idx] = y
+            self.last_x[idx] = x
+        else:
+            self.sq_state += float(((y - targets) ** 2).sum())
+            self.sq_naive += float((targets.astype(np.float64) ** 2).sum())
+            self.pairs += idx.size
         self.has_pred[idx] = True
         self.seen[idx] = True
-        for j in np.flatnonzero(self.in_sample[idx]):
-            xs, ys = self.history[int(idx[j])]
+        for j in np.flatnonzero(self.recording[idx]):
+            s = int(idx[j])
+            xs, ys, ts = self.history[s]
             if len(xs) < MAX_SAMPLE_STEPS:
                 xs.append(x[j].copy())
                 ys.append(y[j].copy())
+                if targets is not None:
+                    ts.append(targets[j].copy())
+            if ended is not None and ended[j]:
+                self.recording[s] = False
 
 
 def mse(sq: float, pairs: int, channels: int) -> float | None:
@@ -167,6 +197,7 @@ def progress_line(m: Meter, now: float, engine: Engine, channels: int) -> str:
     marks in ``m`` it moves to now), cache and error figures since the start."""
     dt = max(now - m.mark_time, 1e-9)
     rate = (m.generated - m.mark_generated) / dt
+    mb_rate = (m.input_bytes - m.mark_bytes) / dt / 1e6
     calls = m.compiled_calls - m.mark_calls
     batch = (m.batch_rows - m.mark_rows) / calls if calls else 0.0
     now_lat = m.latency.counts()
@@ -174,11 +205,12 @@ def progress_line(m: Meter, now: float, engine: Engine, channels: int) -> str:
     st = engine.cache.stats
     state = mse(m.sq_state, m.pairs, channels)
     naive = mse(m.sq_naive, m.pairs, channels)
-    err = f" | MSE so far {state:.4f} (naive {naive:.4f})" if state is not None else ""
-    m.mark_time, m.mark_generated = now, m.generated
+    err = f" | MSE so far {state:.4f} (baseline {naive:.4f})" if state is not None else ""
+    m.mark_time, m.mark_generated, m.mark_bytes = now, m.generated, m.input_bytes
     m.mark_rows, m.mark_calls, m.mark_lat = m.batch_rows, m.compiled_calls, now_lat
     return (
-        f"[{now:5.1f}s] {rate:8,.0f} msg/s | batch {batch:6,.1f} | latency p50 "
+        f"[{now:5.1f}s] {rate:8,.0f} msg/s {mb_rate:6,.1f} MB/s | batch {batch:6,.1f} | "
+        f"latency p50 "
         f"{m.latency.percentile(50, interval) * 1e3:6.1f} ms p99 "
         f"{m.latency.percentile(99, interval) * 1e3:6.1f} ms | cache "
         f"{len(engine.cache):,}/{engine.cache.capacity:,} spilled {engine.cache.spilled_count:,}"
@@ -202,9 +234,22 @@ class LiveRun:
             warmup=True,
         )
         self.rng = np.random.default_rng([config.seed, FEED_SALT, 1])
-        self.feeds = Feeds(config.streams, channels, config.seed, self.rng, config.redeliver)
-        self.traffic = Traffic(config.streams, self.rng, config.mean_active_s, config.quiet_s)
-        self.ids = self.feeds.ids
+        source: Source
+        if config.kind == "frames":
+            source = FrameClips(config.streams, config.seed, salt=FRAMES_FEED_SALT)
+            ids, clips = stream_ids(config.streams, "camera"), config.clip_frames
+        else:
+            source = SensorSource(config.streams, channels, config.seed)
+            ids, clips = stream_ids(config.streams), None
+        self.feeds = Feeds(source, ids, self.rng, config.redeliver, clips)
+        self.traffic = Traffic(
+            config.streams,
+            self.rng,
+            config.mean_active_s,
+            config.quiet_s,
+            config.start_spread_s,
+        )
+        self.ids = ids
         n_sample = min(config.sample_streams, config.streams)
         sample = np.sort(self.rng.choice(config.streams, n_sample, replace=False))
         self.meter = Meter(config.streams, channels, sample)
@@ -282,7 +327,8 @@ class LiveRun:
             sent = self.t0 + (meter.generated + np.arange(1, k + 1)) / cfg.rate
         else:
             sent = time.perf_counter()
-        x, raws = self.feeds.messages(idx)
+        tick = self.feeds.messages(idx)
+        x, raws = tick.x, tick.raws
         pipeline = self.pipeline
         in_bytes = sum(len(raw) for _, raw in raws)
         decoded = pipeline.decode([raw for _, raw in raws], [key for key, _ in raws])
@@ -312,4 +358,7 @@ class LiveRun:
         have = np.array([ids[int(s)] in y_by_stream for s in idx])
         if have.any():
             y = np.stack([y_by_stream[ids[int(s)]] for s in idx[have]])
-            meter.score(idx[have], x[have], y)
+            targets = None if tick.targets is None else tick.targets[have]
+            meter.score(idx[have], x[have], y, targets, tick.ended[have])
+        # A clip that ended leaves its stream quiet for a while before the next one.
+        self.traffic.pause(idx[tick.ended], time.perf_counter() - self.t0)

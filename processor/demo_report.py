@@ -49,8 +49,37 @@ class ForecastErrors:
 
 
 @dataclass(frozen=True)
+class ErrorTerms:
+    """How a kind of demo names its error figures: the ``metric``, the ``baseline`` column
+    and the ``message`` unit."""
+
+    metric: str
+    baseline: str
+    baseline_long: str
+    message: str
+
+
+#: The error figures' names by demo kind.
+ERROR_TERMS = {
+    "sensor": ErrorTerms(
+        "forecast of the next sample, mean squared error",
+        "naive x[t]",
+        "the naive forecast",
+        "message",
+    ),
+    "frames": ErrorTerms(
+        "velocity of the object in each frame, mean squared error ((px/frame)^2)",
+        "zero (1 frame)",
+        "the one-frame baseline (constant zero, the mean velocity)",
+        "frame",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class DemoSummary:
-    """What a demo run did. Counter identities that hold for every run:
+    """What a demo run did (``kind``: "sensor" forecasts, "frames" velocities; see
+    :data:`ERROR_TERMS`). Counter identities that hold for every run:
     ``inputs == generated + redelivered``, ``inputs == decoded + bad_records``,
     ``outputs + duplicates == decoded`` and, with no state lost,
     ``duplicates == redelivered``."""
@@ -88,6 +117,7 @@ class DemoSummary:
     sample: ForecastErrors
     offline_max_abs_diff: float | None
     training: str | None = None
+    kind: str = "sensor"
 
     @property
     def throughput(self) -> float:
@@ -105,22 +135,32 @@ class DemoSummary:
         return self.output_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
-def sample_history(meter: Meter) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The recorded inputs and live outputs (``[steps, C]`` each) of the sample streams that
-    sent at least one message, by stream index."""
-    return {s: (np.array(xs), np.array(ys)) for s, (xs, ys) in meter.history.items() if xs}
+History = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+
+
+def sample_history(meter: Meter) -> History:
+    """The recorded inputs, live outputs (``[steps, ...]`` each) and targets (None for
+    forecasts) of the sample streams that sent at least one message, by stream index."""
+    return {
+        s: (np.array(xs), np.array(ys), np.array(ts) if ts else None)
+        for s, (xs, ys, ts) in meter.history.items()
+        if xs
+    }
 
 
 def evaluate_sample(
     model: StepModel,
-    hist: dict[int, tuple[np.ndarray, np.ndarray]],
+    hist: History,
     ids: list[str],
     opts: EngineOptions,
     channels: int,
 ) -> ForecastErrors:
     """Score the sample streams of ``hist`` (:func:`sample_history`; ``ids``: the stream ids)
-    stateful / reset / naive on identical pairs. The reset outputs come from a fresh Engine
-    over ``model`` on ``opts.device``, fed every message with ``reset`` through the codec."""
+    stateful / reset / baseline on identical pairs. The reset outputs come from a fresh Engine
+    over ``model`` on ``opts.device``, fed every message with ``reset`` through the codec.
+
+    Streams with targets score each output against its target (baseline: zero); streams
+    without score each output as a forecast of the next input (baseline: the current one)."""
     if not hist:
         return ForecastErrors(0, 0, None, None, None)
     streams = list(hist)
@@ -148,7 +188,13 @@ def evaluate_sample(
     sq_state = sq_reset = sq_naive = 0.0
     pairs = 0
     for s in streams:
-        xs, ys = hist[s]
+        xs, ys, ts = hist[s]
+        if ts is not None:
+            sq_state += float(((ys - ts) ** 2).sum())
+            sq_reset += float(((reset_y[s] - ts) ** 2).sum())
+            sq_naive += float((ts.astype(np.float64) ** 2).sum())
+            pairs += len(ts)
+            continue
         if len(xs) < 2:
             continue
         target = xs[1:]
@@ -165,17 +211,18 @@ def evaluate_sample(
     )
 
 
-def offline_diff(model: StepModel, hist: dict[int, tuple[np.ndarray, np.ndarray]]) -> float | None:
+def offline_diff(model: StepModel, hist: History) -> float | None:
     """Largest |live output - the Keras model on the whole sequence| over the sample
-    streams of ``hist`` (at least one), or None when the model is not a Keras model."""
+    streams of ``hist`` (at least one), or None when the model is not a Keras model or
+    takes its initial states from an init model (whose offline reference is not here)."""
     keras_model = getattr(model, "keras_model", None)
-    if keras_model is None:
+    if keras_model is None or model.has_init_model:
         return None
     streams = list(hist)
     depth = max(len(hist[s][0]) for s in streams)
-    channels = hist[streams[0]][0].shape[1]
+    first = hist[streams[0]][0]
     # Zero padding at the end cannot change earlier outputs of a causal recurrent model.
-    x = np.zeros((len(streams), depth, channels), np.float32)
+    x = np.zeros((len(streams), depth, *first.shape[1:]), first.dtype)
     for i, s in enumerate(streams):
         x[i, : len(hist[s][0])] = hist[s][0]
     # One compiled call of the model itself: not predict(), whose Keras 3.15 version can
@@ -232,7 +279,7 @@ def summary_record(s: DemoSummary) -> dict[str, Any]:
 
     The same numbers :func:`format_summary` prints, unrounded: undefined figures (no
     messages, no pairs, a non-Keras model's offline check) are ``null``, never NaN. Keys:
-    ``model``, ``streams``, ``streams_seen``, ``seconds``, ``stopped_early``,
+    ``kind``, ``model``, ``streams``, ``streams_seen``, ``seconds``, ``stopped_early``,
     ``rate_target`` (0 = as fast as possible); ``messages`` (the counters of
     :class:`DemoSummary` plus ``answered_once``); ``throughput`` (``messages_per_s``,
     ``input_mb_per_s``, ``output_mb_per_s``); ``batches`` (``ticks``, ``compiled_calls``,
@@ -244,6 +291,7 @@ def summary_record(s: DemoSummary) -> dict[str, Any]:
     """
     sm = s.sample
     return {
+        "kind": s.kind,
         "model": s.model,
         "streams": s.streams,
         "streams_seen": s.streams_seen,
@@ -288,7 +336,7 @@ def summary_record(s: DemoSummary) -> dict[str, Any]:
             "state_lost": s.state_lost,
         },
         "errors": {
-            "metric": "mean squared error of the next-sample forecast",
+            "metric": ERROR_TERMS[s.kind].metric,
             "all_streams": _errors_record(s.all_streams),
             "sample": _errors_record(sm),
             "kept_vs_reset": _number(_ratio_value(sm.stateful, sm.reset)),
@@ -312,18 +360,19 @@ def format_summary(s: DemoSummary) -> str:
     """The end-of-run report (several lines, no trailing newline)."""
     mode = f"target {s.rate_target:,.0f} msg/s" if s.rate_target > 0 else "as fast as possible"
     early = " (stopped early)" if s.stopped_early else ""
-    a, sm = s.all_streams, s.sample
+    a, sm, terms = s.all_streams, s.sample, ERROR_TERMS[s.kind]
+    unit = terms.message
     lines = [
         "=== lstm-stream demo summary ===",
         f"model: {s.model}",
         f"live traffic: {s.seconds:.1f} s{early}, {s.streams:,} streams ({s.streams_seen:,} "
         f"sent), {mode}",
-        f"messages: {s.generated:,} generated + {s.redelivered:,} redelivered = {s.inputs:,} "
+        f"{unit}s: {s.generated:,} generated + {s.redelivered:,} redelivered = {s.inputs:,} "
         f"in ({s.input_bytes / 1e6:.1f} MB); {s.decoded:,} decoded, {s.bad_records:,} bad",
         f"outputs: {s.outputs:,} ({s.output_bytes / 1e6:.1f} MB), duplicates dropped "
-        f"{s.duplicates:,}; every generated message answered once: "
+        f"{s.duplicates:,}; every generated {unit} answered once: "
         f"{'yes' if s.outputs == s.generated else 'NO'}",
-        f"throughput: {s.throughput:,.0f} msg/s, {s.input_mb_per_s:,.1f} MB/s in and "
+        f"throughput: {s.throughput:,.0f} {unit}s/s, {s.input_mb_per_s:,.1f} MB/s in and "
         f"{s.output_mb_per_s:,.1f} MB/s out, for the whole path, one tick at a time "
         "(generate, encode, decode, engine on the pipeline's thread, encode output)",
         f"engine: {s.compiled_calls:,} compiled steps, mean batch {s.mean_batch:,.1f}",
@@ -333,18 +382,19 @@ def format_summary(s: DemoSummary) -> str:
         f"spilled now; admitted {s.admitted:,}, evicted lru {s.evicted_lru:,} idle "
         f"{s.evicted_idle:,}, restored from spill {s.restored_from_spill:,}, states lost "
         f"{s.state_lost:,}",
-        "forecast of the next sample, mean squared error (lower is better):",
-        f"  {'':28s}{'state kept':>12s}{'state reset':>13s}{'naive x[t]':>12s}{'pairs':>10s}",
-        f"  {f'all {a.streams:,} streams':28s}{_f(a.stateful):>12s}{'-':>13s}{_f(a.naive):>12s}"
+        f"{terms.metric} (lower is better):",
+        f"  {'':28s}{'state kept':>12s}{'state reset':>13s}{terms.baseline:>16s}{'pairs':>10s}",
+        f"  {f'all {a.streams:,} streams':28s}{_f(a.stateful):>12s}{'-':>13s}{_f(a.naive):>16s}"
         f"{a.pairs:>10,}",
         f"  {f'sample of {sm.streams} streams':28s}{_f(sm.stateful):>12s}"
-        f"{_f(sm.reset):>13s}{_f(sm.naive):>12s}{sm.pairs:>10,}",
+        f"{_f(sm.reset):>13s}{_f(sm.naive):>16s}{sm.pairs:>10,}",
         f"  kept state is {_ratio(sm.stateful, sm.reset)} better than resetting it every "
-        f"message and {_ratio(sm.stateful, sm.naive)} better than the naive forecast",
+        f"{unit} and {_ratio(sm.stateful, sm.naive)} better than {terms.baseline_long}",
     ]
     if s.offline_max_abs_diff is not None:
+        whole = "clips" if s.kind == "frames" else "sequences"
         lines.append(
-            f"  live outputs vs the offline Keras model on the sample's whole sequences: max "
+            f"  live outputs vs the offline Keras model on the sample's whole {whole}: max "
             f"abs difference {s.offline_max_abs_diff:.2e}"
         )
     return "\n".join(lines)
