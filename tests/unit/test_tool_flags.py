@@ -142,8 +142,12 @@ def _run_demo(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
         seen.loaded.append((path, init))
         return _StandinModel()
 
+    def write_summary_json(summary: Any, path: str) -> None:
+        seen.written = path
+
     mp.setattr(demo, "run_demo", run_demo)
     mp.setattr(demo, "format_summary", lambda summary: "")
+    mp.setattr(demo, "write_summary_json", write_summary_json)
     mp.setattr(demo, "configure_threads", lambda *a: seen.threads.append(a))
     mp.setattr(demo, "load_step_model", load)
     assert cli.main(["demo", *argv]) == 0
@@ -330,6 +334,15 @@ ROWS: dict[str, dict[str, Row]] = {
         "--sample-streams": Row(("--sample-streams", "5"), _config("sample_streams"), 5),
         "--redeliver": Row(("--redeliver", "0.1"), _config("redeliver"), 0.1),
         "--no-progress": Row(("--no-progress",), _config("progress"), False),
+        # The kind picks the feeds and its own defaults (fewer, heavier streams for cameras).
+        "--kind": Row(
+            ("--kind", "frames"),
+            lambda s: (s.config.kind, s.config.streams, s.config.sample_streams),
+            ("frames", 2000, 32),
+        ),
+        "--summary-json": Row(
+            ("--summary-json", "/tmp/summary.json"), lambda s: s.written, "/tmp/summary.json"
+        ),
     },
     "example-model": {
         "--out": Row(("--out", "/tmp/other.keras"), lambda s: s.saved, "/tmp/other.keras"),
