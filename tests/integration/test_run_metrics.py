@@ -73,6 +73,15 @@ async def test_metrics_endpoint_shows_counters_moving_during_a_run(
             status, body = await asyncio.to_thread(_get, f"{base}/metrics")
             assert status == 200
             scrapes.append(_samples(body))
+        # The lag gauges are refreshed after each periodic commit (every commit interval): a
+        # run this short may not have had one since its assignment yet.
+        await wait_for(
+            lambda: bool(run.proc.metrics.consumer_lag.collect()[0].samples),
+            10,
+            "the consumer lag gauges",
+            run,
+        )
+        lag = _samples((await asyncio.to_thread(_get, f"{base}/metrics"))[1])
     first, last = scrapes
     for samples, n in ((first, len(first_half)), (last, done)):
         assert _total(samples, "lstm_stream_records_in_total") == n
@@ -85,7 +94,7 @@ async def test_metrics_endpoint_shows_counters_moving_during_a_run(
     assert _total(last, "lstm_stream_cache_capacity") == settings.engine.cache_capacity
     assert _total(last, "lstm_stream_rebalances_total") >= 1
     assert _total(last, "lstm_stream_assigned_partitions") == 2
-    assert any(n == "lstm_stream_consumer_lag_records" for n, _ in last)
+    assert any(n == "lstm_stream_consumer_lag_records" for n, _ in lag)
     # The server is gone with the processor.
     with pytest.raises(OSError):
         await asyncio.to_thread(_get, f"{base}/healthz")
