@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 MODEL := build/example-model.keras
 DEMO_ARGS ?= --duration 30
 PYTEST_ARGS ?=
+NODE_TOOLS := tests/tools/node_modules/.package-lock.json
 
-.PHONY: venv demo test unit integration lint typecheck check bench bench-quick kafka-up kafka-down clean
+.PHONY: venv node-tools demo test unit integration lint typecheck check bench bench-quick kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
@@ -18,6 +19,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Node checkers of the deployment artefacts (Grafana dashboard types, KEDA schema, AsyncAPI
+# parser), pinned by tests/tools/package-lock.json. Skipped without npm: the tests that need
+# them then skip (or fail under LSTM_STREAM_REQUIRE_TOOLS=1, as in CI).
+$(NODE_TOOLS): tests/tools/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/tools --no-audit --no-fund --loglevel=error; fi
+
+node-tools: $(NODE_TOOLS)
+
 $(MODEL): $(STAMP)
 	$(VENV)/bin/lstm-stream example-model --out $(MODEL)
 
@@ -26,7 +35,7 @@ demo: $(MODEL)
 	$(VENV)/bin/lstm-stream demo --model $(MODEL) $(DEMO_ARGS)
 
 ## Every test: unit tests and integration tests against a real local Kafka broker.
-test: $(STAMP)
+test: $(STAMP) node-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP)
