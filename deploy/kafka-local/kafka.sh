@@ -4,6 +4,11 @@
 #
 #   kafka.sh start    collect jars if needed, format storage once, start, wait until ready;
 #                     prints the bootstrap address (e.g. 127.0.0.1:19092) as the last stdout line
+#   kafka.sh start --sasl
+#                     the same plus a SASL_SSL listener (TLS + SCRAM-SHA-512) on its own port
+#                     (same as KAFKA_LOCAL_SASL=1): a throw-away CA and broker certificate in
+#                     <run dir>/tls, a SCRAM user; its address goes to <run dir>/sasl-bootstrap
+#                     and stderr, the CA to <run dir>/tls/ca.pem (stdout is unchanged)
 #   kafka.sh stop     SIGTERM, wait, SIGKILL after KAFKA_LOCAL_STOP_TIMEOUT seconds
 #   kafka.sh status   prints "running <address>" (exit 0) or "not running" (exit 1)
 #
@@ -14,6 +19,10 @@
 #   KAFKA_LOCAL_TIMEOUT          seconds to wait for readiness           (default: 120)
 #   KAFKA_LOCAL_STOP_TIMEOUT     seconds to wait after SIGTERM            (default: 30)
 #   KAFKA_LOCAL_HEAP             JVM max heap                            (default: 768m)
+#   KAFKA_LOCAL_SASL             1: start with the SASL_SSL listener        (default: 0)
+#   KAFKA_LOCAL_SASL_PORT        its port                                (default: 19094)
+#   KAFKA_LOCAL_SASL_USER        SCRAM-SHA-512 user                      (default: lstm-stream)
+#   KAFKA_LOCAL_SASL_PASSWORD    its password (throw-away, local only)   (default: lstm-stream-local)
 #   KAFKA_LOCAL_OWNER_PID        if set, the broker is stopped when that process ends
 #                                (the test fixture passes its own PID: no orphan broker after a
 #                                killed test run)
@@ -34,6 +43,11 @@ TIMEOUT="${KAFKA_LOCAL_TIMEOUT:-120}"
 STOP_TIMEOUT="${KAFKA_LOCAL_STOP_TIMEOUT:-30}"
 HEAP="${KAFKA_LOCAL_HEAP:-768m}"
 OWNER_PID="${KAFKA_LOCAL_OWNER_PID:-}"
+SASL="${KAFKA_LOCAL_SASL:-0}"
+SASL_PORT="${KAFKA_LOCAL_SASL_PORT:-19094}"
+SASL_USER="${KAFKA_LOCAL_SASL_USER:-lstm-stream}"
+SASL_PASSWORD="${KAFKA_LOCAL_SASL_PASSWORD:-lstm-stream-local}"
+SCRAM=SCRAM-SHA-512
 HOST=127.0.0.1
 
 if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
@@ -58,6 +72,10 @@ abs_run_dir() {
     fi
     PID_FILE="$RUN_DIR/kafka.pid"
     ADDR_FILE="$RUN_DIR/bootstrap"
+    SASL_ADDR_FILE="$RUN_DIR/sasl-bootstrap"
+    TLS_DIR="$RUN_DIR/tls"
+    # sha256 of the SCRAM user and password the storage holds (see ensure_scram_user)
+    SCRAM_MARK="$RUN_DIR/scram-user.sha256"
 }
 
 # PID of the broker of this run dir if it is alive, else nothing (and a stale PID file is removed).
@@ -122,16 +140,24 @@ collect_jars() {
 
 write_config() {
     mkdir -p "$RUN_DIR/data" "$RUN_DIR/logs"
+    local listeners="PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT"
+    local advertised="PLAINTEXT://$HOST:$PORT"
+    local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if sasl_on; then
+        listeners+=",SASL_SSL://$HOST:$SASL_PORT"
+        advertised+=",SASL_SSL://$HOST:$SASL_PORT"
+        protocols+=",SASL_SSL:SASL_SSL"
+    fi
     cat >"$RUN_DIR/server.properties" <<EOF
 # Written by kafka.sh on every start; edits are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$RUN_DIR/data
 
 # One node: every internal topic has one replica, so transactions and groups work.
@@ -153,6 +179,32 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 log.retention.hours=24
 EOF
+    if sasl_on; then
+        # Clients only: the broker and controller keep talking PLAINTEXT among themselves.
+        # TLS with the broker's PEM key and certificate (no client certificates), then
+        # SCRAM-SHA-512 against the credentials stored in the cluster metadata.
+        cat >>"$RUN_DIR/server.properties" <<EOF
+
+# SASL_SSL listener (kafka.sh start --sasl): TLS, then SCRAM-SHA-512.
+listener.name.sasl_ssl.sasl.enabled.mechanisms=$SCRAM
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS_DIR/broker-keystore.pem
+listener.name.sasl_ssl.ssl.client.auth=none
+EOF
+        # For Kafka's own command-line tools (--command-config); the password is the local,
+        # throw-away one.
+        (
+            umask 077
+            cat >"$RUN_DIR/client-sasl.properties" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=$SCRAM
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$SASL_USER" password="$SASL_PASSWORD";
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+EOF
+        )
+    fi
     cat >"$RUN_DIR/log4j2.properties" <<EOF
 # Broker logging (Log4j 2): one rolling file in logs/.
 status = warn
@@ -196,12 +248,99 @@ format_storage() {
     while [[ -z "$cluster_id" || "$cluster_id" == -* ]]; do
         cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)"
     done
+    # With --sasl the SCRAM user goes into the bootstrap metadata right here: free, while
+    # adding it to a running broker costs a JVM start (ensure_scram_user).
+    local scram=()
+    rm -f "$SCRAM_MARK"
+    if sasl_on; then
+        scram=(--add-scram "$SCRAM=[name=$SASL_USER,password=$SASL_PASSWORD]")
+    fi
     "$JAVA" -cp "$LIBS/*" "-Dlog4j2.configurationFile=$RUN_DIR/tools-log4j2.properties" \
         kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN_DIR/server.properties" \
-        >"$RUN_DIR/logs/format.log" 2>&1 || {
+        "${scram[@]}" >"$RUN_DIR/logs/format.log" 2>&1 || {
         cat "$RUN_DIR/logs/format.log" >&2
         die "storage format failed"
     }
+    if sasl_on; then
+        scram_digest >"$SCRAM_MARK"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# SASL_SSL (start --sasl)
+
+sasl_on() { [[ "$SASL" == 1 ]]; }
+
+check_sasl_settings() {
+    [[ "$SASL" == 0 || "$SASL" == 1 ]] || die "KAFKA_LOCAL_SASL must be 0 or 1, got '$SASL'"
+    sasl_on || return 0
+    check_port "$SASL_PORT"
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by --sasl)"
+    # The values go into a --add-scram [name=...,password=...] list and a JAAS string.
+    local v
+    for v in "$SASL_USER" "$SASL_PASSWORD"; do
+        if [[ -z "$v" || "$v" =~ [][,=\"\'[:space:]] ]]; then
+            die "KAFKA_LOCAL_SASL_USER and KAFKA_LOCAL_SASL_PASSWORD must be non-empty, without spaces, quotes, ',', '=', '[' or ']'"
+        fi
+    done
+}
+
+scram_digest() { printf '%s\n%s\n' "$SASL_USER" "$SASL_PASSWORD" | sha256sum | cut -d' ' -f1; }
+
+# A throw-away CA and a broker certificate for 127.0.0.1/localhost signed by it, once per run
+# dir (clients keep trusting the same ca.pem across restarts). EC P-256: milliseconds with
+# openssl. Kafka reads the key (PKCS#8, unencrypted) and certificate as a PEM keystore.
+make_tls() {
+    if [[ -s "$TLS_DIR/ca.pem" && -s "$TLS_DIR/broker-keystore.pem" ]]; then
+        return 0
+    fi
+    rm -rf "$TLS_DIR"
+    mkdir -p "$TLS_DIR" "$RUN_DIR/logs"
+    chmod 700 "$TLS_DIR"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    {
+        openssl req -x509 "${ec[@]}" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" \
+            -days 365 -subj "/CN=kafka-local throw-away CA $(date +%s)" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+            openssl req -new "${ec[@]}" -keyout "$TLS_DIR/broker.key" -out "$TLS_DIR/broker.csr" \
+                -subj "/CN=$HOST" &&
+            printf '%s\n' "subjectAltName=IP:$HOST,DNS:localhost" \
+                "basicConstraints=critical,CA:FALSE" \
+                "keyUsage=critical,digitalSignature,keyEncipherment" \
+                "extendedKeyUsage=serverAuth" \
+                "authorityKeyIdentifier=keyid" \
+                "subjectKeyIdentifier=hash" >"$TLS_DIR/broker.ext" &&
+            openssl x509 -req -in "$TLS_DIR/broker.csr" -CA "$TLS_DIR/ca.pem" \
+                -CAkey "$TLS_DIR/ca.key" -CAcreateserial -days 365 \
+                -extfile "$TLS_DIR/broker.ext" -out "$TLS_DIR/broker.pem"
+    } >"$RUN_DIR/logs/tls.log" 2>&1 || {
+        cat "$RUN_DIR/logs/tls.log" >&2
+        die "making the throw-away CA and broker certificate failed"
+    }
+    cat "$TLS_DIR/broker.key" "$TLS_DIR/broker.pem" >"$TLS_DIR/broker-keystore.pem"
+    chmod 600 "$TLS_DIR"/*.key "$TLS_DIR/broker-keystore.pem"
+}
+
+# The SCRAM user of a storage formatted without --sasl (or with another user/password):
+# created or updated through the PLAINTEXT listener with Kafka's ConfigCommand.
+ensure_scram_user() {
+    local want
+    want="$(scram_digest)"
+    if [[ -f "$SCRAM_MARK" && "$(cat "$SCRAM_MARK")" == "$want" ]]; then
+        return 0
+    fi
+    log "adding SCRAM user '$SASL_USER' to the existing storage"
+    timeout 60 "$JAVA" -Xmx128m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" \
+        "-Dlog4j2.configurationFile=$RUN_DIR/tools-log4j2.properties" \
+        org.apache.kafka.tools.ConfigCommand --bootstrap-server "$HOST:$PORT" --alter \
+        --entity-type users --entity-name "$SASL_USER" \
+        --add-config "$SCRAM=[password=$SASL_PASSWORD]" \
+        >"$RUN_DIR/logs/scram.log" 2>&1 || {
+        cat "$RUN_DIR/logs/scram.log" >&2
+        return 1
+    }
+    echo "$want" >"$SCRAM_MARK"
 }
 
 show_log_tail() {
@@ -243,8 +382,14 @@ start_owner_watch() {
 # commands
 
 cmd_start() {
+    case "${1:-}" in
+    "") ;;
+    --sasl) SASL=1 ;;
+    *) die "unknown start option: $1 (known: --sasl)" ;;
+    esac
     check_port "$PORT"
     check_port "$CONTROLLER_PORT"
+    check_sasl_settings
     abs_run_dir create
     exec 9>"$RUN_DIR/.lock"
     flock 9
@@ -253,12 +398,20 @@ cmd_start() {
     pid="$(running_pid)"
     if [[ -n "$pid" ]]; then
         log "already running (pid $pid, run dir $RUN_DIR)"
+        if sasl_on && [[ ! -f "$SASL_ADDR_FILE" ]]; then
+            die "the running broker has no SASL_SSL listener: stop it and start again with --sasl"
+        fi
         cat "$ADDR_FILE"
         return 0
     fi
-    for p in "$PORT" "$CONTROLLER_PORT"; do
+    rm -f "$SASL_ADDR_FILE"
+    local ports=("$PORT" "$CONTROLLER_PORT")
+    if sasl_on; then
+        ports+=("$SASL_PORT")
+    fi
+    for p in "${ports[@]}"; do
         if port_open "$p"; then
-            die "port $HOST:$p is already in use by another process (set KAFKA_LOCAL_PORT / KAFKA_LOCAL_CONTROLLER_PORT)"
+            die "port $HOST:$p is already in use by another process (set KAFKA_LOCAL_PORT / KAFKA_LOCAL_CONTROLLER_PORT / KAFKA_LOCAL_SASL_PORT)"
         fi
     done
 
@@ -268,6 +421,9 @@ cmd_start() {
     check_java
     local t0=$SECONDS
     collect_jars
+    if sasl_on; then
+        make_tls
+    fi
     write_config
     format_storage
 
@@ -297,7 +453,7 @@ cmd_start() {
             show_log_tail
             die "broker exited during start-up"
         fi
-        if port_open "$PORT" && metadata_answers "$addr"; then
+        if port_open "$PORT" && metadata_answers "$addr" && { ! sasl_on || port_open "$SASL_PORT"; }; then
             break
         fi
         if ((SECONDS >= deadline)); then
@@ -310,6 +466,16 @@ cmd_start() {
         fi
         sleep 0.5
     done
+    if sasl_on; then
+        if ! ensure_scram_user; then
+            kill -TERM "$pid" 2>/dev/null || true
+            rm -f "$PID_FILE"
+            die "could not add the SCRAM user (log: $RUN_DIR/logs/scram.log); broker stopped"
+        fi
+        echo "$HOST:$SASL_PORT" >"$SASL_ADDR_FILE"
+        log "SASL_SSL listener on $HOST:$SASL_PORT ($SCRAM, user '$SASL_USER'), CA file $TLS_DIR/ca.pem"
+        log "Kafka tools: --command-config $RUN_DIR/client-sasl.properties"
+    fi
     log "ready after $((SECONDS - t0))s (pid $pid)"
     echo "$addr"
 }
@@ -344,7 +510,11 @@ cmd_status() {
     local pid
     pid="$(running_pid)"
     if [[ -n "$pid" ]]; then
-        echo "running $(cat "$ADDR_FILE" 2>/dev/null) (pid $pid, run dir $RUN_DIR)"
+        local sasl=""
+        if [[ -f "$SASL_ADDR_FILE" ]]; then
+            sasl=", SASL_SSL $(cat "$SASL_ADDR_FILE"), CA $TLS_DIR/ca.pem"
+        fi
+        echo "running $(cat "$ADDR_FILE" 2>/dev/null) (pid $pid, run dir $RUN_DIR$sasl)"
         return 0
     fi
     echo "not running (run dir $RUN_DIR)"
@@ -352,11 +522,11 @@ cmd_status() {
 }
 
 case "${1:-}" in
-start) cmd_start ;;
+start) cmd_start "${@:2}" ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
 *)
-    echo "usage: $(basename "$0") start|stop|status" >&2
+    echo "usage: $(basename "$0") start [--sasl]|stop|status" >&2
     exit 2
     ;;
 esac
