@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dashboard_queries import (  # type: ignore[import-not-found]
+from dashboard_queries import (
     DASHBOARD,
     DASHBOARD_PROVIDERS,
     DATASOURCES,

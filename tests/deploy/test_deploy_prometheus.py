@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from dashboard_queries import (  # type: ignore[import-not-found]
+from dashboard_queries import (
     PROMETHEUS_CONFIG,
     RULES,
     RULES_TEST,
