@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +20,7 @@ import msgpack
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
-from kafka_helpers import (  # type: ignore[import-not-found]
+from kafka_helpers import (
     FEATURES,
     no_leftover_tasks,
     read_topic,
@@ -73,7 +74,11 @@ BAD: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = [
 
 
 async def test_records_on_every_topic_are_the_messages_the_asyncapi_document_describes(
-    kafka_bootstrap: str, topic_factory, fresh_name, unique_group: str, tiny_model: str
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., Awaitable[str]],
+    fresh_name: Callable[[str], str],
+    unique_group: str,
+    tiny_model: str,
 ) -> None:
     contract = _contract_module().AsyncApiContract()
     source = await topic_factory(partitions=2, prefix="in")
