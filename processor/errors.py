@@ -11,6 +11,19 @@ class ConfigError(LstmStreamError):
     """A setting or flag is invalid; fix the configuration."""
 
 
+class KafkaAccessError(LstmStreamError):
+    """The Kafka cluster cannot be reached, or refuses this client's TLS or SASL settings
+    (authentication failed, untrusted certificate, security protocol mismatch). Retrying
+    does not help; the configuration or the network must change. The message is one line
+    naming the server and the cause, and never holds a secret.
+
+    The commands that talk to Kafka (``run``, ``produce``, ``tail``) print it as their one
+    error line and exit with :attr:`exit_code`.
+    """
+
+    exit_code = 3
+
+
 class ModelLoadError(LstmStreamError):
     """The model file cannot be turned into a step function (unsupported layer, bad file...)."""
 

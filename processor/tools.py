@@ -10,6 +10,13 @@ dead-letter records (original bytes plus the ``lstm-stream.*`` headers) from a t
 
 The async functions :func:`produce` and :func:`tail` are the library form (tests and the
 benchmark use them); ``main_produce``/``main_tail`` are the commands.
+
+Both commands take the Kafka client options ``run`` takes, from the same sources with the
+same precedence (:func:`kafka_options_from`): ``--kafka-option KEY=VALUE`` flags over
+``LSTM_STREAM_KAFKA_<KEY>`` variables over the ``[kafka]`` table of a TOML file
+(``--config`` or ``LSTM_STREAM_CONFIG``; the file ``run`` reads works, its other keys are
+``run``'s and ignored here). Exit codes: 0 done, 2 invalid settings, 3 Kafka unreachable or
+refusing the TLS/SASL settings (one error line, see :class:`~processor.errors.KafkaAccessError`).
 """
 
 from __future__ import annotations
@@ -18,24 +25,32 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Final, TextIO
 
 import numpy as np
 
+from processor import config
 from processor.codec import ENCODINGS, decode_output, encode_image_input, encode_input
 from processor.codec.images import image_size
-from processor.errors import BadRecord, ConfigError
+from processor.config import ENV_PREFIX, option, options_of
+from processor.errors import BadRecord, ConfigError, KafkaAccessError
 from processor.synthetic import SyntheticInput
 
 __all__ = [
+    "CONFIG_ENV",
+    "KafkaSources",
     "ProduceStats",
     "SyntheticInput",
     "add_produce_arguments",
     "add_tail_arguments",
+    "kafka_options_from",
     "main_produce",
     "main_tail",
     "produce",
@@ -45,6 +60,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DLQ_PREFIX = "lstm-stream."
+
+#: The variable naming the TOML file when ``--config`` is not given (the one ``run`` reads;
+#: spelled here because :mod:`processor.kafka.settings` imports TensorFlow).
+CONFIG_ENV: Final = f"{ENV_PREFIX}CONFIG"
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -59,12 +78,72 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _kafka_options(pairs: Sequence[str] | None) -> dict[str, str]:
-    """Repeated ``--kafka-option KEY=VALUE`` flags -> options (later flags win), parsed
-    exactly as ``lstm-stream run`` parses them."""
-    from processor.kafka.clients import split_kafka_option  # imports aiokafka: only here
+@dataclass(frozen=True)
+class KafkaSources:
+    """The Kafka client options of ``produce`` and ``tail``, declared as ``run`` declares
+    its own (same flag, variables and TOML table; see :mod:`processor.config`)."""
 
-    return dict(split_kafka_option(text) for text in pairs or ())
+    # option() returns a dataclasses.field; for a map, one with default_factory=dict.
+    kafka: dict[str, Any] = option(  # noqa: RUF009
+        {},
+        "pass an option to the aiokafka client (repeatable), as run's --kafka-option, e.g. "
+        "security_protocol=SASL_SSL, sasl_mechanism=SCRAM-SHA-512, sasl_plain_username=U, "
+        "sasl_plain_password=P, ssl_cafile=PATH. Secret values are never logged",
+        flag="--kafka-option",
+    )
+
+
+def _add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--kafka-option`` (layered: its help names the variables and the table, never their
+    values) and ``--config``."""
+    config.add_arguments(parser, options_of(KafkaSources), layered=True)
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML file whose [kafka] table (sub-tables [kafka.consumer], [kafka.producer]) "
+        "holds Kafka client options; run's file works, its other keys are ignored "
+        f"[env {CONFIG_ENV}] (default: none)",
+    )
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as fp:
+            return tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+
+
+def _kafka_options(pairs: list[str] | None) -> dict[str, Any]:
+    """Repeated ``--kafka-option KEY=VALUE`` flags alone (no environment, no file) ->
+    options (later flags win), parsed exactly as ``lstm-stream run`` parses them."""
+    return kafka_options_from(argparse.Namespace(kafka=pairs, config=None), environ={})
+
+
+def kafka_options_from(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The Kafka client options of a ``produce``/``tail`` command line: ``--kafka-option``
+    flags over ``LSTM_STREAM_KAFKA_<KEY>`` variables (``environ``, default ``os.environ``)
+    over the ``[kafka]`` table of the ``--config``/``LSTM_STREAM_CONFIG`` file, merged key by
+    key (:func:`processor.config.resolve`, as ``run`` merges them). Only that table of the
+    file is read. :class:`ConfigError` for an unreadable file, a ``kafka`` key that is not a
+    table, or a flag without ``=``."""
+    env = os.environ if environ is None else environ
+    path = getattr(args, "config", None) or env.get(CONFIG_ENV) or None
+    table: dict[str, Any] = {}
+    if path:
+        data = _read_toml(path)
+        if "kafka" in data:
+            table["kafka"] = data["kafka"]
+    given = {"kafka": args.kafka} if getattr(args, "kafka", None) else {}
+    values = config.resolve(
+        options_of(KafkaSources), given, env, table, table_name=f"config file {path!r}"
+    )
+    return dict(values.get("kafka", {}))
 
 
 # ---- produce ----------------------------------------------------------------------------
@@ -106,10 +185,12 @@ async def produce(
 
     ``encoding`` ``jpeg`` or ``png`` (frames only) writes each frame's ``x`` as that image
     (JPEG at ``quality``) with the record's ``encoding`` field; ``raw`` writes tensor bytes.
-    ``ConfigError`` for an encoding other kinds or shapes cannot take."""
+    ``ConfigError`` for an encoding other kinds or shapes cannot take or invalid Kafka
+    options; :class:`KafkaAccessError` when the producer cannot bootstrap (unreachable,
+    authentication or TLS verification failed)."""
     from aiokafka import AIOKafkaProducer
 
-    from processor.kafka.clients import client_kwargs
+    from processor.kafka.clients import client_kwargs, start_client
     from processor.kafka.output import OutputWriter
 
     if count is None and duration is None:
@@ -125,7 +206,7 @@ async def produce(
         raise ConfigError(f"JPEG quality must be 1..100, got {quality}")
     _, producer_kw = client_kwargs(bootstrap_servers, "unused", kafka_options or {})
     producer = AIOKafkaProducer(**producer_kw)
-    await producer.start()
+    await start_client(producer, producer_kw, kafka_options)
     gen = SyntheticInput(kind, shape, streams, seed)
     names = [f"{stream_prefix}{i}" for i in range(streams)]
     writer = OutputWriter(producer, topic)
@@ -232,20 +313,15 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="omit the ts field (latency then uses the Kafka timestamp)",
     )
-    parser.add_argument(
-        "--kafka-option",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="producer option passed to aiokafka (repeatable)",
-    )
+    _add_kafka_arguments(parser)
 
 
 def main_produce(args: argparse.Namespace) -> int:
-    """``lstm-stream produce``; prints a summary line; returns the exit code."""
+    """``lstm-stream produce``; prints a summary line; returns the exit code (module doc)."""
     shape: tuple[int, ...] | None = args.shape
     kind: str = args.kind
     try:
+        kafka_options = kafka_options_from(args)
         if shape is None and args.model:
             from processor.model import load_step_model
 
@@ -269,7 +345,7 @@ def main_produce(args: argparse.Namespace) -> int:
                 start_seq=args.start_seq,
                 stream_prefix=args.stream_prefix,
                 with_ts=not args.no_ts,
-                kafka_options=_kafka_options(args.kafka_option),
+                kafka_options=kafka_options,
                 encoding=args.encoding,
                 quality=args.quality,
             )
@@ -277,6 +353,9 @@ def main_produce(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"lstm-stream produce: {exc}", file=sys.stderr)
         return 2
+    except KafkaAccessError as exc:
+        print(f"lstm-stream produce: {exc}", file=sys.stderr)
+        return KafkaAccessError.exit_code
     print(
         f"produced {stats.records} records ({kind}, shape {list(shape)}, {args.streams} "
         f"streams) to {args.topic} in {stats.seconds:.2f}s = {stats.rate:.0f} records/s"
@@ -344,16 +423,18 @@ async def tail(
 ) -> int:
     """Print (or pass to ``out``) decoded records of every partition of ``topic``; stops
     after ``max_records``, or after ``idle_timeout`` seconds without a record. Returns how
-    many records were seen. No consumer group: nothing is committed."""
+    many records were seen. No consumer group: nothing is committed. :class:`ConfigError`
+    for invalid Kafka options or a missing topic; :class:`KafkaAccessError` when the consumer
+    cannot bootstrap."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from processor.kafka.clients import client_kwargs
+    from processor.kafka.clients import client_kwargs, start_client
 
     consumer_kw, _ = client_kwargs(bootstrap_servers, "unused", kafka_options or {})
     consumer_kw["group_id"] = None
     consumer_kw["auto_offset_reset"] = "earliest" if from_beginning else "latest"
     consumer = AIOKafkaConsumer(**consumer_kw)
-    await consumer.start()
+    await start_client(consumer, consumer_kw, kafka_options)
     seen = 0
     emit = out or (lambda d: print(json.dumps(d), flush=True))
     try:
@@ -420,17 +501,12 @@ def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stop after this many seconds without a record (default: never)",
     )
-    parser.add_argument(
-        "--kafka-option",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="consumer option passed to aiokafka (repeatable)",
-    )
+    _add_kafka_arguments(parser)
 
 
 def main_tail(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
-    """``lstm-stream tail``: one JSON object per record on stdout; returns the exit code."""
+    """``lstm-stream tail``: one JSON object per record on stdout; returns the exit code
+    (module doc)."""
     stream = stdout or sys.stdout
 
     def emit(d: dict[str, Any]) -> None:
@@ -438,6 +514,7 @@ def main_tail(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         stream.flush()
 
     try:
+        kafka_options = kafka_options_from(args)
         asyncio.run(
             tail(
                 args.bootstrap_servers,
@@ -447,12 +524,15 @@ def main_tail(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
                 idle_timeout=args.idle_timeout,
                 kind=args.kind,
                 out=emit,
-                kafka_options=_kafka_options(args.kafka_option),
+                kafka_options=kafka_options,
             )
         )
     except ConfigError as exc:
         print(f"lstm-stream tail: {exc}", file=sys.stderr)
         return 2
+    except KafkaAccessError as exc:
+        print(f"lstm-stream tail: {exc}", file=sys.stderr)
+        return KafkaAccessError.exit_code
     except KeyboardInterrupt:
         return 0
     return 0

@@ -1,7 +1,9 @@
 """``lstm-stream run``: the Kafka stream processor's command (``add_arguments``, ``main``).
 
 Exit codes: 0 after a graceful stop (SIGTERM/SIGINT: stop fetching, drain, produce,
-commit), 1 when the processor failed, 2 for invalid settings.
+commit), 1 when the processor failed, 2 for invalid settings, 3 when the cluster cannot be
+reached or refuses the TLS/SASL settings at start (one error line:
+:class:`~processor.errors.KafkaAccessError`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import signal
 import sys
 
-from processor.errors import ConfigError, LstmStreamError
+from processor.errors import ConfigError, KafkaAccessError, LstmStreamError
 from processor.kafka.settings import (
     Settings,
     add_settings_arguments,
@@ -121,6 +123,10 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
+    except KafkaAccessError as exc:
+        # One line, like the settings' errors: the cause and what to check, no traceback.
+        print(f"lstm-stream run: {exc}", file=sys.stderr)
+        return KafkaAccessError.exit_code
     except LstmStreamError as exc:
         log.error("processor failed: %s", exc)
         return 1

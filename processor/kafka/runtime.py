@@ -45,12 +45,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from processor.engine import Engine
 from processor.errors import ConfigError, LstmStreamError
 from processor.kafka.batcher import Batcher, FlowControl
-from processor.kafka.clients import client_kwargs
+from processor.kafka.clients import client_kwargs, start_client
 from processor.kafka.items import Item
 from processor.kafka.ledger import OffsetLedger
 from processor.kafka.ownership import Ownership
@@ -188,18 +189,24 @@ class Processor:
         return self.stats
 
     async def start(self, stop_event: asyncio.Event | None = None) -> None:
-        """Metrics server, engine (built and warmed up on its thread), topics, stages,
-        the stages' loops. Call once. A set ``stop_event`` ends a wait for input topics."""
+        """Metrics server, a first contact with the cluster, engine (built and warmed up on
+        its thread), topics, stages, the stages' loops. Call once. A set ``stop_event`` ends
+        a wait for input topics.
+
+        Invalid Kafka options (:class:`ConfigError`) and a cluster that cannot be reached or
+        refuses the TLS/SASL settings (:class:`~processor.errors.KafkaAccessError`) fail the
+        start before the engine is built."""
         s = self.settings
         self._phase = Phase.STARTING
         if self._server is not None:
             self._server.start()
-        log.info("building the engine (model %s)", s.engine.model)
-        await self._start_pipeline()
         consumer_kw, producer_kw = client_kwargs(
             s.bootstrap_servers, s.group_id, s.kafka, drain_timeout=s.drain_timeout
         )
         consumer_kw.setdefault("max_poll_records", s.engine.max_batch)
+        await self._check_cluster(consumer_kw)
+        log.info("building the engine (model %s)", s.engine.model)
+        await self._start_pipeline()
         try:
             ready = await prepare_topics_with(
                 admin_kwargs(consumer_kw),
@@ -265,6 +272,15 @@ class Processor:
             self._build_producers({}, producer_factory)
         self._attach(consumer, producer)
         self._start_loops()
+
+    async def _check_cluster(self, client_kw: dict[str, Any]) -> None:
+        """Bootstrap an admin client with the clients' connection settings and close it: a
+        wrong password, an untrusted certificate or an unreachable cluster is reported in
+        seconds, as one :class:`~processor.errors.KafkaAccessError`, instead of after the
+        engine's build and warm-up."""
+        admin = AIOKafkaAdminClient(**admin_kwargs(client_kw))
+        await start_client(admin, client_kw, self.settings.kafka)
+        await admin.close()
 
     def _build_producers(
         self, producer_kw: dict[str, Any], factory: Callable[..., AIOKafkaProducer]

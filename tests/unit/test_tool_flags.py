@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import shlex
 from collections.abc import Callable
@@ -32,6 +33,7 @@ import pytest
 
 import processor.bench
 import processor.bench.report
+import processor.kafka.clients  # (reads aiokafka's signatures before they are replaced)
 from processor import cli, demo, example, model, tools
 from processor.tools import ProduceStats
 
@@ -39,6 +41,18 @@ COMMANDS = ("produce", "tail", "demo", "example-model", "bench")
 
 #: The model ``demo --init-model`` is given with (an init model needs a model).
 DEMO_MODEL = "/models/base.keras"
+
+#: Stands for the path of a TOML file with :data:`TOOL_CONFIG_TEXT` in a row's arguments
+#: (written to the test's temporary directory when the row runs).
+TOOL_CONFIG = "@tool-config.toml"
+TOOL_CONFIG_TEXT = """\
+[kafka]
+client_id = "from-file"
+[kafka.producer]
+linger_ms = 21
+[kafka.consumer]
+fetch_max_wait_ms = 51
+"""
 
 
 class _Stop(Exception):
@@ -113,6 +127,9 @@ def _run_kafka_tool(
             raise _Stop
 
     mp.setattr(model, "load_step_model", load)  # produce --model
+    for name in list(os.environ):
+        if name.startswith("LSTM_STREAM_"):
+            mp.delenv(name)  # the tools read LSTM_STREAM_KAFKA_* and LSTM_STREAM_CONFIG
     with mp.context() as m:
         m.setattr(tools, command, recorded)
         assert cli.main([command, *argv]) == 0
@@ -278,6 +295,11 @@ ROWS: dict[str, dict[str, Row]] = {
             lambda s: (s.client["linger_ms"], s.client.get("client_id")),
             (20, "gen"),
         ),
+        "--config": Row(
+            ("--config", TOOL_CONFIG),
+            lambda s: (s.client["linger_ms"], s.client.get("client_id")),
+            (21, "from-file"),
+        ),
     },
     "tail": {
         "--bootstrap-servers": Row(
@@ -298,6 +320,11 @@ ROWS: dict[str, dict[str, Row]] = {
             ("--kafka-option", "fetch_max_wait_ms=50"),
             lambda s: s.client.get("fetch_max_wait_ms"),
             50,
+        ),
+        "--config": Row(
+            ("--config", TOOL_CONFIG),
+            lambda s: (s.client.get("fetch_max_wait_ms"), s.client.get("client_id")),
+            (51, "from-file"),
         ),
     },
     "demo": {
@@ -392,30 +419,35 @@ CASES = [(command, flag) for command in COMMANDS for flag in help_flags(command)
 IDS = [f"{command}{flag}" for command, flag in CASES]
 
 
-def _argv(command: str, flag: str, row: Row | None) -> list[str]:
+def _argv(command: str, flag: str, row: Row | None, tmp_path: Path) -> list[str]:
     base = [a for f, args in BASE[command].items() if f != flag for a in args]
-    return base + list(row.args if row is not None else ())
+    argv = base + list(row.args if row is not None else ())
+    if TOOL_CONFIG in argv:
+        path = tmp_path / "tool-config.toml"
+        path.write_text(TOOL_CONFIG_TEXT)
+        argv = [str(path) if a == TOOL_CONFIG else a for a in argv]
+    return argv
 
 
 @pytest.mark.parametrize(("command", "flag"), CASES, ids=IDS)
 def test_every_flag_reaches_what_it_configures(
-    command: str, flag: str, monkeypatch: pytest.MonkeyPatch
+    command: str, flag: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     row = ROWS[command].get(flag)
     if row is None:
         pytest.fail(f"{command} {flag} is in --help but has no row in ROWS: add one")
-    seen = RUNNERS[command](_argv(command, flag, row), monkeypatch)
+    seen = RUNNERS[command](_argv(command, flag, row, tmp_path), monkeypatch)
     assert row.observe(seen) == row.expected
 
 
 @pytest.mark.parametrize(("command", "flag"), CASES, ids=IDS)
 def test_without_the_flag_the_observation_differs(
-    command: str, flag: str, monkeypatch: pytest.MonkeyPatch
+    command: str, flag: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     row = ROWS[command].get(flag)
     if row is None:
         pytest.fail(f"{command} {flag} is in --help but has no row in ROWS: add one")
-    argv = _argv(command, flag, None)
+    argv = _argv(command, flag, None, tmp_path)
     if flag in BASE[command]:
         # A required flag: without it the command is refused before doing anything.
         with pytest.raises(SystemExit) as refused:
