@@ -35,6 +35,7 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
 OVERRIDES = sorted(COMPOSE_DIR.glob("compose.*.yaml"))
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
 _VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
@@ -385,6 +386,35 @@ def test_prometheus_scrapes_the_processors_metrics_port() -> None:
         for name in sd["names"]
     ]
     assert ("processor", port) in targets, targets
+
+
+def test_grafana_reads_the_mounted_dashboards_from_the_prometheus_service() -> None:
+    project = _project()
+    services = project["services"]
+    mounted = {
+        str(v).split(":")[1]: (COMPOSE_DIR / str(v).split(":")[0]).resolve()
+        for v in services["grafana"]["volumes"]
+        if str(v).startswith(".")
+    }
+    assert mounted["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
+    providers = [
+        p
+        for f in (GRAFANA / "provisioning" / "dashboards").glob("*.y*ml")
+        for p in _load(f)["providers"]
+    ]
+    assert {mounted.get(p["options"]["path"]) for p in providers} == {GRAFANA / "dashboards"}
+    assert list((GRAFANA / "dashboards").glob("*.json")), "no dashboard to provision"
+    datasources = [
+        d
+        for f in (GRAFANA / "provisioning" / "datasources").glob("*.y*ml")
+        for d in _load(f)["datasources"]
+        if d["type"] == "prometheus"
+    ]
+    published = {p.split(":")[-1] for p in services["prometheus"]["ports"]}
+    for source in datasources:
+        match = re.fullmatch(r"http://([\w-]+):(\d+)/?", source["url"])
+        assert match is not None and match.group(1) in services, source["url"]
+        assert match.group(2) in published, source["url"]
 
 
 def test_no_variable_is_left_for_the_host_to_set_in_compose_yaml() -> None:
