@@ -26,9 +26,12 @@ import pytest
 import yaml
 
 from processor import cli
-from processor.config import ENV_PREFIX
+from processor.config import ENV_PREFIX, options_of
 from processor.kafka.clients import client_kwargs
-from processor.kafka.settings import CONFIG_ENV, Settings, run_options, settings_from_args
+from processor.kafka.settings import CONFIG_ENV as RUN_CONFIG_ENV
+from processor.kafka.settings import Settings, run_options, settings_from_args
+from processor.tools import CONFIG_ENV as TOOLS_CONFIG_ENV
+from processor.tools import KafkaSources
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -138,12 +141,32 @@ def _parse(command: str, argv: list[str]) -> argparse.Namespace:
         pytest.fail(f"lstm-stream {command} {shlex.join(argv)}: {err.getvalue()}")
 
 
-def _run_env_names() -> tuple[set[str], set[str]]:
-    """(variables of run's scalar and list options plus LSTM_STREAM_CONFIG, prefixes of its
-    map options): the names ``run`` reads."""
-    names = {o.env for o in run_options() if o.shape != "map"} | {CONFIG_ENV}
-    prefixes = {o.env for o in run_options() if o.shape == "map"}
-    return names, prefixes
+def _env_names(subcommand: str) -> tuple[set[str], set[str]]:
+    """(variables, prefixes of map variables) that ``lstm-stream SUBCOMMAND`` reads, from
+    the commands' own option declarations: ``run`` every setting, ``produce`` and ``tail``
+    the Kafka client options and the settings file, the others nothing."""
+    if subcommand == "run":
+        options = run_options()
+        config = {RUN_CONFIG_ENV}
+    elif subcommand in ("produce", "tail"):
+        options = options_of(KafkaSources)
+        config = {TOOLS_CONFIG_ENV}
+    else:
+        return set(), set()
+    names = {o.env for o in options if o.shape != "map"} | config
+    return names, {o.env for o in options if o.shape == "map"}
+
+
+def _subcommand(service: dict[str, Any]) -> str | None:
+    """The ``lstm-stream`` subcommand a service runs (through the image's ENTRYPOINT or a
+    shell line), or None."""
+    if _runs_lstm_stream(service):
+        return _command(service)[0]
+    if service.get("entrypoint", [None])[0] == "/bin/sh":
+        for words in _shell_lines(service):
+            if words[0] == "lstm-stream":
+                return words[1]
+    return None
 
 
 def _mount_source(project: dict[str, Any], service: dict[str, Any], target: str) -> Path | None:
@@ -167,10 +190,10 @@ def _settings(project: dict[str, Any], service: dict[str, Any]) -> Settings:
     (a settings file it names through LSTM_STREAM_CONFIG is read from the host file
     mounted there), with the project's own loader: unknown TOML keys and bad values fail."""
     env = _environment(service)
-    if CONFIG_ENV in env:
-        host = _mount_source(project, service, env[CONFIG_ENV])
-        assert host is not None and host.is_file(), f"{env[CONFIG_ENV]} is not mounted"
-        env[CONFIG_ENV] = str(host)
+    if RUN_CONFIG_ENV in env:
+        host = _mount_source(project, service, env[RUN_CONFIG_ENV])
+        assert host is not None and host.is_file(), f"{env[RUN_CONFIG_ENV]} is not mounted"
+        env[RUN_CONFIG_ENV] = str(host)
     return settings_from_args(None, environ=env)
 
 
@@ -282,21 +305,16 @@ def test_depends_on_waits_for_the_one_shot_services_and_the_broker() -> None:
 
 
 def test_lstm_stream_variables_are_settings_of_the_command(project: dict[str, Any]) -> None:
-    names, prefixes = _run_env_names()
-    runs = _lstm_services(project, "run")
-    assert runs, "no service runs `lstm-stream run`"
+    assert _lstm_services(project, "run"), "no service runs `lstm-stream run`"
     for name, service in project["services"].items():
         env = [k for k in _environment(service) if k.startswith(ENV_PREFIX)]
-        if name in runs:
-            unknown = [
-                k for k in env if k not in names and not any(k.startswith(p) for p in prefixes)
-            ]
-            assert not unknown, f"{name}: `lstm-stream run` reads no {unknown}"
+        subcommand = _subcommand(service)
+        names, prefixes = _env_names(subcommand or "")
+        unknown = [k for k in env if k not in names and not any(k.startswith(p) for p in prefixes)]
+        assert not unknown, f"{name}: `lstm-stream {subcommand}` reads no {unknown}"
+        if subcommand == "run":
             settings = _settings(project, service)
             _check_kafka_options(project, service, settings)
-        else:
-            # produce and example-model read flags only: a variable would be ignored.
-            assert not env, f"{name} sets {env} but does not run `lstm-stream run`"
 
 
 def test_the_sasl_override_connects_with_scram_over_tls() -> None:
