@@ -296,9 +296,10 @@ make_tls() {
     fi
     rm -rf "$TLS_DIR"
     mkdir -p "$TLS_DIR" "$RUN_DIR/logs"
-    chmod 700 "$TLS_DIR"
     local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-    {
+    # In a subshell with umask 077: the keys are never readable by others, not even briefly.
+    (
+        umask 077
         openssl req -x509 "${ec[@]}" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" \
             -days 365 -subj "/CN=kafka-local throw-away CA $(date +%s)" \
             -addext "basicConstraints=critical,CA:TRUE" \
@@ -313,13 +314,15 @@ make_tls() {
                 "subjectKeyIdentifier=hash" >"$TLS_DIR/broker.ext" &&
             openssl x509 -req -in "$TLS_DIR/broker.csr" -CA "$TLS_DIR/ca.pem" \
                 -CAkey "$TLS_DIR/ca.key" -CAcreateserial -days 365 \
-                -extfile "$TLS_DIR/broker.ext" -out "$TLS_DIR/broker.pem"
-    } >"$RUN_DIR/logs/tls.log" 2>&1 || {
+                -extfile "$TLS_DIR/broker.ext" -out "$TLS_DIR/broker.pem" &&
+            cat "$TLS_DIR/broker.key" "$TLS_DIR/broker.pem" >"$TLS_DIR/broker-keystore.pem"
+    ) >"$RUN_DIR/logs/tls.log" 2>&1 || {
         cat "$RUN_DIR/logs/tls.log" >&2
         die "making the throw-away CA and broker certificate failed"
     }
-    cat "$TLS_DIR/broker.key" "$TLS_DIR/broker.pem" >"$TLS_DIR/broker-keystore.pem"
-    chmod 600 "$TLS_DIR"/*.key "$TLS_DIR/broker-keystore.pem"
+    # The certificates are public (clients anywhere on this machine read ca.pem).
+    chmod 755 "$TLS_DIR"
+    chmod 644 "$TLS_DIR/ca.pem" "$TLS_DIR/broker.pem"
 }
 
 # The SCRAM user of a storage formatted without --sasl (or with another user/password):
