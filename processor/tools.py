@@ -99,7 +99,7 @@ def _add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser, options_of(KafkaSources), layered=True)
     parser.add_argument(
         "--config",
-        default=None,
+        default=argparse.SUPPRESS,  # the help states the default itself
         metavar="FILE",
         help="TOML file whose [kafka] table (sub-tables [kafka.consumer], [kafka.producer]) "
         "holds Kafka client options; run's file works, its other keys are ignored "
