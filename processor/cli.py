@@ -64,7 +64,10 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
+    """The argument parser of one command (a key of :data:`COMMANDS`) and the module that
+    implements it, imported on demand. Used by :func:`main` and by tests and checks that
+    need a command's real options."""
     module_name, description = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The command's module may import TensorFlow, whose start-up lines (CUDA probing...)
     # read like failures: shown only with --log-level DEBUG or if the import fails.
     with quiet_tensorflow_startup(show=opts.log_level == "DEBUG"):
-        parser, module = _command_parser(opts.command)
+        parser, module = command_parser(opts.command)
     args = parser.parse_args(argv[1:])
     args.command = opts.command
     runner = getattr(module, f"main_{opts.command.replace('-', '_')}", None) or module.main

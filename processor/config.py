@@ -32,21 +32,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tomllib
 import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from processor.errors import ConfigError
 
 __all__ = [
+    "CONFIG_ENV",
     "ENV_PREFIX",
+    "REDACTED",
     "Option",
     "above",
     "add_arguments",
     "at_least",
     "at_least_or",
+    "is_secret_option",
+    "load_toml",
     "option",
     "options_of",
     "parse_bool",
@@ -56,12 +62,37 @@ __all__ = [
 ]
 
 ENV_PREFIX: Final = "LSTM_STREAM_"
+#: The variable naming the TOML settings file when ``--config`` is not given (every command
+#: that takes ``--config`` reads it).
+CONFIG_ENV: Final = f"{ENV_PREFIX}CONFIG"
+#: What a secret value is shown as wherever settings are printed or logged.
+REDACTED: Final = "***"
+_SECRET_WORDS: Final = ("password", "secret", "token", "key")
 _META: Final = "lstm_stream.option"
 _NONE_WORDS: Final = ("", "none", "never")
 
 #: A single-value check: the complaint (``"must be >= 1"``) or None when the value is fine.
 Check = Callable[[Any], str | None]
 Shape = Literal["scalar", "list", "map"]
+
+
+def is_secret_option(name: str) -> bool:
+    """True when a Kafka option's value must never be logged (SASL passwords, SSL keys,
+    OAuth tokens...). Deliberately broad: a false positive only hides a harmless value."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """A TOML settings file -> its tables; :class:`ConfigError` (naming the file) when it
+    cannot be read or is not valid TOML."""
+    try:
+        with Path(path).open("rb") as fp:
+            return tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
 
 
 def parse_bool(text: str) -> bool:

@@ -28,18 +28,16 @@ import logging
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from processor import config
 from processor.codec import ENCODINGS, decode_output, encode_image_input, encode_input
 from processor.codec.images import image_size
-from processor.config import ENV_PREFIX, option, options_of
+from processor.config import CONFIG_ENV, option, options_of
 from processor.errors import BadRecord, ConfigError, KafkaAccessError
 from processor.synthetic import SyntheticInput
 
@@ -60,10 +58,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DLQ_PREFIX = "lstm-stream."
-
-#: The variable naming the TOML file when ``--config`` is not given (the one ``run`` reads;
-#: spelled here because :mod:`processor.kafka.settings` imports TensorFlow).
-CONFIG_ENV: Final = f"{ENV_PREFIX}CONFIG"
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -107,16 +101,6 @@ def _add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_toml(path: str) -> dict[str, Any]:
-    try:
-        with Path(path).open("rb") as fp:
-            return tomllib.load(fp)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path!r}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
-
-
 def _kafka_options(pairs: list[str] | None) -> dict[str, Any]:
     """Repeated ``--kafka-option KEY=VALUE`` flags alone (no environment, no file) ->
     options (later flags win), parsed exactly as ``lstm-stream run`` parses them."""
@@ -136,7 +120,7 @@ def kafka_options_from(
     path = getattr(args, "config", None) or env.get(CONFIG_ENV) or None
     table: dict[str, Any] = {}
     if path:
-        data = _read_toml(path)
+        data = config.load_toml(path)
         if "kafka" in data:
             table["kafka"] = data["kafka"]
     given = {"kafka": args.kafka} if getattr(args, "kafka", None) else {}

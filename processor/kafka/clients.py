@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.helpers import create_ssl_context
 
-from processor.config import parse_bool, split_assignment
+from processor.config import REDACTED, is_secret_option, parse_bool, split_assignment
 from processor.errors import ConfigError, KafkaAccessError
 
 __all__ = [
@@ -362,7 +362,7 @@ def describe_bootstrap_failure(
     cafile: str | None = None,
 ) -> str:
     """One line for a bootstrap that failed on every server: each server's cause (the same
-    cause once), and never the SASL password (scrubbed should a server echo it). Pure."""
+    cause once), and never a secret option's value (scrubbed should a server echo it). Pure."""
     if not failures:
         servers = client_kw.get("bootstrap_servers")
         line = f"cannot bootstrap from Kafka at {servers}: no server answered"
@@ -372,9 +372,9 @@ def describe_bootstrap_failure(
             for f in failures
         ]
         line = "; ".join(dict.fromkeys(lines))
-    secret = client_kw.get("sasl_plain_password")
-    if isinstance(secret, str) and secret:
-        line = line.replace(secret, "***")
+    for name, secret in client_kw.items():
+        if is_secret_option(name) and isinstance(secret, str) and secret:
+            line = line.replace(secret, REDACTED)
     return line
 
 

@@ -52,15 +52,18 @@ Stale records: a record whose seq equals its stream's last applied seq (an at-le
   counted in lstm_stream_duplicates_skipped_total and lstm_stream_out_of_order_skipped_total,
   and out-of-order records are logged (rate-limited WARNING naming the stream).
 
-Delivery: at-least-once. Offsets are committed only after the outputs and dead letters of
-  the records they cover are acknowledged by the broker; after a crash, records since the
-  last commit are processed again (duplicate outputs downstream are possible).
+Delivery (--processing-guarantee): at-least-once by default. Offsets are committed only
+  after the outputs and dead letters of the records they cover are acknowledged by the
+  broker; after a crash, records since the last commit are processed again (duplicate
+  outputs downstream are possible). exactly-once runs one transaction per input partition
+  and commit interval holding its outputs, dead letters, state records and offsets: readers
+  with isolation.level=read_committed see each output once, one interval later.
 
-Limitation (no state topic yet): stream states live in this process only. When a partition
-  moves to another member (rebalance, crash, scale-out) its streams restart from the initial
-  state there, and after a restart every stream restarts from its initial state (records
-  re-delivered since the last commit are then processed again, not skipped). Partitions
-  that stay with a member across a rebalance keep their states.
+Durable state (--state-topic): every stream's state is written to a compacted state topic
+  at each commit and read back when a partition is assigned, so a restart, a crash or a
+  moved partition resumes every stream where its committed offset left it. With
+  --state-topic none states live in this process only, and such streams restart from their
+  initial state.
 
 Backpressure: at --queue-max-records records in flight every partition is paused; fetching
   resumes at --queue-low-records. SIGTERM/SIGINT: stop fetching, drain, produce, commit,

@@ -37,14 +37,22 @@ import argparse
 import dataclasses
 import logging
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from processor import config
-from processor.config import above, at_least, at_least_or, option, options_of
+from processor.config import (
+    CONFIG_ENV,
+    REDACTED,
+    above,
+    at_least,
+    at_least_or,
+    is_secret_option,
+    load_toml,
+    option,
+    options_of,
+)
 from processor.errors import ConfigError
 from processor.options import ENGINE_GROUP, EngineOptions
 
@@ -58,9 +66,6 @@ __all__ = [
     "settings_from_args",
 ]
 
-CONFIG_ENV: Final = "LSTM_STREAM_CONFIG"
-REDACTED: Final = "***"
-_SECRET_WORDS: Final = ("password", "secret", "token", "key")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _KAFKA = "Kafka"
@@ -76,13 +81,6 @@ GUARANTEES: Final = ("at-least-once", "exactly-once")
 EXACTLY_ONCE: Final = "exactly-once"
 #: Values of ``--on-state-mismatch``.
 STATE_MISMATCH_ACTIONS: Final = ("refuse", "reset")
-
-
-def is_secret_option(name: str) -> bool:
-    """True when a Kafka option's value must never be logged (SASL passwords, SSL keys,
-    OAuth tokens...). Deliberately broad: a false positive only hides a harmless value."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
 
 
 @dataclass(frozen=True, repr=False)
@@ -379,16 +377,6 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_toml(path: str) -> dict[str, Any]:
-    try:
-        with Path(path).open("rb") as fp:
-            return tomllib.load(fp)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path!r}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
-
-
 def settings_from_args(
     args: argparse.Namespace | None = None,
     environ: Mapping[str, str] | None = None,
@@ -405,7 +393,7 @@ def settings_from_args(
     env = os.environ if environ is None else environ
     given = vars(args) if args is not None else {}
     config_file = given.get("config") or env.get(CONFIG_ENV) or None
-    table = _load_toml(config_file) if config_file else None
+    table = load_toml(config_file) if config_file else None
     values = config.resolve(
         run_options(), given, env, table, table_name=f"config file {config_file!r}"
     )

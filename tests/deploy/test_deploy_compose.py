@@ -125,7 +125,7 @@ def _shell_lines(service: dict[str, Any]) -> Iterator[list[str]]:
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    parser, _ = cli._command_parser(command)
+    parser, _ = cli.command_parser(command)
     return parser
 
 

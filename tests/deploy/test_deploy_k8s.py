@@ -277,7 +277,7 @@ def _pod_settings(docs: tuple[Doc, ...], tmp_path: Path) -> Settings:
             ref = var["valueFrom"]["secretKeyRef"]
             assert ref["name"] == _one(docs, "Secret")["metadata"]["name"]
             env[var["name"]] = secret[ref["key"]]
-    parser, _ = cli._command_parser("run")
+    parser, _ = cli.command_parser("run")
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -455,7 +455,7 @@ def test_example_model_job_writes_where_the_pods_read(settings: Settings, render
     words = [w for part in container["args"][0].split("||") for w in [shlex.split(part)]]
     (train,) = [w for w in words if w[0] == "lstm-stream"]
     assert train[1] == "example-model"
-    parser, _ = cli._command_parser("example-model")
+    parser, _ = cli.command_parser("example-model")
     assert parser.parse_args(train[2:]).out == settings.engine.model
     (claim,) = [v for v in job["volumes"] if "persistentVolumeClaim" in v]
     pvc = _one(render("base"), "PersistentVolumeClaim")["metadata"]["name"]

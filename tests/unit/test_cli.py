@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.cli import COMMANDS, _command_parser, main
+from processor.cli import COMMANDS, command_parser, main
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,7 +40,7 @@ def test_every_option_has_help_stating_its_default(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "1000")  # argparse's width: no wrapped words
-    parser, _ = _command_parser(name)
+    parser, _ = command_parser(name)
     text = parser.format_help()
     for part in (parser.description, parser.epilog):  # free text, not option entries
         text = text.replace(part or "\0", "")

@@ -344,7 +344,7 @@ def test_run_prints_one_line_and_exits_3(
 
 
 def _tool_args(command: str, argv: list[str]) -> argparse.Namespace:
-    parser, _ = cli._command_parser(command)
+    parser, _ = cli.command_parser(command)
     return parser.parse_args(["--topic", "t", *argv])
 
 
@@ -383,7 +383,6 @@ def test_the_file_can_come_from_the_variable_run_reads(tmp_path: Path) -> None:
 
     config = tmp_path / "run.toml"
     config.write_text('[kafka]\nsecurity_protocol = "SSL"\n')
-    assert tools.CONFIG_ENV == CONFIG_ENV
     args = _tool_args("tail", [])
     assert tools.kafka_options_from(args, {CONFIG_ENV: str(config)}) == {"security_protocol": "SSL"}
     assert tools.kafka_options_from(args, {}) == {}
@@ -413,7 +412,7 @@ def test_help_names_the_variables_but_never_their_values(
     config.write_text('[kafka]\nsasl_plain_password = "file-secret-1"\n')
     monkeypatch.setenv("LSTM_STREAM_KAFKA_SASL_PLAIN_PASSWORD", "env-secret-2")
     monkeypatch.setenv("LSTM_STREAM_CONFIG", str(config))
-    parser, _ = cli._command_parser(command)
+    parser, _ = cli.command_parser(command)
     text = parser.format_help()
     assert "LSTM_STREAM_KAFKA_" in text and "--kafka-option" in text
     assert "env-secret-2" not in text and "file-secret-1" not in text

@@ -81,7 +81,7 @@ class Seen:
 def help_flags(command: str) -> list[str]:
     """The long flags ``lstm-stream COMMAND --help`` lists (``--help`` itself aside): the
     first option string of every option line."""
-    parser, _ = cli._command_parser(command)
+    parser, _ = cli.command_parser(command)
     flags = re.findall(r"^  (?:-\w, )?(--[\w-]+)", parser.format_help(), flags=re.M)
     return [f for f in dict.fromkeys(flags) if f != "--help"]
 
@@ -485,7 +485,7 @@ def test_bench_records_a_command_that_reproduces_each_flag(
     be reproduced from what it says ran."""
     row = ROWS["bench"][flag]
     seen = _run_bench(list(row.args), monkeypatch)
-    parser, _ = cli._command_parser("bench")
+    parser, _ = cli.command_parser("bench")
     recorded = shlex.split(seen.call["command"])
     assert recorded[:2] == ["lstm-stream", "bench"]
     given: argparse.Namespace = parser.parse_args(list(row.args))
