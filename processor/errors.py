@@ -13,8 +13,9 @@ class ConfigError(LstmStreamError):
 
 class KafkaAccessError(LstmStreamError):
     """The Kafka cluster cannot be reached, or refuses this client's TLS or SASL settings
-    (authentication failed, untrusted certificate, security protocol mismatch). Retrying
-    does not help; the configuration or the network must change. The message is one line
+    (authentication failed, untrusted certificate, security protocol mismatch). The
+    command does not retry its start: the configuration or the network must change, or the
+    command be started again once the broker is back. The message is one line
     naming the server and the cause, and never holds a secret.
 
     The commands that talk to Kafka (``run``, ``produce``, ``tail``) print it as their one

@@ -101,12 +101,6 @@ def _add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _kafka_options(pairs: list[str] | None) -> dict[str, Any]:
-    """Repeated ``--kafka-option KEY=VALUE`` flags alone (no environment, no file) ->
-    options (later flags win), parsed exactly as ``lstm-stream run`` parses them."""
-    return kafka_options_from(argparse.Namespace(kafka=pairs, config=None), environ={})
-
-
 def kafka_options_from(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import inspect
 import logging
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -47,6 +47,7 @@ __all__ = [
     "describe_bootstrap_failure",
     "describe_connection_failure",
     "parse_bool",
+    "secret_values",
     "split_kafka_option",
     "start_client",
 ]
@@ -290,19 +291,23 @@ def describe_connection_failure(
     error: BaseException,
     client_kw: Mapping[str, Any],
     cafile: str | None = None,
+    secrets: Collection[str] = (),
 ) -> str:
     """One line saying why connecting to ``host:port`` failed, with what to check.
 
     ``error`` is what aiokafka met on that server; ``client_kw`` the client's keyword
     arguments (security protocol, SASL mechanism and user: never the password); ``cafile``
-    the ``ssl_cafile`` option if one was given. Pure.
+    the ``ssl_cafile`` option if one was given. The error's own text (which comes from
+    outside: a server could quote what it was sent) is withheld if it holds any of
+    ``secrets``; the line's own wording is never touched, so a short or guessable password
+    cannot be revealed by the gaps a scrub would leave there. Pure.
     """
     where = f"{host}:{port}"
     protocol = str(client_kw.get("security_protocol") or "PLAINTEXT").upper()
     mechanism = client_kw.get("sasl_mechanism") or "PLAIN"
     user = client_kw.get("sasl_plain_username")
     tls = protocol in ("SSL", "SASL_SSL")
-    text = _text(error)
+    text = _scrub(_text(error), secrets)
     if isinstance(error, kafka_errors.SaslAuthenticationFailed):
         who = f" as user {user!r}" if user else ""
         return f"Kafka authentication failed at {where} (SASL {mechanism}{who}): {text}"
@@ -360,22 +365,40 @@ def describe_bootstrap_failure(
     failures: Sequence[BootstrapFailure],
     client_kw: Mapping[str, Any],
     cafile: str | None = None,
+    secrets: Collection[str] = (),
 ) -> str:
     """One line for a bootstrap that failed on every server: each server's cause (the same
-    cause once), and never a secret option's value (scrubbed should a server echo it). Pure."""
+    cause once), with ``secrets`` scrubbed from the servers' own texts (see
+    :func:`describe_connection_failure`). Pure."""
     if not failures:
         servers = client_kw.get("bootstrap_servers")
-        line = f"cannot bootstrap from Kafka at {servers}: no server answered"
-    else:
-        lines = [
-            describe_connection_failure(f.host, f.port, f.error, client_kw, cafile)
-            for f in failures
-        ]
-        line = "; ".join(dict.fromkeys(lines))
-    for name, secret in client_kw.items():
-        if is_secret_option(name) and isinstance(secret, str) and secret:
-            line = line.replace(secret, REDACTED)
-    return line
+        return f"cannot bootstrap from Kafka at {servers}: no server answered"
+    lines = [
+        describe_connection_failure(f.host, f.port, f.error, client_kw, cafile, secrets)
+        for f in failures
+    ]
+    return "; ".join(dict.fromkeys(lines))
+
+
+def secret_values(*sources: Mapping[str, Any] | None) -> list[str]:
+    """The values of every secret option (:func:`processor.config.is_secret_option`, with or
+    without a ``consumer.``/``producer.`` prefix) in ``sources``: client keyword arguments
+    and the Kafka options they were built from (``ssl_password`` only exists there)."""
+    return [
+        str(value)
+        for source in sources
+        for name, value in (source or {}).items()
+        if is_secret_option(name) and isinstance(value, str) and value
+    ]
+
+
+def _scrub(text: str, secrets: Collection[str]) -> str:
+    """``text``, or a stand-in when it contains any of ``secrets``: the whole text is
+    withheld rather than the secret cut out, because the gaps a cut leaves would show where
+    (and so what) a short secret is."""
+    if any(secret and secret in text for secret in secrets):
+        return f"{REDACTED} (the server's message is withheld: it holds a secret setting's value)"
+    return text
 
 
 def _cafile(options: Mapping[str, Any] | None) -> str | None:
@@ -393,33 +416,48 @@ async def start_client(
     """``await client.start()`` (an aiokafka producer, consumer or admin client built from
     ``client_kw``; ``options`` are the Kafka options it was built from, for the messages).
 
-    When the bootstrap fails on every server, the client is stopped and
-    :class:`KafkaAccessError` says why, on one line (:func:`describe_bootstrap_failure`);
-    aiokafka's own per-server error lines are kept off the log. Any other failure of
-    ``start`` propagates as it is, after the client is stopped. A bootstrap that succeeded
-    through a later server logs the earlier servers' failures as one WARNING each.
+    When the bootstrap fails on every server (aiokafka's ``Unable to bootstrap``), the client
+    is stopped and :class:`KafkaAccessError` says why, on one line
+    (:func:`describe_bootstrap_failure`); aiokafka's own per-server error lines are kept off
+    the log. Any other failure of ``start`` propagates as it is, after the client is stopped.
+    Servers that failed before another one answered are logged as one WARNING each.
+
+    The per-server lines are caught by a filter on the process-wide ``aiokafka`` logger
+    while this start runs: two clients starting at once in one process may each collect the
+    other's lines (only the wording of a failure can suffer, never its detection).
     """
     catcher = _BootstrapFailures()
     aiokafka_log = logging.getLogger(_AIOKAFKA_LOGGER)
     aiokafka_log.addFilter(catcher)
+    cafile, secrets = _cafile(options), secret_values(client_kw, options)
     try:
         await client.start()
     except kafka_errors.KafkaConnectionError as exc:
         await _stop_quietly(client)
-        if not catcher.failures and not str(exc).startswith("Unable to bootstrap"):
-            raise
-        raise KafkaAccessError(
-            describe_bootstrap_failure(catcher.failures, client_kw, _cafile(options))
-        ) from None
+        if "Unable to bootstrap" in str(exc):
+            raise KafkaAccessError(
+                describe_bootstrap_failure(catcher.failures, client_kw, cafile, secrets)
+            ) from None
+        _warn_failed_servers(catcher.failures, client_kw, cafile, secrets)
+        raise
     except BaseException:
         await _stop_quietly(client)
         raise
     finally:
         aiokafka_log.removeFilter(catcher)
-    for f in catcher.failures:
+    _warn_failed_servers(catcher.failures, client_kw, cafile, secrets)
+
+
+def _warn_failed_servers(
+    failures: Sequence[BootstrapFailure],
+    client_kw: Mapping[str, Any],
+    cafile: str | None,
+    secrets: Collection[str],
+) -> None:
+    for f in failures:
         log.warning(
             "bootstrap server failed, another one answered: %s",
-            describe_bootstrap_failure([f], client_kw, _cafile(options)),
+            describe_bootstrap_failure([f], client_kw, cafile, secrets),
         )
 
 

@@ -33,6 +33,7 @@ from processor.kafka.clients import (
     client_kwargs,
     describe_bootstrap_failure,
     describe_connection_failure,
+    secret_values,
     start_client,
 )
 
@@ -186,15 +187,37 @@ def test_every_server_is_named_once_per_cause_and_the_password_never() -> None:
         BootstrapFailure("b", 2, ConnectionRefusedError()),
         BootstrapFailure("b", 2, ConnectionRefusedError()),
     ]
-    line = describe_bootstrap_failure(failures, SASL_KW)
+    line = describe_bootstrap_failure(failures, SASL_KW, secrets=secret_values(SASL_KW))
     assert line == (
-        "Kafka authentication failed at a:1 (SASL SCRAM-SHA-512 as user 'svc'): bad "
-        "credentials for ***; cannot connect to Kafka at b:2: connection refused (is a broker "
-        "listening there?)"
+        "Kafka authentication failed at a:1 (SASL SCRAM-SHA-512 as user 'svc'): *** (the "
+        "server's message is withheld: it holds a secret setting's value); cannot connect to "
+        "Kafka at b:2: connection refused (is a broker listening there?)"
     )
     assert describe_bootstrap_failure([], SASL_KW) == (
         "cannot bootstrap from Kafka at kafka:9094: no server answered"
     )
+
+
+@pytest.mark.parametrize("password", ["a", "svc", "Kafka"])
+def test_a_short_or_guessable_password_leaves_the_line_intact(password: str) -> None:
+    """Only the server's own text is withheld (whole, not cut): a password that is a letter,
+    the user name or a word of the line must not punch tell-tale gaps into the line."""
+    kw = {**SASL_KW, "sasl_plain_password": password}
+    auth = kafka_errors.SaslAuthenticationFailed(f"invalid credentials ({password})")
+    line = describe_bootstrap_failure(
+        [BootstrapFailure("kafka", 9094, auth)], kw, secrets=secret_values(kw)
+    )
+    assert line == (
+        "Kafka authentication failed at kafka:9094 (SASL SCRAM-SHA-512 as user 'svc'): *** "
+        "(the server's message is withheld: it holds a secret setting's value)"
+    )
+
+
+def test_secret_values_come_from_the_options_too() -> None:
+    """``ssl_password`` never reaches the client's keywords (it unlocks the ssl_context), and
+    an option may target one client; both are secrets to scrub."""
+    options = {"ssl_password": "key-pass", "consumer.sasl_plain_password": "c-pw", "acks": "all"}
+    assert sorted(secret_values(SASL_KW, options)) == ["c-pw", "key-pass", "s3cret-pw"]
 
 
 # ---- start_client: aiokafka's bootstrap failure explained ------------------------------------
@@ -260,6 +283,30 @@ async def test_other_start_failures_pass_through_after_a_stop(error: BaseExcepti
     assert raised.value is error and client.stopped
 
 
+async def test_a_later_failure_is_not_blamed_on_a_server_that_failed_before_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Server a failed, b answered, then start failed for another reason: that error
+    propagates as it is, and a's failure is only a warning."""
+    later = kafka_errors.KafkaConnectionError("Connection at b:2 closed")
+
+    class Client(_Client):
+        async def start(self) -> None:
+            logging.getLogger("aiokafka").error(
+                'Unable connect to "%s:%s": %s', "a", 1, ConnectionRefusedError()
+            )
+            raise later
+
+    client = Client(None)
+    with caplog.at_level(logging.WARNING), pytest.raises(kafka_errors.KafkaConnectionError) as e:
+        await start_client(client, SASL_KW)
+    assert e.value is later and client.stopped
+    assert [r.getMessage() for r in caplog.records] == [
+        "bootstrap server failed, another one answered: cannot connect to Kafka at a:1: "
+        "connection refused (is a broker listening there?)"
+    ]
+
+
 async def test_a_started_client_is_left_running() -> None:
     client = _Client(None)
     await start_client(client, SASL_KW)
@@ -298,6 +345,8 @@ def test_the_tools_print_one_line_and_exit_3(
         raise KafkaAccessError("Kafka authentication failed at k:1 (SASL PLAIN): no")
 
     monkeypatch.setattr(tools, command, refused)
+    for name in [n for n in os.environ if n.startswith("LSTM_STREAM_")]:
+        monkeypatch.delenv(name)  # an ambient settings file or option would change the outcome
     rc = cli.main([command, "--topic", "t", "--bootstrap-servers", "k:1"])
     captured = capsys.readouterr()
     assert rc == KafkaAccessError.exit_code == 3
@@ -425,13 +474,18 @@ def test_a_wrong_password_never_reaches_the_tools_output(
     broker's reason is scrubbed too, should it ever quote it)."""
     monkeypatch.setenv("LSTM_STREAM_KAFKA_SASL_PLAIN_PASSWORD", "wrong-pw-77")
 
+    class Refusing(_Client):
+        """aiokafka's failed bootstrap: the server's error logged, then a bare error."""
+
+        async def start(self) -> None:
+            reason = kafka_errors.SaslAuthenticationFailed("no such password: wrong-pw-77")
+            logging.getLogger("aiokafka").error('Unable connect to "%s:%s": %s', "k", 1, reason)
+            raise kafka_errors.KafkaConnectionError("Unable to bootstrap from [('k', 1)]")
+
     async def refused(bootstrap_servers: str, topic: str, **kw: Any) -> Any:
         options = kw["kafka_options"]
         _, producer_kw = client_kwargs(bootstrap_servers, "unused", options)
-        failure = BootstrapFailure(
-            "k", 1, kafka_errors.SaslAuthenticationFailed("no such password: wrong-pw-77")
-        )
-        raise KafkaAccessError(describe_bootstrap_failure([failure], producer_kw))
+        await start_client(Refusing(None), producer_kw, options)  # as produce starts its client
 
     monkeypatch.setattr(tools, "produce", refused)
     args = ["produce", "--topic", "t", "--bootstrap-servers", "k:1"]
@@ -440,5 +494,5 @@ def test_a_wrong_password_never_reaches_the_tools_output(
     err = capsys.readouterr().err
     assert err == (
         "lstm-stream produce: Kafka authentication failed at k:1 (SASL PLAIN as user 'svc'): "
-        "no such password: ***\n"
+        "*** (the server's message is withheld: it holds a secret setting's value)\n"
     )

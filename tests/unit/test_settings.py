@@ -321,13 +321,16 @@ def test_rebalance_timeout_outlasts_the_drain_timeout() -> None:
 
 
 def test_kafka_option_flags_parse_the_same_in_run_and_the_tools() -> None:
-    from processor.tools import _kafka_options
+    from processor.tools import kafka_options_from
+
+    def tool_options(pairs: list[str]) -> dict[str, object]:
+        return kafka_options_from(argparse.Namespace(kafka=pairs, config=None), environ={})
 
     flags = ["a=b=c", " request_timeout_ms =5", "empty="]
     parser = argparse.ArgumentParser()
     add_settings_arguments(parser)
     argv = [*REQUIRED] + [x for f in flags for x in ("--kafka-option", f)]
     run = settings_from_args(parser.parse_args(argv), environ={}).kafka
-    assert _kafka_options(flags) == run == {"a": "b=c", "request_timeout_ms": "5", "empty": ""}
+    assert tool_options(flags) == run == {"a": "b=c", "request_timeout_ms": "5", "empty": ""}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        _kafka_options(["novalue"])
+        tool_options(["novalue"])
