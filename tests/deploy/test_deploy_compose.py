@@ -2,8 +2,9 @@
 specification (check-jsonschema's vendored schema), every reference resolves (services,
 volumes, host paths, secrets, the build), every ``LSTM_STREAM_*`` variable is a setting of
 the command its service runs and the settings load with the project's own loader, the
-commands parse with the project's own parsers, and the topics the one-shot service creates
-are the ones the processors and the load generator use.
+commands parse with the project's own parsers, the topics the one-shot service creates
+are the ones the processors and the load generator use, and the state cache's disk tier is
+on a volume (not the tmpfs) that the image's user may write to.
 
 No container runs: the checks read the files (``compose.yaml`` and each override
 ``compose.*.yaml``, merged the way Compose merges mappings) and need no broker.
@@ -38,6 +39,7 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
 OVERRIDES = sorted(COMPOSE_DIR.glob("compose.*.yaml"))
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 GRAFANA = ROOT / "deploy" / "grafana"
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
@@ -210,6 +212,36 @@ def _check_kafka_options(project: dict[str, Any], service: dict[str, Any], s: Se
     client_kwargs(s.bootstrap_servers, s.group_id, options, drain_timeout=s.drain_timeout)
 
 
+def _image_user() -> tuple[str, str]:
+    """(uid, home directory) of the image's user, from the Dockerfile: the uid its ``USER``
+    names, and the ``--home-dir`` of the ``useradd --create-home`` that creates that uid
+    (so the directory exists in the image and belongs to the user)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    user = re.search(r"^USER (\d+)", text, re.M)
+    assert user is not None, "the Dockerfile names no numeric USER"
+    (useradd,) = [line for line in text.splitlines() if "useradd" in line]
+    words = shlex.split(useradd[useradd.index("useradd") :].split("&&")[0])
+    assert words[words.index("--uid") + 1] == user.group(1), useradd
+    assert "--create-home" in words, useradd
+    return user.group(1), words[words.index("--home-dir") + 1]
+
+
+def _mount_under(service: dict[str, Any], path: str) -> tuple[str, str, str]:
+    """(kind, source, target) of the mount that holds container ``path`` in ``service``:
+    the deepest volume, bind mount or tmpfs whose target contains it; ("image", "", "/")
+    when none does."""
+    mounts = [("tmpfs", target, "") for target in service.get("tmpfs") or []]
+    for volume in service.get("volumes") or []:
+        source, target = str(volume).split(":")[:2]
+        kind = "bind" if source.startswith((".", "/")) else "volume"
+        mounts.append((kind, target, source))
+    holding = [m for m in mounts if path == m[1] or path.startswith(m[1].rstrip("/") + "/")]
+    if not holding:
+        return "image", "", "/"
+    kind, target, source = max(holding, key=lambda m: len(m[1]))
+    return kind, source, target
+
+
 def _created_topics(project: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """topic -> {partitions, configs} of every kafka-topics.sh --create in the project."""
     out: dict[str, dict[str, Any]] = {}
@@ -346,6 +378,23 @@ def test_commands_parse_with_their_own_parsers(project: dict[str, Any]) -> None:
     assert _settings(project, services["processor"]).engine.model == model
     loadgen = _parse("produce", _command(services["loadgen"])[1:])
     assert loadgen.model == model
+
+
+def test_state_dir_is_on_a_disk_volume_the_image_user_owns(project: dict[str, Any]) -> None:
+    processor = project["services"]["processor"]
+    state_dir = _settings(project, processor).engine.state_dir
+    assert state_dir is not None, "the disk tier would go to /tmp, a tmpfs: RAM"
+    # On a named volume, not the tmpfs (RAM) nor the read-only image.
+    kind, source, target = _mount_under(processor, state_dir)
+    assert kind == "volume", (state_dir, kind)
+    assert source in (project.get("volumes") or {}), source
+    # Mounted on the image user's home directory: a new volume takes that directory's
+    # owner, the uid the processors run as. Anywhere the image has no such directory the
+    # volume would belong to root and the processors could not write to it.
+    uid, home = _image_user()
+    assert target == home, (target, home)
+    assert str(processor.get("user", uid)).split(":")[0] == uid
+    assert processor.get("read_only") is True
 
 
 def test_topics_created_are_the_ones_used(project: dict[str, Any]) -> None:
