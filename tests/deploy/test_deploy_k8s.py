@@ -8,9 +8,10 @@
   tests/tools/validate-keda.mjs), which refuses a field of the wrong type;
 * the pieces agree: the pod's settings (its arguments, environment and the rendered
   ConfigMap) load with the project's own loader, the probes and the Service use the metrics
-  port those settings set, the grace period outlasts the drain timeout, the Secret holds
-  exactly the keys the Deployment references, and the autoscalers stop at the input
-  topic's partition count stated in the README.
+  port those settings set, the grace period outlasts the drain timeout, the example Secret
+  (which no variant applies: the real one is created out of band) and the README's command
+  that creates it hold exactly the keys the Deployment references, and the autoscalers
+  stop at the input topic's partition count stated in the README.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.ya
 KEDA_API = "keda.sh/v1alpha1"
 # The variants a user applies (README.md): each must render a whole processor.
 APPLIED = {"": "keda", "hpa": "hpa", "gpu": "keda", "base": None}
+# The Secret with placeholder values, applied only on purpose (never by a variant).
+EXAMPLE_SECRET = "example-secret"
 
 Doc = dict[str, Any]
 
@@ -217,7 +220,10 @@ def test_kustomization_renders_valid_objects(
 @pytest.mark.parametrize("variant", sorted(APPLIED), ids=lambda v: v or ".")
 def test_each_variant_has_one_autoscaler_or_none(variant: str, render: Render) -> None:
     docs = render(variant)
-    assert {"Deployment", "ConfigMap", "Secret", "Service", "PodDisruptionBudget"} <= _kinds(docs)
+    assert {"Deployment", "ConfigMap", "Service", "PodDisruptionBudget"} <= _kinds(docs)
+    # No variant carries the Secret: applying one must never replace the real Secret,
+    # created out of band, with the example's placeholders.
+    assert "Secret" not in _kinds(docs)
     scalers = {"ScaledObject": "keda", "HorizontalPodAutoscaler": "hpa"}
     assert [v for k, v in scalers.items() if k in _kinds(docs)] == (
         [APPLIED[variant]] if APPLIED[variant] else []
@@ -250,15 +256,15 @@ def _volume_at(docs: tuple[Doc, ...], path: str) -> tuple[str, Doc]:
     raise AssertionError(f"{path} is on no volume")
 
 
-def _secret_values(docs: tuple[Doc, ...]) -> dict[str, str]:
-    return dict(_one(docs, "Secret").get("stringData") or {})
+def _secret_values(secret: Doc) -> dict[str, str]:
+    return dict(secret.get("stringData") or {})
 
 
-def _pod_settings(docs: tuple[Doc, ...], tmp_path: Path) -> Settings:
+def _pod_settings(docs: tuple[Doc, ...], secret: Doc, tmp_path: Path) -> Settings:
     """The Settings a pod builds: its arguments parsed by ``run``'s own parser, its
-    environment (secretKeyRef values taken from the Secret) and the settings file from the
-    rendered ConfigMap mounted where --config points. The project's loader refuses unknown
-    TOML keys and bad values."""
+    environment (secretKeyRef values taken from ``secret``, the example Secret) and the
+    settings file from the rendered ConfigMap mounted where --config points. The project's
+    loader refuses unknown TOML keys and bad values."""
     container = _container(docs)
     args = container["args"]
     assert args[0] == "run", args
@@ -268,15 +274,15 @@ def _pod_settings(docs: tuple[Doc, ...], tmp_path: Path) -> Settings:
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     local = tmp_path / inside
     local.write_text(config_map["data"][inside])
-    secret = _secret_values(docs)
+    values = _secret_values(secret)
     env = {}
     for var in container.get("env") or []:
         if "value" in var:
             env[var["name"]] = var["value"]
         else:
             ref = var["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == _one(docs, "Secret")["metadata"]["name"]
-            env[var["name"]] = secret[ref["key"]]
+            assert ref["name"] == secret["metadata"]["name"]
+            env[var["name"]] = values[ref["key"]]
     parser, _ = cli.command_parser("run")
     err = io.StringIO()
     try:
@@ -293,9 +299,18 @@ def docs(render: Render) -> tuple[Doc, ...]:
     return render("")
 
 
+@pytest.fixture(scope="module")
+def secret(render: Render) -> Doc:
+    """The example Secret (deploy/k8s/example-secret), as rendered: the one Secret of the
+    directory, standing in for the real one."""
+    (only,) = render(EXAMPLE_SECRET)
+    assert only["kind"] == "Secret", only["kind"]
+    return only
+
+
 @pytest.fixture
-def settings(docs: tuple[Doc, ...], tmp_path: Path) -> Settings:
-    return _pod_settings(docs, tmp_path)
+def settings(docs: tuple[Doc, ...], secret: Doc, tmp_path: Path) -> Settings:
+    return _pod_settings(docs, secret, tmp_path)
 
 
 def _partitions_in_readme() -> dict[str, int]:
@@ -305,16 +320,16 @@ def _partitions_in_readme() -> dict[str, int]:
 
 
 def test_pod_settings_load_and_reach_a_sasl_ssl_cluster(
-    docs: tuple[Doc, ...], settings: Settings
+    docs: tuple[Doc, ...], secret: Doc, settings: Settings
 ) -> None:
     assert settings.kafka["security_protocol"] == "SASL_SSL"
     assert settings.kafka["sasl_mechanism"] == "SCRAM-SHA-512"
-    secret = _secret_values(docs)
-    assert settings.kafka["sasl_plain_username"] == secret["username"]
-    assert settings.kafka["sasl_plain_password"] == secret["password"]
+    values = _secret_values(secret)
+    assert settings.kafka["sasl_plain_username"] == values["username"]
+    assert settings.kafka["sasl_plain_password"] == values["password"]
     # ssl_cafile is the Secret's ca.crt, mounted as a file.
     inside, volume = _volume_at(docs, settings.kafka["ssl_cafile"])
-    assert volume["secret"]["secretName"] == _one(docs, "Secret")["metadata"]["name"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
     assert {"key": "ca.crt", "path": inside} in volume["secret"]["items"]
     # Every Kafka option is aiokafka's (client_kwargs refuses others). The example CA is a
     # placeholder, so the system's CA bundle stands in while the SSL context is built.
@@ -380,9 +395,9 @@ def test_probes_and_service_use_the_metrics_port(docs: tuple[Doc, ...], settings
     assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"].items() <= labels.items()
 
 
-def test_secret_keys_are_the_ones_referenced(docs: tuple[Doc, ...]) -> None:
-    secret = _one(docs, "Secret")
-    name = secret["metadata"]["name"]
+def _referenced_secret_keys(docs: tuple[Doc, ...], name: str) -> set[str]:
+    """The keys of Secret ``name`` that the Deployment's container reads (environment and
+    mounted files)."""
     container = _container(docs)
     referenced = {
         v["valueFrom"]["secretKeyRef"]["key"]
@@ -392,12 +407,35 @@ def test_secret_keys_are_the_ones_referenced(docs: tuple[Doc, ...]) -> None:
     for volume in _mounts(docs).values():
         if volume.get("secret", {}).get("secretName") == name:
             referenced |= {item["key"] for item in volume["secret"]["items"]}
-    assert set(secret["stringData"]) == referenced
+    return referenced
+
+
+def test_secret_keys_are_the_ones_referenced(docs: tuple[Doc, ...], secret: Doc) -> None:
+    name = secret["metadata"]["name"]
+    assert set(secret["stringData"]) == _referenced_secret_keys(docs, name)
     auth = _one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"]
     assert {r["name"] for r in auth} == {name}
     assert {r["parameter"]: r["key"] for r in auth} == {
         "username": "username", "password": "password", "ca": "ca.crt",
     }  # fmt: skip
+
+
+def _readme_secret_command() -> list[str]:
+    """The words of the README's ``kubectl create secret generic`` command (its backslash
+    continuations joined)."""
+    text = README.read_text().replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if "kubectl create secret generic" in ln]
+    return shlex.split(line)
+
+
+def test_readme_creates_the_secret_the_pods_read(docs: tuple[Doc, ...], secret: Doc) -> None:
+    # The Secret is created out of band with the README's command: it must carry the name
+    # and exactly the keys the Deployment reads, as the example does.
+    words = _readme_secret_command()
+    name = words[words.index("generic") + 1]
+    keys = {w.split("=", 2)[1] for w in words if w.startswith(("--from-literal=", "--from-file="))}
+    assert name == secret["metadata"]["name"]
+    assert keys == _referenced_secret_keys(docs, name) == set(secret["stringData"])
 
 
 def test_autoscalers_stop_at_the_input_partitions(
@@ -438,9 +476,11 @@ def test_keda_watches_the_group_and_topic_the_pods_use(
     assert trigger["authenticationRef"]["name"] == auth
 
 
-def test_gpu_variant_asks_for_a_gpu_and_runs_on_it(tmp_path: Path, render: Render) -> None:
+def test_gpu_variant_asks_for_a_gpu_and_runs_on_it(
+    tmp_path: Path, secret: Doc, render: Render
+) -> None:
     gpu = render("gpu")
-    settings = _pod_settings(gpu, tmp_path)
+    settings = _pod_settings(gpu, secret, tmp_path)
     assert settings.engine.device == "gpu:0"
     container = _container(gpu)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -448,12 +488,25 @@ def test_gpu_variant_asks_for_a_gpu_and_runs_on_it(tmp_path: Path, render: Rende
     assert _container(render(""))["image"] == container["image"].removesuffix("-gpu")
 
 
-def test_example_model_job_writes_where_the_pods_read(settings: Settings, render: Render) -> None:
+def _job_container(render: Render) -> Doc:
+    """The example model Job's one container, as rendered."""
     job = _one(render("example-model"), "Job")["spec"]["template"]["spec"]
     (container,) = job["containers"]
-    assert container["command"][:2] == ["/bin/sh", "-ec"]
-    words = [w for part in container["args"][0].split("||") for w in [shlex.split(part)]]
-    (train,) = [w for w in words if w[0] == "lstm-stream"]
+    return container
+
+
+def _job_script(container: Doc) -> str:
+    """The shell script the example model Job runs (``/bin/sh -ec SCRIPT``)."""
+    assert container["command"] == ["/bin/sh", "-ec"], container["command"]
+    (script,) = container["args"]
+    return str(script)
+
+
+def test_example_model_job_writes_where_the_pods_read(settings: Settings, render: Render) -> None:
+    job = _one(render("example-model"), "Job")["spec"]["template"]["spec"]
+    container = _job_container(render)
+    lines = [shlex.split(line) for line in _job_script(container).splitlines() if line.strip()]
+    (train,) = [w for w in lines if w[0] == "lstm-stream"]
     assert train[1] == "example-model"
     parser, _ = cli.command_parser("example-model")
     assert parser.parse_args(train[2:]).out == settings.engine.model
@@ -461,3 +514,45 @@ def test_example_model_job_writes_where_the_pods_read(settings: Settings, render
     pvc = _one(render("base"), "PersistentVolumeClaim")["metadata"]["name"]
     assert claim["persistentVolumeClaim"]["claimName"] == pvc
     assert _container(render(""))["image"] == container["image"]
+    # It writes as the image's user, the one the pods read as; no container runs as root.
+    match = re.search(r"^USER (\d+)", DOCKERFILE.read_text(), re.M)
+    assert match is not None
+    assert job["securityContext"]["runAsUser"] == int(match.group(1))
+    assert job["securityContext"]["runAsNonRoot"] is True and not job.get("initContainers")
+
+
+def test_example_model_job_checks_the_volume_before_training(
+    tmp_path: Path, render: Render
+) -> None:
+    # fsGroup does not make an NFS volume writable: the Job must say so at once instead of
+    # failing after minutes of training. Its script runs here with the model directory
+    # moved under tmp_path and a stand-in lstm-stream that reports its arguments.
+    script = _job_script(_job_container(render))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "lstm-stream"
+    stub.write_text('#!/bin/sh\necho "trained $*"\n')
+    stub.chmod(0o755)
+
+    def run(models: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/bin/sh", "-ec", script.replace("/models", str(models))],
+            env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    # A directory nobody can write to, not even root: one that does not exist.
+    refused = run(tmp_path / "absent")
+    assert refused.returncode == 1 and "trained" not in refused.stdout, refused
+    assert "is not writable by uid" in refused.stderr and "10001" in refused.stderr
+    models = tmp_path / "models"
+    models.mkdir()
+    trained = run(models)
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.splitlines() == [f"trained example-model --out {models}/model.keras"]
+    assert list(models.iterdir()) == []  # the write check leaves nothing behind
+    (models / "model.keras").write_bytes(b"a model")
+    kept = run(models)
+    assert kept.returncode == 0 and "trained" not in kept.stdout, kept
