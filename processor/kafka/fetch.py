@@ -102,6 +102,7 @@ class Fetcher:
         self._taken = asyncio.Event()  # the dispatcher took a batch: fetching may go on
         self._turn = 0  # rotates the partition order of fetch()
         self._first_offset: dict[TopicPartition, int] = {}
+        self._fetched_to: dict[TopicPartition, int] = {}
         # partition -> (highest offset of the map, stream -> offset below which its records
         # were applied before the checkpoint the partition was restored from)
         self._replay: dict[TopicPartition, tuple[int, dict[str, int]]] = {}
@@ -122,10 +123,15 @@ class Fetcher:
         reference before any of its records is acknowledged)."""
         return self._first_offset.get(tp)
 
+    def fetched_to(self, tp: TopicPartition) -> int | None:
+        """The offset after the last record admitted from ``tp`` since it was assigned."""
+        return self._fetched_to.get(tp)
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Drop per-partition bookkeeping of revoked partitions."""
         for tp in partitions:
             self._first_offset.pop(tp, None)
+            self._fetched_to.pop(tp, None)
             self._replay.pop(tp, None)
 
     def replay_until(self, tp: TopicPartition, applied: dict[str, int]) -> None:
@@ -178,6 +184,7 @@ class Fetcher:
                 continue  # fetched just before a revocation: the new owner reads them
             items = self.to_items(tp, records, now)
             self._first_offset.setdefault(tp, records[0].offset)
+            self._fetched_to[tp] = records[-1].offset + 1
             self._batcher.add(items)
             self._metrics.records_in.labels(tp.topic).inc(len(items))
             added += len(items)

@@ -37,6 +37,10 @@ __all__ = ["CLOSE_TIMEOUT_S", "PIPELINE_DEPTH", "Stages"]
 
 PIPELINE_DEPTH = 2  # batches submitted to the engine thread ahead of their emission
 CLOSE_TIMEOUT_S = 10.0  # longest a client's stop may take (see Stages.stop_clients)
+# Longest the lag refresh waits for the consumer's position of one partition: it is known at
+# once for a partition being fetched; only one being reset or revoked right now can make it
+# wait, and its gauge then keeps the acknowledged offset until the next tick.
+POSITION_TIMEOUT_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +173,15 @@ class Stages:
             except Exception:
                 log.exception("stopping the %s failed", what)
 
-    def refresh_lag(self) -> None:
+    async def refresh_lag(self) -> None:
         """Set the lag gauge of every owned partition: its high watermark minus the next
-        offset to acknowledge (before any acknowledgement: the first offset fetched)."""
+        offset to acknowledge (before any acknowledgement: the first offset fetched).
+
+        Once every record fetched from a partition is acknowledged, the consumer's position
+        is used when it is further on: the offsets between hold no record to process, such
+        as the commit markers of a transactional producer, which take an offset each but
+        are never handed out. Without that an idle partition written transactionally would
+        show a lag of one forever."""
         for tp in list(self._ownership.owned):
             high = self.consumer.highwater(tp)
             if high is None:
@@ -181,6 +191,16 @@ class Stages:
                 position = self.fetcher.first_offset(tp)
             if position is None:
                 continue
+            if position == self.fetcher.fetched_to(tp):
+                position = max(position, await self._consumer_position(tp, position))
             self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                 max(0, high - position)
             )
+
+    async def _consumer_position(self, tp: TopicPartition, fallback: int) -> int:
+        """The consumer's next fetch offset of ``tp``, or ``fallback`` when it has none at
+        once (a partition being revoked or reset right now: the next tick tells)."""
+        try:
+            return int(await asyncio.wait_for(self.consumer.position(tp), POSITION_TIMEOUT_S))
+        except Exception:  # a gauge refresh must never fail the commit loop
+            return fallback

@@ -66,7 +66,8 @@ class FakeConsumer:
 
     def __init__(self, partitions: tuple[TopicPartition, ...] = (TP0, TP1)) -> None:
         self.log: dict[TopicPartition, list[Any]] = {tp: [] for tp in partitions}
-        self.position = dict.fromkeys(partitions, 0)
+        self.read_to = dict.fromkeys(partitions, 0)  # next offset getmany hands out
+        self.held: set[TopicPartition] = set()  # partitions getmany hands nothing of (yet)
         self._paused: set[TopicPartition] = set()
         self.pauses: list[set[TopicPartition]] = []
         self.offsets: dict[TopicPartition, int] = {}  # the group's committed offsets
@@ -81,13 +82,26 @@ class FakeConsumer:
     @property
     def buffered(self) -> dict[TopicPartition, list[Any]]:
         """Records not yet handed out, per partition."""
-        return {tp: records[self.position[tp] :] for tp, records in self.log.items()}
+        return {
+            tp: [r for r in records[self.read_to[tp] :] if r is not None]
+            for tp, records in self.log.items()
+        }
 
     def add(self, tp: TopicPartition, key: bytes | None, value: bytes | None) -> int:
         offset = len(self.log[tp])
         self.log[tp].append(_record(tp, offset, key, value))
         self.arrived.set()
         return offset
+
+    def add_marker(self, tp: TopicPartition) -> int:
+        """A transaction's commit marker: it takes an offset (and moves the high watermark)
+        but is never handed out; reading past it moves the position, as aiokafka does."""
+        offset = len(self.log[tp])
+        self.log[tp].append(None)
+        return offset
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.read_to[tp]
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.log)
@@ -103,7 +117,7 @@ class FakeConsumer:
         self._paused -= set(tps)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.position[tp] = offset
+        self.read_to[tp] = offset
 
     async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return dict.fromkeys(tps, 0)
@@ -117,11 +131,15 @@ class FakeConsumer:
         left = max_records if max_records is not None else 1 << 30
         out: dict[TopicPartition, list[Any]] = {}
         for tp in tps or sorted(self.log):
-            if tp in self._paused or left <= 0:
+            if tp in self._paused or tp in self.held or left <= 0:
                 continue
-            start = self.position[tp]
-            got = self.log[tp][start : start + left]
-            self.position[tp] = start + len(got)
+            end = self.read_to[tp]
+            got = []
+            while end < len(self.log[tp]) and len(got) < left:
+                if self.log[tp][end] is not None:  # a marker is skipped, not handed out
+                    got.append(self.log[tp][end])
+                end += 1
+            self.read_to[tp] = end
             left -= len(got)
             if got:
                 out[tp] = got
@@ -502,6 +520,36 @@ def test_revocation_drops_queued_records_finishes_in_flight_ones_and_commits_the
     asyncio.run(go())
 
 
+def test_the_lag_of_a_partition_read_up_to_a_commit_marker_is_zero(make_model: Any) -> None:
+    """A transactional producer's commit marker takes the last offset of an idle partition;
+    once every record before it is acknowledged and the consumer has read past it, the lag
+    gauge reads 0 (not the 1 that the high watermark minus the acknowledged offset gives),
+    while a partition with records left to read still shows them."""
+
+    async def go() -> None:
+        h = Harness(make_model)
+        await h.start()
+        for seq in range(3):
+            h.consumer.add(TP0, b"s", _value("s", seq))
+        h.consumer.add_marker(TP0)
+        lag = h.proc.metrics.consumer_lag
+        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
+        await _until(lambda: h.consumer.offsets.get(TP0) == 3, "offset 3 of TP0 committed")
+        await _until(lambda: lag.labels(IN, "0")._value.get() == 0, "lag 0 on TP0")
+        assert h.consumer.highwater(TP0) == 4  # the marker took an offset
+        h.consumer.add(TP1, b"t", _value("t", 0))
+        await _until(lambda: len(h.outputs()) == 4, "4 outputs")
+        h.consumer.held.add(TP1)  # two more records the consumer has not read yet
+        h.consumer.add(TP1, b"t", _value("t", 1))
+        h.consumer.add(TP1, b"t", _value("t", 2))
+        await _until(lambda: lag.labels(IN, "1")._value.get() == 2, "lag 2 on TP1")
+        h.consumer.held.clear()
+        await h.proc.drain()
+        await h.proc.close()
+
+    asyncio.run(go())
+
+
 def test_stale_records_are_skipped_and_counted_by_kind(make_model: Any) -> None:
     async def go() -> None:
         h = Harness(make_model)
@@ -678,7 +726,7 @@ def test_records_arriving_while_an_assignment_is_settled_are_processed_once(
             h.consumer.add(TP0, b"a", _value("a", seq))
         h.consumer.committed_delay = 0.2  # the fetch loop runs meanwhile
         assigned = asyncio.create_task(h.proc.on_assigned({TP0, TP1}))
-        await _until(lambda: h.consumer.position[TP0] == 6 or assigned.done(), "a fetch")
+        await _until(lambda: h.consumer.read_to[TP0] == 6 or assigned.done(), "a fetch")
         await assigned
         h.consumer.add(TP0, b"a", _value("a", 6))
         await _until(lambda: len(h.outputs()) == 7, "7 outputs")
