@@ -855,18 +855,24 @@ class PrivateBroker:
     directory, same ports), :meth:`kill` (SIGKILL, no clean shutdown), :meth:`stop`. It
     stops itself if this test process dies (``KAFKA_LOCAL_OWNER_PID``)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, sasl: dict[str, str] | None = None) -> None:
         self.run_dir = run_dir
         self.env = dict(os.environ)
         self.env["KAFKA_LOCAL_DIR"] = str(run_dir)
         self.env["KAFKA_LOCAL_OWNER_PID"] = str(os.getpid())
         self.env.setdefault("KAFKA_LOCAL_TIMEOUT", "120")
+        # With ``sasl`` (kafka.sh's KAFKA_LOCAL_SASL_* settings, e.g. USER and PASSWORD):
+        # started with ``--sasl``, a SASL_SSL listener on a third free port.
+        self.sasl = sasl
+        self.env.update({f"KAFKA_LOCAL_SASL_{k}": v for k, v in (sasl or {}).items()})
         self.bootstrap = ""
         self.started = False
+        self.last_start: subprocess.CompletedProcess[str] | None = None
 
     def _sh(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        args = [command, "--sasl"] if command == "start" and self.sasl is not None else [command]
         return subprocess.run(
-            ["bash", str(KAFKA_SH), command],
+            ["bash", str(KAFKA_SH), *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -881,9 +887,11 @@ class PrivateBroker:
         result = None
         for _attempt in range(3 if not self.started else 1):
             if not self.started:
-                ports = _free_ports(2)
+                ports = _free_ports(3)
                 self.env["KAFKA_LOCAL_PORT"] = str(ports[0])
                 self.env["KAFKA_LOCAL_CONTROLLER_PORT"] = str(ports[1])
+                if self.sasl is not None:
+                    self.env["KAFKA_LOCAL_SASL_PORT"] = str(ports[2])
             result = self._sh("start", timeout=600)
             if result.returncode == 0 or "already in use" not in result.stderr:
                 break
@@ -891,6 +899,7 @@ class PrivateBroker:
         if result.returncode != 0:
             pytest.fail(f"kafka.sh start failed ({result.returncode}):\n{result.stderr[-3000:]}")
         self.started = True
+        self.last_start = result
         self.bootstrap = result.stdout.strip().splitlines()[-1]
         return self.bootstrap
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,9 +28,9 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from durable_helpers import PrivateBroker  # type: ignore[import-not-found]
 from kafka_helpers import (  # type: ignore[import-not-found]
     PYTHON,
-    ROOT,
     RunProcess,
     http_get,
     metric_total,
@@ -42,8 +40,6 @@ from kafka_helpers import (  # type: ignore[import-not-found]
 
 __all__ = ["tiny_model"]
 
-KAFKA_SH = ROOT / "deploy" / "kafka-local" / "kafka.sh"
-START_TIMEOUT_S = int(os.environ.get("KAFKA_LOCAL_TIMEOUT", "120"))
 USER = "lstm-it"
 MECHANISM = "SCRAM-SHA-512"
 #: A failing command must be done within this many seconds, its imports (for ``run``,
@@ -67,33 +63,6 @@ class SecuredBroker:
     other_cafile: str  # a CA that did not sign the broker's certificate
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _kafka_sh(
-    args: list[str], env: dict[str, str], timeout: float
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(KAFKA_SH), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 def _other_ca(directory: Path, openssl: str) -> str:
     """A throw-away CA of its own (nothing it signed is the broker's)."""
     key, cert = directory / "other-ca.key", directory / "other-ca.pem"
@@ -115,42 +84,23 @@ def secured(
     need_tool("java")
     run_dir = tmp_path_factory.mktemp("kafka-sasl")
     password = secrets.token_hex(12)
-    env = dict(os.environ)
-    env.update(
-        KAFKA_LOCAL_DIR=str(run_dir),
-        KAFKA_LOCAL_TIMEOUT=str(START_TIMEOUT_S),
-        KAFKA_LOCAL_OWNER_PID=str(os.getpid()),  # no orphan broker after a killed run
-        KAFKA_LOCAL_SASL_USER=USER,
-        KAFKA_LOCAL_SASL_PASSWORD=password,
-    )
-    result = None
-    for _attempt in range(3):  # a port picked as free can be taken before the broker binds it
-        port, controller, sasl = _free_ports(3)
-        env.update(
-            KAFKA_LOCAL_PORT=str(port),
-            KAFKA_LOCAL_CONTROLLER_PORT=str(controller),
-            KAFKA_LOCAL_SASL_PORT=str(sasl),
-        )
-        t0 = time.monotonic()
-        result = _kafka_sh(["start", "--sasl"], env, timeout=START_TIMEOUT_S + 480)
-        if result.returncode == 0 or "already in use" not in result.stderr:
-            break
-    assert result is not None
-    if result.returncode != 0:
-        _kafka_sh(["stop"], env, timeout=60)
-        pytest.fail(f"kafka.sh start --sasl failed:\n{result.stderr}", pytrace=False)
-    plaintext = result.stdout.strip().splitlines()[-1]
-    sasl_addr = (run_dir / "sasl-bootstrap").read_text().strip()
-    cafile = run_dir / "tls" / "ca.pem"
-    assert sasl_addr == f"127.0.0.1:{sasl}" and cafile.is_file()
-    assert sasl_addr in result.stderr and str(cafile) in result.stderr  # told to the user
-    print(f"\nkafka-local SASL broker {sasl_addr} ready in {time.monotonic() - t0:.1f}s")
+    broker = PrivateBroker(run_dir, sasl={"USER": USER, "PASSWORD": password})
+    t0 = time.monotonic()
     try:
+        plaintext = broker.start()
+        assert broker.last_start is not None
+        sasl_addr = (run_dir / "sasl-bootstrap").read_text().strip()
+        cafile = run_dir / "tls" / "ca.pem"
+        assert sasl_addr == f"127.0.0.1:{broker.env['KAFKA_LOCAL_SASL_PORT']}"
+        assert cafile.is_file()
+        told = broker.last_start.stderr
+        assert sasl_addr in told and str(cafile) in told  # told to the user
+        print(f"\nkafka-local SASL broker {sasl_addr} ready in {time.monotonic() - t0:.1f}s")
         yield SecuredBroker(
             plaintext, sasl_addr, str(cafile), password, _other_ca(run_dir, openssl)
         )
     finally:
-        _kafka_sh(["stop"], env, timeout=120)
+        broker.stop()
 
 
 @pytest.fixture
