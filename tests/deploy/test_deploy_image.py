@@ -1,7 +1,7 @@
 """The container image, really built and run without a daemon (buildah, chroot isolation).
 
 No base image can be pulled here, so the base is made from Debian's packages
-(deploy/docker/base-image.sh: debootstrap, Python 3.11, imported into the local container
+(deploy/docker/base-image.sh: debootstrap, Python 3.11, committed to the local container
 storage and kept there under a content-keyed tag) and the dependencies come as wheels from
 the host (deploy/docker/wheels.sh into build/docker-wheels, kept between runs): the offline
 path of deploy/docker/Dockerfile. The image is built with a tiny model baked in, then run as
@@ -50,8 +50,7 @@ def sh(*cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def buildah(need_tool: Callable[[str], str]) -> str:
-    for tool in ("podman", "debootstrap"):  # base-image.sh needs them
-        need_tool(tool)
+    need_tool("debootstrap")  # base-image.sh needs it
     return need_tool("buildah")
 
 
