@@ -1,10 +1,11 @@
 """The container image, really built and run without a daemon (buildah, chroot isolation).
 
-No base image can be pulled here, so the base is made from Debian's packages
-(deploy/docker/base-image.sh: debootstrap, Python 3.11, committed to the local container
+No base image can be pulled here, so deploy/docker/offline-build.sh makes the base from
+Debian's packages (base-image.sh: debootstrap, Python 3.11, committed to the local container
 storage and kept there under a content-keyed tag) and the dependencies come as wheels from
-the host (deploy/docker/wheels.sh into build/docker-wheels, kept between runs): the offline
-path of deploy/docker/Dockerfile. The image is built with a tiny model baked in, then run as
+the host (wheels.sh into build/docker-wheels, kept between runs): the offline path of
+deploy/docker/Dockerfile. Its slow part starts in the background when the session begins
+(tests/deploy/conftest.py); these tests run last and wait for it. The image is built with a tiny model baked in, then run as
 its own non-root user: ``lstm-stream replay`` inside must answer exactly as the host's
 replay of the same input, dead letters included; the HEALTHCHECK recorded in the image is
 run inside it against the project's metrics server; ``run``'s settings pick up the image's
@@ -21,6 +22,7 @@ import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import keras
 import msgpack
@@ -34,7 +36,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
-WHEELS = "build/docker-wheels"  # relative to the build context, the project root
 FEATURES = 3
 USER_ID = "10001"  # the Dockerfile's USER
 TEST_IMAGE = "localhost/lstm-stream:offline-test"
@@ -85,36 +86,23 @@ def image_id(buildah: str, name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def image(buildah: str, model_file: Path) -> str:
-    """Build the image offline as TEST_IMAGE; returns its id.
+def image(buildah: str, model_file: Path, background_image_build: Any) -> str:
+    """Build the image offline as TEST_IMAGE (deploy/docker/offline-build.sh); returns its id.
 
-    The image stays in the local storage after the test: it holds the build's cached layers
-    (removing it would remove them too), so the next run rebuilds only the model's layer.
-    The previous run's image, whose model layer differs, is removed by its id."""
-    base = sh(str(DOCKER / "base-image.sh"), timeout=900).stdout.split()[-1]
-    sh(str(DOCKER / "wheels.sh"), str(ROOT / WHEELS), timeout=900)
+    The slow part, every layer but the model's, was started in the background when the
+    session began (see tests/deploy/conftest.py): this waits for it, then adds the model's
+    layer on top from the cache. The image stays in the local storage after the test: it
+    holds the build's cached layers, so the next run rebuilds only the model's layer. The
+    previous run's image, whose model layer differs, is removed by its id."""
+    if background_image_build is not None:
+        rc, log = background_image_build.wait()
+        assert rc == 0, f"the background image build failed ({rc}):\n{log[-6000:]}"
     previous = image_id(buildah, TEST_IMAGE)
     sh(
-        buildah,
-        "bud",
-        "--isolation",
-        "chroot",
-        "--layers",
-        "--pull-never",
-        "--format",
-        "docker",  # the OCI format has no HEALTHCHECK
-        "--file",
-        str(DOCKER / "Dockerfile"),
-        "--build-arg",
-        f"BASE_IMAGE={base}",
-        "--build-arg",
-        f"WHEELS={WHEELS}",
-        "--build-arg",
-        f"MODEL={model_file.relative_to(ROOT)}",
-        "--tag",
+        str(DOCKER / "offline-build.sh"),
         TEST_IMAGE,
-        str(ROOT),
-        timeout=1200,
+        str(model_file.relative_to(ROOT)),
+        timeout=1800,
     )
     built = image_id(buildah, TEST_IMAGE)
     assert built is not None
