@@ -5,13 +5,14 @@ Debian's packages (base-image.sh: debootstrap, Python 3.11, committed to the loc
 storage and kept there under a content-keyed tag) and the dependencies come as wheels from
 the host (wheels.sh into build/docker-wheels, kept between runs): the offline path of
 deploy/docker/Dockerfile. Its slow part starts in the background when the session begins
-(tests/deploy/conftest.py); these tests run last and wait for it. The image is built with a tiny model baked in, then run as
-its own non-root user: ``lstm-stream replay`` inside must answer exactly as the host's
-replay of the same input, dead letters included; the HEALTHCHECK recorded in the image is
-run inside it against the project's metrics server; ``run``'s settings pick up the image's
-model path and metrics port. Containers are removed even on failure. The image stays, as
-``localhost/lstm-stream:offline-test``, because it holds the cached layers: a second run
-rebuilds only the model's layer and removes the image it replaces.
+(tests/deploy/conftest.py); these tests run last and wait for it. The image is built with a
+tiny model baked in, then run as its own non-root user: ``lstm-stream replay`` inside must
+answer exactly as the host's replay of the same input, dead letters included; the
+HEALTHCHECK recorded in the image is run inside it against the project's metrics server;
+``run``'s settings pick up the image's model path and metrics port. Containers are removed
+even on failure. The image stays, as ``localhost/lstm-stream:offline-test``, because it
+holds the cached layers: a second run rebuilds only the model's layer and removes the image
+it replaces.
 """
 
 from __future__ import annotations
