@@ -23,7 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,8 +43,7 @@ class BackgroundBuild:
 
     process: subprocess.Popen[bytes]
     log: Path
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
+    waited: float | None = None  # seconds the image tests were blocked on it
 
     @classmethod
     def start(cls, tag: str) -> BackgroundBuild:
@@ -64,13 +63,13 @@ class BackgroundBuild:
 
     def wait(self) -> tuple[int, str]:
         """Block until the build ends: (exit code, its log)."""
+        t0 = time.monotonic()
         try:
             rc = self.process.wait(timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.stop()
             rc = -1
-        if self.finished is None:
-            self.finished = time.monotonic()
+        self.waited = (self.waited or 0.0) + time.monotonic() - t0
         return rc, self.log.read_text(errors="replace")
 
     def stop(self) -> None:
@@ -112,10 +111,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     build = terminalreporter.config.stash.get(_BUILD, None)
     if build is None:
         return
-    end = build.finished if build.finished is not None else time.monotonic()
+    waited = "not waited for" if build.waited is None else f"waited for {build.waited:.0f} s"
     terminalreporter.write_line(
-        f"container image built in the background, at the lowest priority: "
-        f"{end - build.started:.0f} s wall ({'; '.join(build.timings()) or 'no timings'})"
+        "container image built in the background at the lowest priority while the other "
+        f"tests ran ({'; '.join(build.timings()) or 'no timings'}); the image tests "
+        f"{waited}"
     )
 
 
