@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -231,34 +230,20 @@ async def bench_visible_latency(
     fails. The topics are deleted afterwards.
     """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
     from prometheus_client import CollectorRegistry
 
-    from processor.bench.kafka import synthetic_steps
+    from processor.bench.kafka import bench_topics, synthetic_steps
     from processor.codec import decode_output, encode_input
     from processor.kafka.clients import client_kwargs
     from processor.kafka.output import OutputWriter
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
-    from processor.kafka.topics import prepare_topics
     from processor.model import load_step_model
 
     if options.model is None:
         raise ValueError("bench_visible_latency needs options.model")
-    tag = uuid.uuid4().hex[:8]
-    source, out = f"bench-lat-in-{tag}", f"bench-lat-out-{tag}"
-    dlq, group = f"{out}-dlq", f"bench-lat-{tag}"
-    state = f"{group}-{source}-state"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await prepare_topics(
-            admin,
-            input_topics=(source,),
-            output_topics=(out, dlq),
-            partitions=partitions,
-            create_inputs=True,
-        )
+    async with bench_topics(bootstrap, "bench-lat", partitions) as topics:
+        source, out, dlq, group, _ = topics
         model = load_step_model(options.model)
         settings = Settings(
             bootstrap_servers=bootstrap,
@@ -373,11 +358,6 @@ async def bench_visible_latency(
             "mean_ms": figures["mean"],
             "max_ms": figures["max"],
         }
-    finally:
-        try:
-            await admin.delete_topics([source, out, dlq, state])
-        finally:
-            await admin.close()
 
 
 def _say(msg: str) -> None:

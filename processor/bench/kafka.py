@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -36,9 +37,9 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 from aiokafka import TopicPartition
@@ -193,6 +194,53 @@ def bench_engine_only(options: EngineOptions, *, records: int, streams: int) -> 
     return {"records": len(recs), "seconds": seconds, "records_per_s": len(recs) / seconds}
 
 
+class BenchTopics(NamedTuple):
+    """The names of one bench run's topics and group (see :func:`bench_topics`)."""
+
+    source: str
+    out: str
+    dlq: str
+    group: str
+    state: str  # the group's default state topic, made by the processor when it is durable
+
+
+@contextlib.asynccontextmanager
+async def bench_topics(
+    bootstrap: str, prefix: str, partitions: int, *, with_state: bool = True
+) -> AsyncIterator[BenchTopics]:
+    """Fresh input, output and dead-letter topics named ``<prefix>-in-<tag>``,
+    ``<prefix>-out-<tag>`` and ``<prefix>-out-<tag>-dlq`` (a random tag; ``partitions`` each,
+    created and every partition with a leader before this yields), the group
+    ``<prefix>-<tag>`` and its default state topic's name. On exit they are deleted, the
+    state topic too when ``with_state`` (the processor created it)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from processor.kafka.topics import prepare_topics
+
+    tag = uuid.uuid4().hex[:8]
+    source, out, group = f"{prefix}-in-{tag}", f"{prefix}-out-{tag}", f"{prefix}-{tag}"
+    topics = BenchTopics(source, out, f"{out}-dlq", group, f"{group}-{source}-state")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        # Returns once every partition of the new topics has a leader.
+        await prepare_topics(
+            admin,
+            input_topics=(source,),
+            output_topics=(out, topics.dlq),
+            partitions=partitions,
+            create_inputs=True,
+        )
+        yield topics
+    finally:
+        try:
+            await admin.delete_topics(
+                [source, out, topics.dlq, *([topics.state] if with_state else [])]
+            )
+        finally:
+            await admin.close()
+
+
 async def bench_end_to_end(
     bootstrap: str,
     options: EngineOptions,
@@ -236,34 +284,18 @@ async def bench_end_to_end(
     input topic's size) describe the records. Raises
     :class:`TimeoutError` when the processor has not written and committed every output
     within ``timeout_s`` seconds of starting, and what the processor raises if it fails."""
-    from aiokafka.admin import AIOKafkaAdminClient
     from prometheus_client import CollectorRegistry
 
     from processor.bench.eos import EXACTLY_ONCE, outputs_committed, transaction_timeout_for
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
-    from processor.kafka.topics import prepare_topics
     from processor.model import load_step_model
 
     if options.model is None:
         raise ValueError("bench_end_to_end needs options.model")
     exactly_once = processing_guarantee == EXACTLY_ONCE
-    tag = uuid.uuid4().hex[:8]
-    source, out = f"bench-in-{tag}", f"bench-out-{tag}"
-    dlq = f"{out}-dlq"
-    group = f"bench-{tag}"
-    state = f"{group}-{source}-state"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        # Returns once every partition of the new topics has a leader.
-        await prepare_topics(
-            admin,
-            input_topics=(source,),
-            output_topics=(out, dlq),
-            partitions=partitions,
-            create_inputs=True,
-        )
+    async with bench_topics(bootstrap, "bench", partitions, with_state=durable) as topics:
+        source, out, dlq, group, _ = topics
         model = load_step_model(options.model)
         produced, input_bytes = await produce_records(
             bootstrap,
@@ -373,11 +405,6 @@ async def bench_end_to_end(
             "engine_busy_fraction": busy / seconds,
             "partitions": partitions,
         }
-    finally:
-        try:
-            await admin.delete_topics([source, out, dlq, *([state] if durable else [])])
-        finally:
-            await admin.close()
 
 
 async def _truth(value: bool | Awaitable[bool]) -> bool:
