@@ -14,10 +14,10 @@ import contextlib
 import io
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from processor import demo, example
@@ -66,17 +66,8 @@ class _StopWhenEnough:
 
     GENERATED = 600
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.stop = threading.Event()
-        watcher = self
-
-        class Watched(demo._Run):  # type: ignore[misc, valid-type]
-            def _tick(self, idx: np.ndarray) -> None:
-                super()._tick(idx)
-                if watcher.enough(self):
-                    watcher.stop.set()
-
-        monkeypatch.setattr(demo, "_Run", Watched)
+    def __init__(self, stop_demo_when: Callable[..., threading.Event]) -> None:
+        self.stop = stop_demo_when(self.enough)
 
     def enough(self, run: Any) -> bool:
         m, st = run.meter, run.engine.cache.stats
@@ -90,9 +81,9 @@ class _StopWhenEnough:
 
 
 def test_frames_demo_answers_every_frame_and_matches_the_offline_model(
-    frames_model: StepModel, monkeypatch: pytest.MonkeyPatch
+    frames_model: StepModel, stop_demo_when: Callable[..., threading.Event]
 ) -> None:
-    watch = _StopWhenEnough(monkeypatch)
+    watch = _StopWhenEnough(stop_demo_when)
     s = run_demo(_config(), frames_model, stop=watch.stop)
     assert s.stopped_early, f"not enough happened within the limit: {s}"
     assert s.kind == "frames"

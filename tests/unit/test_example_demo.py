@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,19 +174,11 @@ class _StopWhenEnough:
 
     GENERATED = 5000
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, progress: io.StringIO) -> None:
-        self.stop = threading.Event()
+    def __init__(
+        self, stop_demo_when: Callable[..., threading.Event], progress: io.StringIO
+    ) -> None:
         self.progress = progress
-        live_run = demo._Run
-        watcher = self
-
-        class Watched(live_run):  # type: ignore[misc, valid-type]
-            def _tick(self, idx: np.ndarray) -> None:
-                super()._tick(idx)
-                if watcher.enough(self):
-                    watcher.stop.set()
-
-        monkeypatch.setattr(demo, "_Run", Watched)
+        self.stop = stop_demo_when(self.enough)
 
     def enough(self, run: Any) -> bool:
         m, st = run.meter, run.engine.cache.stats
@@ -200,10 +193,10 @@ class _StopWhenEnough:
 
 
 def test_demo_run_answers_every_message_and_kept_state_wins(
-    step_model: StepModel, monkeypatch: pytest.MonkeyPatch
+    step_model: StepModel, stop_demo_when: Callable[..., threading.Event]
 ) -> None:
     progress = io.StringIO()
-    watch = _StopWhenEnough(monkeypatch, progress)
+    watch = _StopWhenEnough(stop_demo_when, progress)
     # The run lasts until it has done enough (counts, not a time window); 120 s is the limit.
     s = run_demo(_config(progress=True, duration=120.0), step_model, out=progress, stop=watch.stop)
     assert s.stopped_early, f"not enough happened within the limit: {s}"
