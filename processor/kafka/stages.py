@@ -200,7 +200,12 @@ class Stages:
     async def _consumer_position(self, tp: TopicPartition, fallback: int) -> int:
         """The consumer's next fetch offset of ``tp``, or ``fallback`` when it has none at
         once (a partition being revoked or reset right now: the next tick tells)."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the commit
+        # loop's cancellation when the position arrives at the same moment (it runs the
+        # coroutine as a task of its own), and the loop would then outlive close(). Awaited
+        # directly, a known position returns without suspending at all.
         try:
-            return int(await asyncio.wait_for(self.consumer.position(tp), POSITION_TIMEOUT_S))
+            async with asyncio.timeout(POSITION_TIMEOUT_S):
+                return int(await self.consumer.position(tp))
         except Exception:  # a gauge refresh must never fail the commit loop
             return fallback
