@@ -1,7 +1,7 @@
 """lstm-stream: a trained recurrent model stepped over many live streams.
 
-Components (docs/architecture.md describes how they fit together): :mod:`processor.model`
-(StepModel), :mod:`processor.cache` (StateCache), :mod:`processor.engine` (Engine),
+Components (docs/architecture.md describes how they fit together): :mod:`processor.model.protocol`
+(StepModel), :mod:`processor.state.cache` (StateCache), :mod:`processor.engine.engine` (Engine),
 :mod:`processor.codec` (wire format), :mod:`processor.cli` (composition root).
 """
 

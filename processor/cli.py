@@ -19,7 +19,7 @@ from processor.tfenv import quiet_tensorflow_startup
 # name -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "processor.demo",
+        "processor.demo.command",
         "the embedded main job: synthetic live feeds for thousands of streams through the "
         "real engine, with a live display (no broker needed)",
     ),
@@ -28,15 +28,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run a file of msgpack input records through the engine into a file of outputs",
     ),
     "example-model": (
-        "processor.example",
+        "processor.demo.example",
         "build and train the small example forecasting model the demo uses",
     ),
     "run": (
         "processor.kafka.command",
         "the Kafka stream processor (consumer group in, topics out)",
     ),
-    "produce": ("processor.tools", "load generator: synthetic sensor or frame streams to Kafka"),
-    "tail": ("processor.tools", "decode and print output or dead-letter records from Kafka"),
+    "produce": (
+        "processor.kafka.tools",
+        "load generator: synthetic sensor or frame streams to Kafka",
+    ),
+    "tail": ("processor.kafka.tools", "decode and print output or dead-letter records from Kafka"),
     "bench": ("processor.bench", "benchmarks: the engine against baselines, side by side"),
 }
 

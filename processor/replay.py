@@ -21,10 +21,10 @@ from typing import BinaryIO, TextIO
 
 from processor.codec import encode_dead_letter, iter_framed
 from processor.codec.reasons import UNDECODABLE
-from processor.engine import Engine
+from processor.config.engine_options import EngineOptions, add_engine_arguments, build_engine
+from processor.engine.engine import Engine
+from processor.engine.pipeline import Pipeline, StalePolicy, Stepped
 from processor.errors import BadRecord, LstmStreamError
-from processor.options import EngineOptions, add_engine_arguments, build_engine
-from processor.pipeline import Pipeline, StalePolicy, Stepped
 from processor.records import Record
 
 import tensorflow as tf  # isort: skip
@@ -85,7 +85,7 @@ def replay(
 ) -> ReplayStats:
     """Run every record of ``input`` through ``engine``; see the module docstring.
 
-    The records take the :class:`~processor.pipeline.Pipeline` (stale records dead-lettered
+    The records take the :class:`~processor.engine.pipeline.Pipeline` (stale records dead-lettered
     as ``non_increasing_seq``): the engine runs on the pipeline's thread while this thread
     frames and decodes the next group and encodes the previous group's outputs (TensorFlow
     releases the GIL during the step). ``freeze_gc``: apply the pipeline's collector policy

@@ -13,8 +13,8 @@ so that every method does the same job, from the same inputs, with the same weig
   the stream's state fed from and fetched back to a host dict of NumPy arrays.
 * **B2** :class:`HostTableBatched` — batched across streams with the same compiled step, but
   the states live in a host NumPy table: gather, copy in, step, copy out, scatter every step.
-* **engine** :class:`EngineMethod` — :class:`processor.engine.Engine` with its device-resident
-  :class:`processor.cache.StateCache`.
+* **engine** :class:`EngineMethod` — :class:`processor.engine.engine.Engine` with its
+  device-resident :class:`processor.state.cache.StateCache`.
 
 B1 and B2 track no ``seq`` and detect no duplicates (the engine does): if anything that
 favours them.
@@ -31,8 +31,8 @@ import tensorflow as tf
 
 import processor  # noqa: F401  (TF environment defaults)
 from processor.bench.models import BenchModel
-from processor.engine import Engine
-from processor.model import StepModel
+from processor.engine.engine import Engine
+from processor.model.protocol import StepModel
 from processor.records import Output, Record
 
 

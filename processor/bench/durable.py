@@ -2,7 +2,7 @@
 
 * :func:`bench_restore`: a state topic holding ``streams`` states (one record each, written
   the way checkpoints write them) is restored into a fresh engine's cache by the runtime's
-  own :class:`~processor.kafka.recovery.Recovery`; streams/s and MB/s.
+  own :class:`~processor.kafka.durable.recovery.Recovery`; streams/s and MB/s.
 * :func:`bench_state_volume`: the Kafka runtime end to end with durable state at several
   numbers of active streams (same records per run): state bytes/s written to the state topic
   against output bytes/s (:func:`processor.bench.kafka.bench_end_to_end`).
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from processor.engine import configure_threads
-from processor.options import EngineOptions
+from processor.config.engine_options import EngineOptions
+from processor.engine.engine import configure_threads
 
 __all__ = ["bench_restore", "bench_state_volume", "main"]
 
@@ -50,15 +50,15 @@ async def bench_restore(
     from aiokafka.admin import AIOKafkaAdminClient
     from prometheus_client import CollectorRegistry
 
-    from processor.cache import StreamState
-    from processor.kafka.checkpoint import StateWriter
-    from processor.kafka.recovery import Recovery
-    from processor.kafka.staterecord import StateRecordCodec
-    from processor.kafka.statetopic import prepare_state_topics
-    from processor.kafka.streams import PartitionIndex
-    from processor.metrics import Metrics
-    from processor.options import build_engine
-    from processor.pipeline import Pipeline, StalePolicy
+    from processor.config.engine_options import build_engine
+    from processor.engine.pipeline import Pipeline, StalePolicy
+    from processor.kafka.checkpoint.cycle import StateWriter
+    from processor.kafka.durable.record import StateRecordCodec
+    from processor.kafka.durable.recovery import Recovery
+    from processor.kafka.durable.topic import prepare_state_topics
+    from processor.kafka.group.streams import PartitionIndex
+    from processor.obs.metrics import Metrics
+    from processor.state.cache import StreamState
 
     tag = uuid.uuid4().hex[:8]
     source, state_topic = f"bench-in-{tag}", f"bench-state-{tag}"

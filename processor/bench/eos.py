@@ -40,8 +40,8 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
-from processor.engine import configure_threads
-from processor.options import EngineOptions
+from processor.config.engine_options import EngineOptions
+from processor.engine.engine import configure_threads
 
 __all__ = [
     "AT_LEAST_ONCE",
@@ -234,11 +234,11 @@ async def bench_visible_latency(
 
     from processor.bench.kafka import bench_topics, synthetic_steps
     from processor.codec import decode_output, encode_input
-    from processor.kafka.clients import client_kwargs
-    from processor.kafka.output import OutputWriter
+    from processor.kafka.io.clients import client_kwargs
+    from processor.kafka.io.output import OutputWriter
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
-    from processor.model import load_step_model
+    from processor.model.protocol import load_step_model
 
     if options.model is None:
         raise ValueError("bench_visible_latency needs options.model")

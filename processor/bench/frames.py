@@ -16,9 +16,9 @@ Two ways of running it, measured side by side in this process, in alternating ti
   a stream's first frame runs the init model first. Two variants: a direct Keras call
   (``model(inputs)``, eager) and the same step wrapped in a ``tf.function``; the goal uses the
   faster one (the one least favourable to the engine).
-* **the engine**: :func:`processor.options.build_engine` on the model and init model saved as
-  ``.keras`` files (the sequence model has a ``TimeDistributed`` encoder and two ``LSTM``
-  layers, as :mod:`processor.keras_step` loads them), one record per stream per
+* **the engine**: :func:`processor.config.engine_options.build_engine` on the model and init model
+  saved as ``.keras`` files (the sequence model has a ``TimeDistributed`` encoder and two ``LSTM``
+  layers, as :mod:`processor.model.keras_step` loads them), one record per stream per
   ``Engine.process`` call, at several batch sizes;
 * **the bare step** at the same batch sizes: the seed's step compiled and run on ready
   tensors, no state table, records or outputs: what the model itself costs on this machine,
@@ -209,7 +209,7 @@ def save_models(models: SeedModels, directory: str | Path) -> tuple[str, str]:
 def build_frames_engine(model_path: str, init_path: str, max_batch: int) -> Any:
     """The engine through the ordinary path (``EngineOptions`` -> ``build_engine``), with
     room for every stream this section uses; warmed up."""
-    from processor.options import EngineOptions, build_engine
+    from processor.config.engine_options import EngineOptions, build_engine
 
     options = EngineOptions(
         model=model_path,
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="bench-frames", help="output directory")
     p.add_argument("--quick", action="store_true", help="batches 1 and 64, ~0.1 s per point")
     args = p.parse_args(argv)
-    from processor.engine import configure_threads
+    from processor.engine.engine import configure_threads
 
     # The thread pools `lstm-stream bench` uses by default (2 intra-op, 1 inter-op), sized
     # before TensorFlow runs anything.

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from processor.engine import configure_threads
-from processor.options import EngineOptions
+from processor.config.engine_options import EngineOptions
+from processor.engine.engine import configure_threads
 
 __all__ = ["ENCODINGS", "bench_decode_cost", "bench_frames_through_kafka", "main"]
 
@@ -56,7 +56,7 @@ def bench_decode_cost(frames: int = 512, repeats: int = 3) -> list[dict[str, Any
     frame (``decode_many`` over ``frames`` records, best of ``repeats``)."""
     from processor.codec import RecordDecoder
     from processor.codec.images import encode_image_input
-    from processor.synthetic import SyntheticInput
+    from processor.demo.synthetic import SyntheticInput
 
     xs = SyntheticInput("frames", FRAME_SHAPE, frames).step(0)
     keys = [f"s{i}".encode() for i in range(frames)]

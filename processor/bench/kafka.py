@@ -21,7 +21,7 @@ the reported ratio is the median of the N per-pair ratios (the machine is shared
 figures are taken close together).
 
 The records are made here from the wire-format encoder (:func:`processor.codec.encode_input`)
-and written with the runtime's own :class:`~processor.kafka.output.OutputWriter` and producer
+and written with the runtime's own :class:`~processor.kafka.io.output.OutputWriter` and producer
 settings, so the benchmark depends on the library, not on any command of the CLI.
 """
 
@@ -44,8 +44,8 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from aiokafka import TopicPartition
 
-from processor.engine import configure_threads
-from processor.options import EngineOptions, build_engine
+from processor.config.engine_options import EngineOptions, build_engine
+from processor.engine.engine import configure_threads
 from processor.records import Record
 
 __all__ = [
@@ -122,15 +122,15 @@ async def produce_records(
     --kind frames`` (a moving bar over low noise), which compresses like a camera image
     rather than like uniform noise.
 
-    Uses the runtime's producer settings (:func:`processor.kafka.clients.client_kwargs`) and
+    Uses the runtime's producer settings (:func:`processor.kafka.io.clients.client_kwargs`) and
     its batching writer, so the records reach the broker in the same way outputs do."""
     from aiokafka import AIOKafkaProducer
 
     from processor.codec import encode_input
     from processor.codec.images import encode_image_input
-    from processor.kafka.clients import client_kwargs
-    from processor.kafka.output import OutputWriter
-    from processor.synthetic import SyntheticInput
+    from processor.demo.synthetic import SyntheticInput
+    from processor.kafka.io.clients import client_kwargs
+    from processor.kafka.io.output import OutputWriter
 
     _, producer_kw = client_kwargs(bootstrap, "unused", {})
     producer = AIOKafkaProducer(**producer_kw)
@@ -215,7 +215,7 @@ async def bench_topics(
     state topic too when ``with_state`` (the processor created it)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from processor.kafka.topics import prepare_topics
+    from processor.kafka.io.topics import prepare_topics
 
     tag = uuid.uuid4().hex[:8]
     source, out, group = f"{prefix}-in-{tag}", f"{prefix}-out-{tag}", f"{prefix}-{tag}"
@@ -289,7 +289,7 @@ async def bench_end_to_end(
     from processor.bench.eos import EXACTLY_ONCE, outputs_committed, transaction_timeout_for
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
-    from processor.model import load_step_model
+    from processor.model.protocol import load_step_model
 
     if options.model is None:
         raise ValueError("bench_end_to_end needs options.model")

@@ -32,9 +32,9 @@ from processor.bench import baselines as bl
 from processor.bench.harness import Budget, Job, gc_cost, matmul_fn, measure_alternating, meminfo
 from processor.bench.models import BenchModel, input_pool
 from processor.bench.report import BREAKDOWN_PARTS
-from processor.cache import StateCache
-from processor.engine import Engine
+from processor.engine.engine import Engine
 from processor.records import Output, Record
+from processor.state.cache import StateCache
 
 Progress = Callable[[str], None]
 
@@ -926,7 +926,7 @@ def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[st
     try:
         from processor.bench import eos
         from processor.bench import kafka as kafka_bench
-        from processor.options import EngineOptions
+        from processor.config.engine_options import EngineOptions
     except ImportError as exc:  # the runtime is optional for the rest of the benchmark
         return {"status": "not_run", "reason": f"Kafka runtime not importable: {exc}"}
     b = cfg.headline_batch
@@ -1064,7 +1064,7 @@ def durable_state(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, 
     if cfg.bootstrap_servers is None:
         return {"status": "not_run", "reason": "no --bootstrap-servers given"}
     from processor.bench import durable
-    from processor.options import EngineOptions
+    from processor.config.engine_options import EngineOptions
 
     with _kafka_logs_quiet(), tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / f"{bm.spec.name}.keras")

@@ -28,9 +28,9 @@ import numpy as np
 
 from processor.bench.harness import Budget, Job, measure_alternating
 from processor.bench.models import BenchModel, input_pool
-from processor.cache import StateCache, StreamState
-from processor.engine import Engine
+from processor.engine.engine import Engine
 from processor.records import Record
+from processor.state.cache import StateCache, StreamState
 
 __all__ = ["tiers"]
 

@@ -17,10 +17,10 @@ Guarantees:
 * offsets are committed only after the outputs and dead letters of all records before
   them are acknowledged (at-least-once); memory is bounded by ``queue_max_records``;
 * with a state topic (the default), every commit interval is a checkpoint
-  (:mod:`~processor.kafka.checkpoint`): the changed streams' states are written after the
+  (:mod:`~processor.kafka.checkpoint.cycle`): the changed streams' states are written after the
   outputs they cover are acknowledged, then exactly the offsets they cover are committed;
   a newly assigned partition is paused, its streams restored from its state topic
-  partition (:mod:`~processor.kafka.recovery`), and it is consumed from its committed
+  partition (:mod:`~processor.kafka.durable.recovery`), and it is consumed from its committed
   offset only then; re-delivered records whose seq is not above the restored one are
   skipped as duplicates;
 * on revocation, queued records of the revoked partitions are dropped, in-flight batches
@@ -29,7 +29,7 @@ Guarantees:
   its initial state on the new owner);
 * with ``--processing-guarantee exactly-once``, each input partition's outputs, dead
   letters, state records and offsets of one commit interval form one transaction of that
-  partition's own transactional producer (:mod:`~processor.kafka.transactions`): a
+  partition's own transactional producer (:mod:`~processor.kafka.checkpoint.transactions`): a
   read_committed reader sees each output once, and a member whose producer was fenced stops
   processing the partition and rejoins the group;
 * SIGTERM/SIGINT (via the stop event): stop fetching, drain, produce, commit, return.
@@ -48,25 +48,25 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from processor.engine import Engine
+from processor.config.engine_options import EngineOptions, build_engine
+from processor.engine.engine import Engine
+from processor.engine.pipeline import Pipeline, StalePolicy
 from processor.errors import ConfigError, LstmStreamError
-from processor.kafka.batcher import Batcher, FlowControl
-from processor.kafka.clients import client_kwargs, start_client
-from processor.kafka.items import Item
-from processor.kafka.ledger import OffsetLedger
-from processor.kafka.ownership import Ownership
-from processor.kafka.rebalance import RebalanceListener
-from processor.kafka.recovery import Recovery
+from processor.kafka.checkpoint.ledger import OffsetLedger
+from processor.kafka.checkpoint.transactions import PartitionProducers
+from processor.kafka.durable.record import StateRecordCodec
+from processor.kafka.durable.recovery import Recovery
+from processor.kafka.durable.topic import prepare_state_topics
+from processor.kafka.group.ownership import Ownership
+from processor.kafka.group.rebalance import RebalanceListener
+from processor.kafka.group.streams import PartitionIndex
+from processor.kafka.io.clients import client_kwargs, start_client
+from processor.kafka.io.topics import TopicWaitStopped, admin_kwargs, prepare_topics_with
 from processor.kafka.settings import Settings
-from processor.kafka.stages import Stages
-from processor.kafka.staterecord import StateRecordCodec
-from processor.kafka.statetopic import prepare_state_topics
-from processor.kafka.streams import PartitionIndex
-from processor.kafka.topics import TopicWaitStopped, admin_kwargs, prepare_topics_with
-from processor.kafka.transactions import PartitionProducers
-from processor.metrics import Metrics, MetricsServer, RunStats
-from processor.options import EngineOptions, build_engine
-from processor.pipeline import Pipeline, StalePolicy
+from processor.kafka.stages.batcher import Batcher, FlowControl
+from processor.kafka.stages.items import Item
+from processor.kafka.wiring import Stages
+from processor.obs.metrics import Metrics, MetricsServer, RunStats
 
 __all__ = ["KafkaRuntimeError", "Processor", "RunStats", "run_processor"]
 
@@ -395,7 +395,7 @@ class Processor:
             self._stages.acker.abandon()  # wake anyone waiting on a barrier
 
     def on_listener_error(self, exc: BaseException) -> None:
-        """See :class:`processor.kafka.rebalance.RebalanceHandler`."""
+        """See :class:`processor.kafka.group.rebalance.RebalanceHandler`."""
         if isinstance(exc, LstmStreamError):
             self._fail(exc)  # says what went wrong (a state topic of another model...)
         else:

@@ -11,9 +11,9 @@ Sources, highest precedence first:
 4. the defaults (shown by ``--help``).
 
 Each option is declared once, as a field of :class:`Settings` (the processor's own) or of
-:class:`processor.options.EngineOptions` (the engine's, shared with ``replay``, ``demo`` and
-``bench``); flags, variables and TOML keys are derived from the declarations (see
-:mod:`processor.config`). The engine options keep flat names in every source
+:class:`processor.config.engine_options.EngineOptions` (the engine's, shared with ``replay``,
+``demo`` and ``bench``); flags, variables and TOML keys are derived from the declarations (see
+:mod:`processor.config.declare`). The engine options keep flat names in every source
 (``--max-batch``, ``LSTM_STREAM_MAX_BATCH``, ``max-batch = 64``) and land in
 ``Settings.engine``.
 
@@ -21,7 +21,7 @@ Kafka client options are passed through to aiokafka rather than re-modelled: rep
 ``--kafka-option KEY=VALUE``, ``LSTM_STREAM_KAFKA_<KEY>`` (``__`` in the key stands for a
 dot: ``LSTM_STREAM_KAFKA_CONSUMER__FETCH_MAX_BYTES``) or the ``[kafka]`` table; they are
 merged key by key with the same precedence and checked where they are used, by
-:func:`processor.kafka.clients.client_kwargs`.
+:func:`processor.kafka.io.clients.client_kwargs`.
 
 Secrets never reach a log: any Kafka option whose name contains ``password``, ``secret``,
 ``token`` or ``key`` is shown as ``'***'`` by ``repr(settings)`` and :meth:`Settings.redacted`.
@@ -41,8 +41,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from processor import config
-from processor.config import (
+from processor.config import declare as config
+from processor.config.declare import (
     CONFIG_ENV,
     REDACTED,
     above,
@@ -53,8 +53,8 @@ from processor.config import (
     option,
     options_of,
 )
+from processor.config.engine_options import ENGINE_GROUP, EngineOptions
 from processor.errors import ConfigError
-from processor.options import ENGINE_GROUP, EngineOptions
 
 __all__ = [
     "CONFIG_ENV",
@@ -124,7 +124,8 @@ class Settings:
         flag="--kafka-option",
         group=_KAFKA,
     )
-    # model and engine (declared in processor.options, shared with replay, demo and bench)
+    # model and engine (declared in processor.config.engine_options, shared with replay, demo
+    # and bench)
     engine: EngineOptions = field(default_factory=EngineOptions)
     # runtime
     max_delay_ms: float = option(

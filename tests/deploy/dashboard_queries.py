@@ -5,7 +5,7 @@ Used by ``test_deploy_prometheus.py``, ``test_deploy_grafana.py`` (same folder, 
 name) and ``tests/integration/test_prometheus_live.py`` (loaded by path). Pure functions over
 the repository's files; nothing here starts a process.
 
-* :func:`exported_metric_names` -- every sample name ``processor.metrics.Metrics`` exports
+* :func:`exported_metric_names` -- every sample name ``processor.obs.metrics.Metrics`` exports
   (counters as ``_total``, histograms as ``_bucket``/``_sum``/``_count``), labelled metrics
   included even before their first label value is used;
 * :func:`metric_names` -- the metric names a PromQL expression selects;
@@ -66,7 +66,7 @@ def exported_metric_names() -> set[str]:
     the sample names the registry lists now. ``_created`` samples are left out (Prometheus
     ignores them unless asked to)."""
     import processor  # noqa: F401  (TF environment defaults before anything imports keras)
-    from processor.metrics import Metrics
+    from processor.obs.metrics import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)

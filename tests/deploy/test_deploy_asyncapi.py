@@ -336,7 +336,7 @@ def test_operations_and_channels_are_the_processors(contract: AsyncApiContract) 
 
 
 def test_dead_letter_headers_are_the_ones_the_writer_sends(contract: AsyncApiContract) -> None:
-    from processor.kafka.output import DLQ_HEADERS
+    from processor.kafka.io.output import DLQ_HEADERS
 
     headers = contract.resolve(contract.message("deadLetter")["headers"])
     assert set(headers["properties"]) == set(DLQ_HEADERS.values())
@@ -348,7 +348,7 @@ def test_dead_letter_headers_are_the_ones_the_writer_sends(contract: AsyncApiCon
 def test_the_tombstone_header_is_the_one_the_checkpoint_writes(
     contract: AsyncApiContract,
 ) -> None:
-    from processor.kafka.checkpoint import TOMBSTONE_OFFSET_HEADER
+    from processor.kafka.checkpoint.cycle import TOMBSTONE_OFFSET_HEADER
 
     headers = contract.resolve(contract.message("stateTombstone")["headers"])
     assert list(headers["properties"]) == [TOMBSTONE_OFFSET_HEADER]
@@ -378,8 +378,8 @@ def test_reason_header_lists_exactly_the_registry_reasons(contract: AsyncApiCont
 def test_topic_parameters_and_group_default_are_the_settings_defaults(
     contract: AsyncApiContract,
 ) -> None:
+    from processor.config.engine_options import EngineOptions
     from processor.kafka.settings import Settings
-    from processor.options import EngineOptions
 
     params = contract.doc["components"]["parameters"]
     (source,) = params["inputTopic"]["examples"]
@@ -474,10 +474,10 @@ def test_replay_outputs_and_dead_letters_validate_against_the_referenced_schemas
 
 
 def test_state_records_and_tombstones_match_the_state_channel(contract: AsyncApiContract) -> None:
-    from processor.cache import StreamState
-    from processor.kafka.checkpoint import state_batch
-    from processor.kafka.staterecord import StateRecordCodec
-    from processor.step_facts import StateSpec
+    from processor.kafka.checkpoint.cycle import state_batch
+    from processor.kafka.durable.record import StateRecordCodec
+    from processor.model.facts import StateSpec
+    from processor.state.cache import StreamState
 
     spec = [StateSpec("lstm/h", (8,)), StateSpec("lstm/c", (8,))]
     state = StreamState(arrays=(np.ones(8, np.float32), np.zeros(8, np.float32)), seq=4)

@@ -27,12 +27,12 @@ import pytest
 import yaml
 
 from processor import cli
-from processor.config import ENV_PREFIX, options_of
-from processor.kafka.clients import client_kwargs
+from processor.config.declare import ENV_PREFIX, options_of
+from processor.kafka.io.clients import client_kwargs
 from processor.kafka.settings import CONFIG_ENV as RUN_CONFIG_ENV
 from processor.kafka.settings import Settings, run_options, settings_from_args
-from processor.tools import CONFIG_ENV as TOOLS_CONFIG_ENV
-from processor.tools import KafkaSources
+from processor.kafka.tools import CONFIG_ENV as TOOLS_CONFIG_ENV
+from processor.kafka.tools import KafkaSources
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"

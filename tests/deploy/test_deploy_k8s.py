@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from processor import cli
-from processor.kafka.clients import CONSUMER_DEFAULTS, client_kwargs
+from processor.kafka.io.clients import CONSUMER_DEFAULTS, client_kwargs
 from processor.kafka.settings import Settings, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -39,9 +39,9 @@ from prometheus_client import CollectorRegistry
 
 import processor  # noqa: F401  (TF environment defaults before keras)
 from processor.codec import decode_output, encode_input, iter_framed
+from processor.config.engine_options import EngineOptions, build_engine
 from processor.kafka.runtime import Processor
 from processor.kafka.settings import Settings
-from processor.options import EngineOptions, build_engine
 from processor.replay import replay
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ from kafka_helpers import (
 from prometheus_client import CollectorRegistry
 
 from processor.codec import encode_input
-from processor.kafka.output import DLQ_HEADERS
+from processor.kafka.io.output import DLQ_HEADERS
 
 __all__ = ["no_leftover_tasks", "tiny_model"]  # fixtures used by name below
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

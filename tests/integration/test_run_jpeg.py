@@ -23,8 +23,8 @@ from kafka_helpers import (  # type: ignore[import-not-found]
 from prometheus_client import CollectorRegistry
 
 from processor.codec import RecordDecoder, encode_frame, encode_image_input, encode_input
-from processor.kafka.output import DLQ_HEADERS
-from processor.tools import SyntheticInput, produce
+from processor.kafka.io.output import DLQ_HEADERS
+from processor.kafka.tools import SyntheticInput, produce
 
 __all__ = ["no_leftover_tasks"]  # fixture used by name below
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

@@ -10,7 +10,7 @@ table with ``ssl_cafile``; ``tail``: that file through ``LSTM_STREAM_CONFIG``); 
 password, an untrusted CA and a plaintext client on the SASL port each end every command
 within seconds, with exit code 3 and one error line naming the cause; and no password (the
 right one or a wrong one) appears in any of their outputs or in the good run's ``/metrics``
-(``--help`` with the variables set: ``tests/unit/test_kafka_security.py``).
+(``--help`` with the variables set: ``tests/unit/kafka/test_kafka_security.py``).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord
 
-from processor.kafka.restore import RestoreStats, restore_consumer_kwargs, restore_partitions
-from processor.kafka.statetopic import StateTopicError, default_state_topic, prepare_state_topics
-from processor.kafka.topics import admin_kwargs
+from processor.kafka.durable.reader import RestoreStats, restore_consumer_kwargs, restore_partitions
+from processor.kafka.durable.topic import StateTopicError, default_state_topic, prepare_state_topics
+from processor.kafka.io.topics import admin_kwargs
 
 FreshName = Callable[[str], str]  # the conftest fixture ``fresh_name``
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processor.kafka.topics import (
+from processor.kafka.io.topics import (
     TopicSetupError,
     TopicsReady,
     TopicWaitStopped,
@@ -25,7 +25,7 @@ from processor.kafka.topics import (
 
 FreshName = Callable[[str], str]  # the conftest fixture ``fresh_name``
 
-LOGGER = "processor.kafka.topics"
+LOGGER = "processor.kafka.io.topics"
 POLL_S = 0.2  # the waiting poll period in these tests (the default is 1 s)
 WAIT_LIMIT_S = 30.0  # deadline of every wait on a condition below
 

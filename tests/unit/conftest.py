@@ -413,7 +413,7 @@ def stop_demo_when(monkeypatch: pytest.MonkeyPatch) -> Callable[..., threading.E
     """``stop_demo_when(enough) -> event``: installs, for this test, a subclass of the demo's
     live run that asks ``enough(run)`` after every tick; the event (``run_demo``'s ``stop``)
     is set the first time it answers yes, so the run's ``duration`` is only a deadline."""
-    from processor import demo
+    from processor.demo import command as demo
 
     def install(enough: Callable[[Any], bool]) -> threading.Event:
         stop = threading.Event()

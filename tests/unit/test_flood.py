@@ -63,7 +63,7 @@ def run_flood(
     import keras  # isort: skip
 
     from processor.codec import encode_input
-    from processor.options import EngineOptions, build_engine
+    from processor.config.engine_options import EngineOptions, build_engine
     from processor.replay import replay
 
     keras.utils.set_random_seed(7)
