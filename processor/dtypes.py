@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["DTYPES", "WIRE_DTYPES"]
+__all__ = ["DTYPES", "STATE_DTYPES", "WIRE_DTYPES"]
 
 #: Supported dtype names and their little-endian numpy dtypes (tensor bytes on the wire are
 #: always little-endian, whatever the host).
@@ -27,3 +27,6 @@ WIRE_DTYPES: Final[Mapping[str, np.dtype[Any]]] = MappingProxyType(
 
 #: The supported dtype names, in a stable order (the input schema's ``dtype`` enum).
 DTYPES: Final[tuple[str, ...]] = tuple(WIRE_DTYPES)
+
+#: Storage dtypes of cached states (compute is always float32).
+STATE_DTYPES: Final[tuple[str, ...]] = ("float32", "float16", "bfloat16")

@@ -21,7 +21,8 @@ from typing import BinaryIO, TextIO
 
 from processor.codec import encode_dead_letter, iter_framed
 from processor.codec.reasons import UNDECODABLE
-from processor.config.engine_options import EngineOptions, add_engine_arguments, build_engine
+from processor.config.engine_options import EngineOptions, add_engine_arguments
+from processor.engine.build import build_engine
 from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline, StalePolicy, Stepped
 from processor.errors import BadRecord, LstmStreamError

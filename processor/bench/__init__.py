@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import processor  # noqa: F401  (TF environment defaults)
-from processor.engine.engine import configure_threads
+from processor.engine.threads import configure_threads
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from processor.config.engine_options import EngineOptions
-from processor.engine.engine import configure_threads
+from processor.engine.threads import configure_threads
 
 __all__ = ["bench_restore", "bench_state_volume", "main"]
 
@@ -50,7 +50,7 @@ async def bench_restore(
     from aiokafka.admin import AIOKafkaAdminClient
     from prometheus_client import CollectorRegistry
 
-    from processor.config.engine_options import build_engine
+    from processor.engine.build import build_engine
     from processor.engine.pipeline import Pipeline, StalePolicy
     from processor.kafka.checkpoint.cycle import StateWriter
     from processor.kafka.durable.record import StateRecordCodec

@@ -41,7 +41,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 
 from processor.config.engine_options import EngineOptions
-from processor.engine.engine import configure_threads
+from processor.engine.threads import configure_threads
 
 __all__ = [
     "AT_LEAST_ONCE",

@@ -209,7 +209,8 @@ def save_models(models: SeedModels, directory: str | Path) -> tuple[str, str]:
 def build_frames_engine(model_path: str, init_path: str, max_batch: int) -> Any:
     """The engine through the ordinary path (``EngineOptions`` -> ``build_engine``), with
     room for every stream this section uses; warmed up."""
-    from processor.config.engine_options import EngineOptions, build_engine
+    from processor.config.engine_options import EngineOptions
+    from processor.engine.build import build_engine
 
     options = EngineOptions(
         model=model_path,
@@ -449,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="bench-frames", help="output directory")
     p.add_argument("--quick", action="store_true", help="batches 1 and 64, ~0.1 s per point")
     args = p.parse_args(argv)
-    from processor.engine.engine import configure_threads
+    from processor.engine.threads import configure_threads
 
     # The thread pools `lstm-stream bench` uses by default (2 intra-op, 1 inter-op), sized
     # before TensorFlow runs anything.

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from processor.config.engine_options import EngineOptions
-from processor.engine.engine import configure_threads
+from processor.engine.threads import configure_threads
 
 __all__ = ["ENCODINGS", "bench_decode_cost", "bench_frames_through_kafka", "main"]
 

@@ -44,8 +44,9 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from aiokafka import TopicPartition
 
-from processor.config.engine_options import EngineOptions, build_engine
-from processor.engine.engine import configure_threads
+from processor.config.engine_options import EngineOptions
+from processor.engine.build import build_engine
+from processor.engine.threads import configure_threads
 from processor.records import Record
 
 __all__ = [

@@ -27,12 +27,10 @@ from processor.config.declare import (
     options_of,
     problems,
 )
-from processor.engine.engine import Engine, configure_threads
+from processor.dtypes import STATE_DTYPES
 from processor.errors import ConfigError
-from processor.model.protocol import StepModel, load_step_model
-from processor.state.cache import STORAGE_DTYPES, StateCache, resolve_device
 
-__all__ = ["ENGINE_GROUP", "EngineOptions", "add_engine_arguments", "build_engine"]
+__all__ = ["ENGINE_GROUP", "EngineOptions", "add_engine_arguments"]
 
 #: The ``--help`` section of the engine flags.
 ENGINE_GROUP = "model and engine"
@@ -68,7 +66,7 @@ class EngineOptions:
     state_dtype: str = option(
         "float32",
         "storage dtype of the cached states (computation is always float32)",
-        choices=sorted(STORAGE_DTYPES),
+        choices=sorted(STATE_DTYPES),
         group=ENGINE_GROUP,
     )
     cache_capacity: int = option(
@@ -165,34 +163,4 @@ def add_engine_arguments(
         defaults={"max_batch": max_batch, **(defaults or {})},
         required={"model"} if model_required else (),
         helps=helps,
-    )
-
-
-def build_engine(options: EngineOptions, model: StepModel | None = None) -> Engine:
-    """Configure TensorFlow's threads, load the model (unless given) and build the engine.
-
-    Raises :class:`ConfigError` for a device TensorFlow does not have, and what
-    :func:`processor.model.protocol.load_step_model` raises for a model it cannot load."""
-    if options.threads:
-        configure_threads(options.threads, 1)
-    if model is None:
-        if options.model is None:
-            raise ValueError("no model given")
-        model = load_step_model(options.model, options.init_model)
-    cache = StateCache(
-        model.state_spec,
-        options.cache_capacity,
-        device=resolve_device(options.device),
-        storage_dtype=options.state_dtype,
-        spill_capacity=options.spill_capacity,
-        idle_timeout_s=options.idle_timeout,
-        state_dir=options.state_dir,
-    )
-    return Engine(
-        model,
-        cache,
-        max_batch=options.max_batch,
-        scan_min_steps=options.scan_min_steps,
-        max_scan_steps=options.max_scan_steps,
-        jit_compile=options.xla,
     )

@@ -77,7 +77,7 @@ from processor.demo.report import describe_model as _describe_model
 from processor.demo.report import evaluate_sample as _evaluate_sample
 from processor.demo.report import offline_diff as _offline_diff
 from processor.demo.report import summary_record as summary_record
-from processor.engine.engine import configure_threads
+from processor.engine.threads import configure_threads
 from processor.errors import ConfigError
 from processor.model.protocol import KerasStepModel, StepModel, load_step_model
 

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from processor.config.engine_options import build_engine
 from processor.demo.example import FEED_SALT
 from processor.demo.feeds import Feeds, SensorSource, Source, Traffic, stream_ids
 from processor.demo.frames_example import FEED_SALT as FRAMES_FEED_SALT
 from processor.demo.frames_example import FrameClips
+from processor.engine.build import build_engine
 from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline, StalePolicy
 from processor.model.protocol import StepModel

@@ -29,9 +29,10 @@ import numpy as np
 from processor import codec
 from processor.config.engine_options import EngineOptions
 from processor.demo.live import Meter, mse
+from processor.engine.device import resolve_device
 from processor.engine.engine import Engine
 from processor.model.protocol import StepModel
-from processor.state.cache import StateCache, resolve_device
+from processor.state.cache import StateCache
 
 import tensorflow as tf  # isort: skip  (after processor: TF environment defaults)
 

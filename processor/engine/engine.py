@@ -63,21 +63,6 @@ class _DropRetracingWarnings(logging.Filter):
 tf.get_logger().addFilter(_DropRetracingWarnings())
 
 
-def configure_threads(intra_op: int | None, inter_op: int | None) -> None:
-    """Size TensorFlow's thread pools; must run before TensorFlow executes anything.
-
-    TensorFlow sizes both default pools to the core count, so on a small machine the two
-    together oversubscribe the cores. ``None`` leaves a pool at TensorFlow's default.
-    """
-    try:
-        if intra_op:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        if inter_op:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-    except RuntimeError as exc:  # TF already initialised: keep going with what it has
-        log.warning("cannot change TensorFlow thread pools now: %s", exc)
-
-
 def bucket_sizes(max_batch: int, smallest: int = 1) -> tuple[int, ...]:
     """Padded batch sizes: powers of two from ``smallest``, plus 1.5x steps from 192 on
     (192, 384, 768, ...), up to and including ``max_batch``.

@@ -48,7 +48,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from processor.config.engine_options import EngineOptions, build_engine
+from processor.config.engine_options import EngineOptions
+from processor.engine.build import build_engine
 from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline, StalePolicy
 from processor.errors import ConfigError, LstmStreamError

@@ -39,7 +39,8 @@ from prometheus_client import CollectorRegistry
 
 import processor  # noqa: F401  (TF environment defaults before keras)
 from processor.codec import decode_output, encode_input, iter_framed
-from processor.config.engine_options import EngineOptions, build_engine
+from processor.config.engine_options import EngineOptions
+from processor.engine.build import build_engine
 from processor.kafka.runtime import Processor
 from processor.kafka.settings import Settings
 from processor.replay import replay

@@ -24,7 +24,7 @@ from kafka_helpers import (  # type: ignore[import-not-found]
     wait_for,
 )
 
-from processor.config.engine_options import build_engine
+from processor.engine.build import build_engine
 
 __all__ = ["no_leftover_tasks", "tiny_model"]
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

@@ -30,7 +30,7 @@ from kafka_helpers import (  # type: ignore[import-not-found]
 from prometheus_client import CollectorRegistry
 
 from processor.codec import encode_input
-from processor.config.engine_options import build_engine
+from processor.engine.build import build_engine
 from processor.kafka.io.output import DLQ_HEADERS
 
 __all__ = ["no_leftover_tasks", "tiny_model"]  # fixtures used by name below

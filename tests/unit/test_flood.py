@@ -63,7 +63,8 @@ def run_flood(
     import keras  # isort: skip
 
     from processor.codec import encode_input
-    from processor.config.engine_options import EngineOptions, build_engine
+    from processor.config.engine_options import EngineOptions
+    from processor.engine.build import build_engine
     from processor.replay import replay
 
     keras.utils.set_random_seed(7)

@@ -41,10 +41,11 @@ from prometheus_client import CollectorRegistry
 import processor  # noqa: F401  (TF/Keras environment defaults before keras)
 from processor import cli, replay
 from processor.codec.reasons import OVERSIZE
-from processor.config import engine_options as options_module
 from processor.config.declare import Option, options_of
-from processor.config.engine_options import EngineOptions, build_engine
+from processor.config.engine_options import EngineOptions
+from processor.engine import build as build_module
 from processor.engine import pipeline as pipeline_module
+from processor.engine.build import build_engine
 from processor.engine.engine import Engine
 from processor.kafka import runtime
 from processor.kafka.io.clients import REBALANCE_MARGIN_MS, client_kwargs
@@ -221,14 +222,14 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[str], list[Any
     the request)."""
     devices: list[str] = []
     threads: list[Any] = []
-    real = options_module.resolve_device
+    real = build_module.resolve_device
 
     def resolve(device: str | None) -> str:
         devices.append(str(device))
         return real(device)
 
-    monkeypatch.setattr(options_module, "resolve_device", resolve)
-    monkeypatch.setattr(options_module, "configure_threads", lambda *a: threads.append(a))
+    monkeypatch.setattr(build_module, "resolve_device", resolve)
+    monkeypatch.setattr(build_module, "configure_threads", lambda *a: threads.append(a))
     yield devices, threads
 
 
@@ -559,7 +560,7 @@ def _runtime_modules() -> list[Any]:
 
 
 #: Modules (besides the runtime) that construct the clients, the stages or the topics.
-_COMPOSERS = ("stages", "topics", "statetopic")
+_COMPOSERS = ("wiring", "topics", "topic")
 
 
 class _Recorder:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processor.config.engine_options import EngineOptions, build_engine
+from processor.config.engine_options import EngineOptions
 from processor.demo import example, frames_example
 from processor.demo.frames_example import (
     FRAME_SHAPE,
@@ -26,6 +26,7 @@ from processor.demo.frames_example import (
     FramesTrainConfig,
     with_initial_state,
 )
+from processor.engine.build import build_engine
 from processor.model.protocol import load_step_model
 from processor.records import Output, Record
 

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from processor.codec import decode_output, encode_input
 from processor.codec.reasons import MISSING_FIELD, MISSING_KEY, UNDECODABLE
-from processor.config.engine_options import EngineOptions, build_engine
+from processor.config.engine_options import EngineOptions
+from processor.engine.build import build_engine
 from processor.engine.pipeline import CacheSnapshot, Stepped
 from processor.kafka.checkpoint.ledger import OffsetLedger
 from processor.kafka.group.ownership import Ownership

@@ -3,19 +3,17 @@ snapshot/restore, O(batch). The tiers themselves: test_tiers.py."""
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-import processor.state.cache as cache_module
+from processor.engine.device import resolve_device
 from processor.errors import CapacityError, ConfigError
 from processor.model.protocol import StateSpec
-from processor.state.cache import StateCache, StreamState, describe_device, resolve_device
+from processor.state.cache import StateCache, StreamState
 
 SPEC = (StateSpec("l/h", (3,)), StateSpec("l/c", (3,)))
 
@@ -143,35 +141,6 @@ def test_note_ended_counts_lives_that_end_without_release() -> None:
     cache.note_ended(2)
     assert cache.stats.ended == 2
     assert "a" in cache and len(cache) == 1  # counting frees nothing
-
-
-def test_resolve_device_names_the_device_once_per_process(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(cache_module, "_announced_devices", set())
-    with caplog.at_level(logging.INFO, logger="processor.state.cache"):
-        assert resolve_device("cpu") == "/CPU:0"
-        assert resolve_device("/CPU:0") == "/CPU:0"
-    lines = [r.getMessage() for r in caplog.records if r.name == "processor.state.cache"]
-    assert lines == [f"device: {describe_device('/CPU:0')}"]
-    assert lines[0].startswith("device: /CPU:0 (")
-
-
-def test_describe_device_says_which_gpus_are_visible(monkeypatch: pytest.MonkeyPatch) -> None:
-    gpus: list[str] = []
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus))
-    monkeypatch.setattr(
-        tf.config.experimental, "get_device_details", lambda dev: {"device_name": f"Card {dev}"}
-    )
-    assert describe_device("/CPU:0") == "/CPU:0 (no GPU visible)"
-    gpus[:] = ["g0", "g1"]
-    assert describe_device("/CPU:0") == "/CPU:0 (2 GPUs visible, not used)"
-    assert describe_device("/GPU:1") == "/GPU:1 (Card g1, 2 GPUs visible)"
-    gpus[:] = ["g0"]
-    assert describe_device("/GPU:0") == "/GPU:0 (Card g0, 1 GPU visible)"
-    # A detail TensorFlow cannot give is left out.
-    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda dev: {})
-    assert describe_device("/GPU:0") == "/GPU:0 (1 GPU visible)"
 
 
 def test_snapshot_restore_round_trip_in_reduced_precision() -> None:
