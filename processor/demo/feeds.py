@@ -4,8 +4,8 @@
 fall quiet for a while and come back (and, with a start spread, begin at different times).
 :class:`Feeds` turns a tick's streams into input records (``codec.encode_input`` bytes keyed by
 stream id) with per-stream increasing ``seq``, the values of a :class:`Source` (the sensors'
-:class:`~processor.demo.example.SignalBank`, or the cameras' clips of
-:class:`~processor.demo.frames_example.FrameClips` with their targets), clips that end (the last
+:class:`~processor.demo.signals.SignalBank`, or the cameras' clips of
+:class:`~processor.demo.signals.FrameClips` with their targets), clips that end (the last
 frame carries ``end``, the engine then forgets the stream), and a fraction of earlier messages
 delivered again (as at-least-once delivery does after a rebalance). Both draw from a random
 generator the caller owns, so a seeded run is reproducible. Nothing here runs the model or
@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from processor import codec
-from processor.demo.example import FEED_SALT, SignalBank
+from processor.demo.signals import FEED_SALT, SignalBank
 
 
 def stream_ids(n: int, prefix: str = "sensor") -> list[str]:

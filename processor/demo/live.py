@@ -7,166 +7,36 @@ through the pipeline (batch decode -> engine thread -> batch encode). There is n
 no batcher thread: with ``rate`` 0 a tick is ``max_batch`` messages as fast as the loop goes;
 with a rate, messages are scheduled at that rate and a tick takes what is due (flushing on
 ``max_batch`` messages or a :data:`BATCH_DEADLINE_S` deadline, like the runtime's batcher),
-so the latency then includes the wait for the batch. :class:`Meter` keeps the counters,
-latencies (:class:`LatencyHistogram`) and forecast errors, and records the sample streams'
-inputs and outputs for the evaluation in :mod:`processor.demo.report`.
+so the latency then includes the wait for the batch. Its :class:`~processor.demo.meter.Meter`
+keeps the counters, latencies and errors, and the sample streams' inputs and outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
 
-from processor.demo.example import FEED_SALT
+from processor.demo.config import DemoConfig, DemoKind
 from processor.demo.feeds import Feeds, SensorSource, Source, Traffic, stream_ids
-from processor.demo.frames_example import FEED_SALT as FRAMES_FEED_SALT
-from processor.demo.frames_example import FrameClips
+from processor.demo.meter import Meter, mse
+from processor.demo.signals import FEED_SALT, FrameClips
 from processor.engine.build import build_engine
 from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline, StalePolicy
 from processor.model.protocol import StepModel
 from processor.records import Record
 
-if TYPE_CHECKING:
-    from processor.demo.command import DemoConfig
+__all__ = ["BATCH_DEADLINE_S", "PROGRESS_INTERVAL_S", "LiveRun", "StopWhen", "progress_line"]
 
 # A rate-limited tick flushes on max_batch messages or when its oldest message has waited
 # this long, like the runtime's batcher.
 BATCH_DEADLINE_S = 0.010
 PROGRESS_INTERVAL_S = 1.0
-# Messages recorded per sample stream for the reset/offline comparison (bounds memory on long
-# runs; the comparison then covers each stream's first messages).
-MAX_SAMPLE_STEPS = 2000
-
-
-class LatencyHistogram:
-    """Latencies in fixed log-spaced buckets (1 us .. 1000 s, 2% wide): bounded memory for
-    any run length, percentiles within 2%. Counts are cumulative; :meth:`counts` and
-    :meth:`percentile` over a difference of two snapshots give an interval's percentiles."""
-
-    _RATIO = 1.02
-
-    def __init__(self) -> None:
-        n = math.ceil(math.log(1e9) / math.log(self._RATIO))
-        self.edges = 1e-6 * self._RATIO ** np.arange(n + 1)  # seconds, upper edges
-        self._counts = np.zeros(n + 2, np.int64)  # + underflow and overflow buckets
-        self.max = 0.0
-
-    def add(self, seconds: np.ndarray | float, count: int = 1) -> None:
-        """Add latencies (an array, or one value ``count`` times)."""
-        values = np.atleast_1d(np.asarray(seconds, np.float64))
-        if values.size == 0:
-            return
-        buckets = np.searchsorted(self.edges, values)
-        if values.size == 1:
-            self._counts[buckets[0]] += count
-        else:
-            self._counts += np.bincount(buckets, minlength=self._counts.size)
-        self.max = max(self.max, float(values.max()))
-
-    def counts(self) -> np.ndarray:
-        """A snapshot of the cumulative bucket counts."""
-        return self._counts.copy()
-
-    def percentile(self, q: float, counts: np.ndarray | None = None) -> float:
-        """The ``q``-th percentile in seconds (a bucket's upper edge; NaN when empty) of all
-        latencies, or of ``counts`` (e.g. ``counts() - earlier_counts()``)."""
-        c = self._counts if counts is None else counts
-        total = int(c.sum())
-        if total == 0:
-            return float("nan")
-        i = int(np.searchsorted(np.cumsum(c), math.ceil(q / 100 * total)))
-        if i >= self.edges.size:
-            return self.max
-        return float(min(self.edges[i], self.max))
-
-
-class Meter:
-    """Counters, latencies and errors, over the run and since the last progress line; the
-    inputs, outputs and targets of the ``sample`` streams (their first
-    :data:`MAX_SAMPLE_STEPS` messages, and with clips only their first clip).
-
-    Errors: without targets each output is a forecast of the stream's next input, scored
-    against it, with the baseline "next = current"; with targets each output is scored
-    against its own target, with the baseline the constant zero (the mean of the symmetric
-    synthetic targets: the best guess without state). ``channels``: values per output."""
-
-    def __init__(self, n: int, channels: int, sample: np.ndarray) -> None:
-        self.generated = self.redelivered = self.decoded = self.bad = 0
-        self.outputs = self.duplicates = 0
-        self.input_bytes = self.output_bytes = 0
-        self.ticks = self.compiled_calls = self.batch_rows = 0
-        self.latency = LatencyHistogram()
-        self.pred = np.zeros((n, channels), np.float32)
-        self.last_x = np.zeros((n, channels), np.float32)
-        self.has_pred = np.zeros(n, bool)
-        self.seen = np.zeros(n, bool)
-        self.sq_state = 0.0
-        self.sq_naive = 0.0
-        self.pairs = 0
-        self.in_sample = np.zeros(n, bool)
-        self.in_sample[sample] = True
-        self.recording = self.in_sample.copy()
-        # Per sample stream: inputs, outputs, targets (the last stays empty for forecasts).
-        self.history: dict[int, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]] = {
-            int(s): ([], [], []) for s in sample
-        }
-        # Since the last progress line.
-        self.mark_time = 0.0
-        self.mark_generated = 0
-        self.mark_bytes = 0
-        self.mark_rows = 0
-        self.mark_calls = 0
-        self.mark_lat = self.latency.counts()
-
-    def score(
-        self,
-        idx: np.ndarray,
-        x: np.ndarray,
-        y: np.ndarray,
-        targets: np.ndarray | None = None,
-        ended: np.ndarray | None = None,
-    ) -> None:
-        """Streams ``idx`` sent ``x`` and got outputs ``y``. Without ``targets``: score their
-        previous forecasts (and the naive one) against ``x``, then keep ``y`` for their next
-        sample. With ``targets``: score ``y`` (and the zero baseline) against them. ``ended``:
-        which of them ended a clip (their sample recording stops there)."""
-        if targets is None:
-            prev = self.has_pred[idx]
-            if prev.any():
-                i = idx[prev]
-                self.sq_state += float(((self.pred[i] - x[prev]) ** 2).sum())
-                self.sq_naive += float(((self.last_x[i] - x[prev]) ** 2).sum())
-                self.pairs += int(prev.sum())
-            self.pred[idx] = y
-            self.last_x[idx] = x
-        else:
-            self.sq_state += float(((y - targets) ** 2).sum())
-            self.sq_naive += float((targets.astype(np.float64) ** 2).sum())
-            self.pairs += idx.size
-        self.has_pred[idx] = True
-        self.seen[idx] = True
-        for j in np.flatnonzero(self.recording[idx]):
-            s = int(idx[j])
-            xs, ys, ts = self.history[s]
-            if len(xs) < MAX_SAMPLE_STEPS:
-                xs.append(x[j].copy())
-                ys.append(y[j].copy())
-                if targets is not None:
-                    ts.append(targets[j].copy())
-            if ended is not None and ended[j]:
-                self.recording[s] = False
-
-
-def mse(sq: float, pairs: int, channels: int) -> float | None:
-    """Mean squared error of ``pairs`` forecasts of ``channels`` values with squared-error sum
-    ``sq``; None without pairs."""
-    return sq / (pairs * channels) if pairs else None
 
 
 class Progress:
@@ -178,6 +48,7 @@ class Progress:
         self._tty = enabled and out.isatty()
 
     def show(self, line: str) -> None:
+        """Show ``line`` (nothing when disabled): over the previous one on a terminal."""
         if not self._enabled:
             return
         if self._tty:
@@ -187,6 +58,7 @@ class Progress:
         self._out.flush()
 
     def close(self) -> None:
+        """End the in-place line on a terminal, so that later output starts on its own."""
         if self._tty:
             self._out.write("\n")
             self._out.flush()
@@ -219,13 +91,28 @@ def progress_line(m: Meter, now: float, engine: Engine, channels: int) -> str:
     )
 
 
+#: Asked after every tick (and progress line) with the live run; True ends the run early,
+#: as a set ``stop`` event does.
+StopWhen = Callable[["LiveRun"], bool]
+
+
 class LiveRun:
     """The live phase of one demo run: its pipeline, feeds and meter, and the loop that drives
-    them. ``run_demo`` builds one, calls :meth:`loop` once, then reads :attr:`meter`,
-    :attr:`engine` and :attr:`ids`; progress lines go to ``out`` when ``config.progress``."""
+    them. :func:`~processor.demo.run.run_demo` builds one, calls :meth:`loop` once, then
+    reads :attr:`meter`, :attr:`engine` and :attr:`ids`; progress lines go to ``out`` when
+    ``config.progress``. ``channels``: values per model output. ``stop_when``: see
+    :data:`StopWhen` (None: only the duration and ``stop`` end the run)."""
 
-    def __init__(self, config: DemoConfig, model: StepModel, channels: int, out: TextIO) -> None:
+    def __init__(
+        self,
+        config: DemoConfig,
+        model: StepModel,
+        channels: int,
+        out: TextIO,
+        stop_when: StopWhen | None = None,
+    ) -> None:
         self.config = config
+        self._stop_when = stop_when
         opts = config.engine
         # Thread pools were sized by main() before TensorFlow ran; asking again only warns.
         self.pipeline = Pipeline(
@@ -235,8 +122,8 @@ class LiveRun:
         )
         self.rng = np.random.default_rng([config.seed, FEED_SALT, 1])
         source: Source
-        if config.kind == "frames":
-            source = FrameClips(config.streams, config.seed, salt=FRAMES_FEED_SALT)
+        if config.kind == DemoKind.FRAMES:
+            source = FrameClips(config.streams, config.seed, salt=FEED_SALT)
             ids, clips = stream_ids(config.streams, "camera"), config.clip_frames
         else:
             source = SensorSource(config.streams, channels, config.seed)
@@ -263,8 +150,9 @@ class LiveRun:
         return self.pipeline.engine
 
     def loop(self, stop: threading.Event | None) -> tuple[float, bool]:
-        """Run the live traffic until the duration is over or ``stop`` is set (or Ctrl-C
-        arrives without a handler). Returns (seconds, stopped early)."""
+        """Run the live traffic until the duration is over, ``stop`` is set, ``stop_when``
+        answers True (or Ctrl-C arrives without a handler). Returns (seconds, stopped
+        early). Call it once: it closes the pipeline."""
         self.pipeline.start().result()
         # Everything alive now (TensorFlow, Keras, the model) lives as long as the run:
         # out of the collector's reach (else each full collection stalls the loop for
@@ -282,6 +170,7 @@ class LiveRun:
         return time.perf_counter() - self.t0, stopped
 
     def _loop(self, stop: threading.Event | None) -> bool:
+        """The ticks until the run ends; True when it ended before its duration."""
         cfg, meter, max_batch = self.config, self.meter, self.config.engine.max_batch
         last_tick = last_report = 0.0
         meter.mark_time = 0.0
@@ -315,6 +204,8 @@ class LiveRun:
                 now = time.perf_counter() - self.t0
                 self.progress.show(progress_line(meter, now, self.engine, self.channels))
                 last_report = now
+            if self._stop_when is not None and self._stop_when(self):
+                return True
 
     def _tick(self, idx: np.ndarray) -> None:
         """Generate one sample of each stream in ``idx``, push everything through

@@ -1,19 +1,12 @@
-"""The results of ``lstm-stream demo``: what a run did (:class:`DemoSummary`), the evaluation of
-its sample streams, and the end-of-run text.
+"""The results of ``lstm-stream demo``: what a run did (:class:`DemoSummary`, with its
+:class:`ForecastErrors`) and how it is told: :func:`format_summary` (the end-of-run text),
+:func:`summary_record` and :func:`write_summary_json` (the same figures as JSON, for scripts
+and CI), :func:`describe_model` (the model's line).
 
-The model forecasts each stream's next sample, so a run measures what kept state is worth:
-
-* stateful — the output for sample t against the sample t+1 that the stream sends next;
-* reset — the sample streams replayed afterwards through a second Engine with ``reset`` on
-  every record (what a stateless server computes from the same messages,
-  :func:`evaluate_sample`);
-* naive — "the next sample equals the current one".
-
-All three are scored on exactly the same (sample t, sample t+1) pairs. For a Keras model
-:func:`offline_diff` runs the sample streams offline through the model over their whole
-sequences and gives the largest difference from the live outputs: the cached, evicted, spilled
-and restored states must give the offline model's answers. :func:`format_summary` renders a
-summary for the terminal.
+The error table scores each kind's outputs three ways on the same pairs (see
+:mod:`processor.demo.evaluate`): state kept, state reset on every message, and the
+baseline (:data:`ERROR_TERMS` names them for each :class:`~processor.demo.config.DemoKind`).
+Pure formatting: nothing here runs the model.
 """
 
 from __future__ import annotations
@@ -24,17 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from processor import codec
-from processor.config.engine_options import EngineOptions
-from processor.demo.live import Meter, mse
-from processor.engine.device import resolve_device
-from processor.engine.engine import Engine
+from processor.demo.config import DemoKind
 from processor.model.protocol import StepModel
-from processor.state.cache import StateCache
 
-import tensorflow as tf  # isort: skip  (after processor: TF environment defaults)
+__all__ = [
+    "ERROR_TERMS",
+    "DemoSummary",
+    "ErrorTerms",
+    "ForecastErrors",
+    "describe_model",
+    "format_summary",
+    "summary_record",
+    "write_summary_json",
+]
 
 
 @dataclass(frozen=True)
@@ -62,13 +57,13 @@ class ErrorTerms:
 
 #: The error figures' names by demo kind.
 ERROR_TERMS = {
-    "sensor": ErrorTerms(
+    DemoKind.SENSOR: ErrorTerms(
         "forecast of the next sample, mean squared error",
         "naive x[t]",
         "the naive forecast",
         "message",
     ),
-    "frames": ErrorTerms(
+    DemoKind.FRAMES: ErrorTerms(
         "velocity of the object in each frame, mean squared error ((px/frame)^2)",
         "zero (1 frame)",
         "the one-frame baseline (constant zero, the mean velocity)",
@@ -79,7 +74,7 @@ ERROR_TERMS = {
 
 @dataclass(frozen=True)
 class DemoSummary:
-    """What a demo run did (``kind``: "sensor" forecasts, "frames" velocities; see
+    """What a demo run did (``kind``: sensor forecasts or frames velocities; see
     :data:`ERROR_TERMS`). Counter identities that hold for every run:
     ``inputs == generated + redelivered``, ``inputs == decoded + bad_records``,
     ``outputs + duplicates == decoded`` and, with no state lost,
@@ -118,7 +113,7 @@ class DemoSummary:
     sample: ForecastErrors
     offline_max_abs_diff: float | None
     training: str | None = None
-    kind: str = "sensor"
+    kind: DemoKind = DemoKind.SENSOR
 
     @property
     def throughput(self) -> float:
@@ -134,105 +129,6 @@ class DemoSummary:
     def output_mb_per_s(self) -> float:
         """Output record bytes per second, in MB (10^6 bytes)."""
         return self.output_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-
-History = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
-
-
-def sample_history(meter: Meter) -> History:
-    """The recorded inputs, live outputs (``[steps, ...]`` each) and targets (None for
-    forecasts) of the sample streams that sent at least one message, by stream index."""
-    return {
-        s: (np.array(xs), np.array(ys), np.array(ts) if ts else None)
-        for s, (xs, ys, ts) in meter.history.items()
-        if xs
-    }
-
-
-def evaluate_sample(
-    model: StepModel,
-    hist: History,
-    ids: list[str],
-    opts: EngineOptions,
-    channels: int,
-) -> ForecastErrors:
-    """Score the sample streams of ``hist`` (:func:`sample_history`; ``ids``: the stream ids)
-    stateful / reset / baseline on identical pairs. The reset outputs come from a fresh Engine
-    over ``model`` on ``opts.device``, fed every message with ``reset`` through the codec.
-
-    Streams with targets score each output against its target (baseline: zero); streams
-    without score each output as a forecast of the next input (baseline: the current one)."""
-    if not hist:
-        return ForecastErrors(0, 0, None, None, None)
-    streams = list(hist)
-    n = len(streams)
-    cache = StateCache(model.state_spec, n, device=resolve_device(opts.device))
-    # Rounds of ROUNDS messages per stream go in one process() call, which the engine runs
-    # as one multi-step scan: the reset flags apply at every step inside it (~10x faster
-    # than one call per round, measured).
-    rounds = 64
-    reset_engine = Engine(model, cache, max_batch=n, scan_min_steps=4, max_scan_steps=rounds)
-    decoder = codec.RecordDecoder(model.input_shape, model.input_dtype)
-    reset_y = {s: np.zeros_like(hist[s][1]) for s in streams}
-    depth = max(len(hist[s][0]) for s in streams)
-    for t0 in range(0, depth, rounds):
-        # Messages t0.. of every sample stream, each starting from the initial state
-        # (reset=True), through the same codec and engine as the live run.
-        records = [
-            decoder.decode(codec.encode_input(ids[s], t, hist[s][0][t], reset=True), ids[s])
-            for s in streams
-            for t in range(t0, min(t0 + rounds, len(hist[s][0])))
-        ]
-        index = {ids[s]: s for s in streams}
-        for o in reset_engine.process(records).outputs:
-            reset_y[index[o.stream]][o.seq] = o.y
-    sq_state = sq_reset = sq_naive = 0.0
-    pairs = 0
-    for s in streams:
-        xs, ys, ts = hist[s]
-        if ts is not None:
-            sq_state += float(((ys - ts) ** 2).sum())
-            sq_reset += float(((reset_y[s] - ts) ** 2).sum())
-            sq_naive += float((ts.astype(np.float64) ** 2).sum())
-            pairs += len(ts)
-            continue
-        if len(xs) < 2:
-            continue
-        target = xs[1:]
-        sq_state += float(((ys[:-1] - target) ** 2).sum())
-        sq_reset += float(((reset_y[s][:-1] - target) ** 2).sum())
-        sq_naive += float(((xs[:-1] - target) ** 2).sum())
-        pairs += len(target)
-    return ForecastErrors(
-        n,
-        pairs,
-        mse(sq_state, pairs, channels),
-        mse(sq_reset, pairs, channels),
-        mse(sq_naive, pairs, channels),
-    )
-
-
-def offline_diff(model: StepModel, hist: History) -> float | None:
-    """Largest |live output - the Keras model on the whole sequence| over the sample
-    streams of ``hist`` (at least one), or None when the model is not a Keras model or
-    takes its initial states from an init model (whose offline reference is not here)."""
-    keras_model = getattr(model, "keras_model", None)
-    if keras_model is None or model.has_init_model:
-        return None
-    streams = list(hist)
-    depth = max(len(hist[s][0]) for s in streams)
-    first = hist[streams[0]][0]
-    # Zero padding at the end cannot change earlier outputs of a causal recurrent model.
-    x = np.zeros((len(streams), depth, *first.shape[1:]), first.dtype)
-    for i, s in enumerate(streams):
-        x[i, : len(hist[s][0])] = hist[s][0]
-    # One compiled call of the model itself: not predict(), whose Keras 3.15 version can
-    # return a single time step for some models once it has traced a longer sequence (see
-    # tests/unit/conftest.py); not eager, whose per-step dispatch took seconds here.
-    pred = np.asarray(tf.function(lambda v: keras_model(v, training=False))(x))
-    return max(
-        float(np.abs(pred[i, : len(hist[s][1])] - hist[s][1]).max()) for i, s in enumerate(streams)
-    )
 
 
 def describe_model(model: StepModel, path: str | None) -> str:
@@ -292,7 +188,7 @@ def summary_record(s: DemoSummary) -> dict[str, Any]:
     """
     sm = s.sample
     return {
-        "kind": s.kind,
+        "kind": str(s.kind),
         "model": s.model,
         "streams": s.streams,
         "streams_seen": s.streams_seen,
@@ -393,7 +289,7 @@ def format_summary(s: DemoSummary) -> str:
         f"{unit} and {_ratio(sm.stateful, sm.naive)} better than {terms.baseline_long}",
     ]
     if s.offline_max_abs_diff is not None:
-        whole = "clips" if s.kind == "frames" else "sequences"
+        whole = "clips" if s.kind == DemoKind.FRAMES else "sequences"
         lines.append(
             f"  live outputs vs the offline Keras model on the sample's whole {whole}: max "
             f"abs difference {s.offline_max_abs_diff:.2e}"

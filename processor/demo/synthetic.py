@@ -1,6 +1,6 @@
 """Deterministic synthetic input steps: noisy sines for sensor models, a moving bar over low
-noise for frame models. Library code shared by ``produce`` (:mod:`processor.kafka.tools`), the
-benchmarks and the tests."""
+noise for frame models. Library code shared by ``produce``
+(:mod:`processor.kafka.tools.produce`), the benchmarks and the tests."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ class SyntheticInput:
         self._freq = rng.uniform(0.05, 0.3, (streams, 1)).astype(np.float32)
 
     def step(self, seq: int) -> np.ndarray:
+        """Step ``seq`` of every stream, ``[streams, *shape]``: for "sensor" float32 sines
+        (per stream frequency and phases) plus noise; for "frames" uint8 low noise with a
+        bright column (an element, for 1-D shapes) that moves one place per step, offset
+        per stream. The signal depends on ``seq`` alone; the noise continues the
+        generator's draws, so equal seeds and equal sequences of calls give equal steps."""
         n = self.streams
         if self.kind == "sensor":
             x = np.sin(self._phase + self._freq * seq)

@@ -17,8 +17,6 @@
   model, and the same non-trivial weights for them.
 * ``lstm_step_module``: a ``tf.Module`` around ``keras.layers.LSTMCell`` that exports the
   SavedModel step contract (``step`` / ``initial_state`` signatures).
-* ``stop_demo_when(enough)``: ends a demo run once it has done enough to be judged (counts,
-  not a time window).
 
 Test modules take these as fixtures rather than importing this file (``conftest`` is not an
 importable module name once several test folders have one).
@@ -29,7 +27,6 @@ returns a single time step once it has seen a longer sequence, so it is not a us
 
 from __future__ import annotations
 
-import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -407,24 +404,3 @@ def lstm_step_module(rng: np.random.Generator) -> Callable[..., LstmStepModule]:
 
     return make
 
-
-@pytest.fixture
-def stop_demo_when(monkeypatch: pytest.MonkeyPatch) -> Callable[..., threading.Event]:
-    """``stop_demo_when(enough) -> event``: installs, for this test, a subclass of the demo's
-    live run that asks ``enough(run)`` after every tick; the event (``run_demo``'s ``stop``)
-    is set the first time it answers yes, so the run's ``duration`` is only a deadline."""
-    from processor.demo import command as demo
-
-    def install(enough: Callable[[Any], bool]) -> threading.Event:
-        stop = threading.Event()
-
-        class Watched(demo._Run):  # type: ignore[misc, valid-type]
-            def _tick(self, idx: np.ndarray) -> None:
-                super()._tick(idx)
-                if enough(self):
-                    stop.set()
-
-        monkeypatch.setattr(demo, "_Run", Watched)
-        return stop
-
-    return install

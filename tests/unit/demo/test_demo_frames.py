@@ -13,8 +13,6 @@ import argparse
 import contextlib
 import io
 import json
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,13 @@ import pytest
 
 from processor.config.engine_options import EngineOptions
 from processor.demo import command as demo
-from processor.demo import example
-from processor.demo.command import DemoConfig, run_demo
+from processor.demo.config import KIND_DEFAULTS, DemoConfig
+from processor.demo.example import build_example_model
 from processor.demo.frames_example import FramesMetrics, FramesTrainConfig, build_frames_model
+from processor.demo.live import LiveRun
+from processor.demo.prepare import Trainers, prepare_model
+from processor.demo.report import format_summary, summary_record
+from processor.demo.run import run_demo
 from processor.errors import ConfigError
 from processor.model.keras_step import KerasStepModel
 from processor.model.protocol import StepModel
@@ -59,33 +61,28 @@ def _config(**overrides: Any) -> DemoConfig:
     return DemoConfig(**fields)
 
 
-class _StopWhenEnough:
-    """Ends the run (through its ``stop`` event) once it has done enough to be judged: so
-    many frames, redeliveries, a sample camera's first clip ended, idle evictions and
-    restores from the spill store (LRU eviction depends on how many cameras are active at
-    once, which the sensor demo's test covers). The run's ``duration`` is then only a deadline."""
+GENERATED = 600
 
-    GENERATED = 600
 
-    def __init__(self, stop_demo_when: Callable[..., threading.Event]) -> None:
-        self.stop = stop_demo_when(self.enough)
-
-    def enough(self, run: Any) -> bool:
-        m, st = run.meter, run.engine.cache.stats
-        return bool(
-            m.generated >= self.GENERATED
-            and m.redelivered > 0
-            and (m.in_sample & ~m.recording).any()  # a sample camera's first clip ended
-            and st.evicted_idle > 0
-            and st.restored_from_spill > 0
-        )
+def _enough(run: LiveRun) -> bool:
+    """The run's ``stop_when``: it has done enough to be judged once so many frames,
+    redeliveries, a sample camera's first clip ended, idle evictions and restores from the
+    spill store happened (LRU eviction depends on how many cameras are active at once, which
+    the sensor demo's test covers). The run's ``duration`` is then only a deadline."""
+    m, st = run.meter, run.engine.cache.stats
+    return bool(
+        m.generated >= GENERATED
+        and m.redelivered > 0
+        and (m.in_sample & ~m.recording).any()  # a sample camera's first clip ended
+        and st.evicted_idle > 0
+        and st.restored_from_spill > 0
+    )
 
 
 def test_frames_demo_answers_every_frame_and_matches_the_offline_model(
-    frames_model: StepModel, stop_demo_when: Callable[..., threading.Event]
+    frames_model: StepModel,
 ) -> None:
-    watch = _StopWhenEnough(stop_demo_when)
-    s = run_demo(_config(), frames_model, stop=watch.stop)
+    s = run_demo(_config(), frames_model, stop_when=_enough)
     assert s.stopped_early, f"not enough happened within the limit: {s}"
     assert s.kind == "frames"
     assert s.inputs == s.generated + s.redelivered and s.decoded == s.inputs
@@ -102,18 +99,16 @@ def test_frames_demo_answers_every_frame_and_matches_the_offline_model(
     assert s.offline_max_abs_diff is not None and s.offline_max_abs_diff < 1e-4
     # 84x84x1 frames: ~7 KB in per frame, a few bytes out.
     assert s.input_bytes > 84 * 84 * s.inputs > s.output_bytes
-    text = demo.format_summary(s)
+    text = format_summary(s)
     assert "every generated frame answered once: yes" in text
     assert "frames/s" in text and "whole clips" in text and "zero (1 frame)" in text
-    j = demo.summary_record(s)
+    j = summary_record(s)
     assert j["kind"] == "frames" and "velocity" in j["errors"]["metric"]
     assert j["errors"]["sample"]["kept"] == sm.stateful
     assert j["throughput"]["input_mb_per_s"] == pytest.approx(s.input_bytes / 1e6 / s.seconds)
 
 
-def test_frames_demo_from_flags_trains_the_frames_model_without_one(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_frames_demo_from_flags_trains_the_frames_model_without_one(tmp_path: Path) -> None:
     # Training is the frames example's own business (and takes a while): stand in for it,
     # to check that `demo --kind frames` without --model trains and uses that model.
     calls: list[FramesTrainConfig] = []
@@ -134,12 +129,11 @@ def test_frames_demo_from_flags_trains_the_frames_model_without_one(
         )
         return _tiny_frames_model(), None, metrics
 
-    monkeypatch.setattr(demo, "train_frames_model", fake_train)
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
     defaults = demo.config_from_args(parser.parse_args(["--kind", "frames"]))
     assert defaults.kind == "frames"
-    for name, value in demo.KIND_DEFAULTS["frames"].items():
+    for name, value in KIND_DEFAULTS["frames"].items():
         assert getattr(defaults, name) == value
     json_path = tmp_path / "frames.json"
     argv = ["--kind", "frames", "--duration", "1", "--streams", "40", "--seed", "3"]
@@ -150,7 +144,7 @@ def test_frames_demo_from_flags_trains_the_frames_model_without_one(
     assert config.kind == "frames" and config.streams == 40 and config.sample_streams == 4
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        assert demo.main(args) == 0
+        assert demo.main(args, trainers=Trainers(frames=fake_train)) == 0
     assert [c.seed for c in calls] == [3]
     assert "training the frames example model" in stderr.getvalue()
     j = json.loads(json_path.read_text())
@@ -160,7 +154,7 @@ def test_frames_demo_from_flags_trains_the_frames_model_without_one(
 
 
 def test_frames_demo_rejects_a_model_of_the_other_kind(frames_model: StepModel) -> None:
-    sensor_model = KerasStepModel.from_model(example.build_example_model(4, 8))
+    sensor_model = KerasStepModel.from_model(build_example_model(4, 8))
     with pytest.raises(ConfigError, match="frames demo feeds"):
         run_demo(_config(duration=1.0), sensor_model)
     with pytest.raises(ConfigError, match="sensor vectors"):
@@ -168,4 +162,4 @@ def test_frames_demo_rejects_a_model_of_the_other_kind(frames_model: StepModel) 
     with pytest.raises(ConfigError, match="--kind"):
         run_demo(_config(kind="audio"), frames_model)
     with pytest.raises(ConfigError, match="init-model"):
-        demo.prepare_model(_config(engine=EngineOptions(init_model="init.keras")))
+        prepare_model(_config(engine=EngineOptions(init_model="init.keras")))

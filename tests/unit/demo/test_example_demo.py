@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,16 @@ import pytest
 
 from processor.config.engine_options import EngineOptions
 from processor.demo import command as demo
-from processor.demo import example
-from processor.demo.command import DemoConfig, DemoSummary, LatencyHistogram, run_demo
-from processor.demo.example import SignalBank, TrainConfig, TrainMetrics
+from processor.demo import example_command
+from processor.demo.config import IDLE_TIMEOUT_S, DemoConfig
+from processor.demo.evaluate import offline_diff
+from processor.demo.example import TrainConfig, TrainMetrics, train_example_model
+from processor.demo.example_command import save_model
+from processor.demo.live import LiveRun
+from processor.demo.meter import LatencyHistogram
+from processor.demo.report import DemoSummary, format_summary, write_summary_json
+from processor.demo.run import run_demo
+from processor.demo.signals import FEED_SALT, SignalBank
 from processor.model.protocol import StepModel, load_step_model
 
 # ~2 s of training on this machine; over seeds 0-2 the held-out MSE was 0.36-0.41 of the
@@ -38,8 +44,8 @@ PLUMBING = TrainConfig(streams=32, steps=20, epochs=1, units=8, val_streams=8, v
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, TrainMetrics, Path]:
     """The tiny example model, its metrics, and the ``.keras`` file it was saved to."""
-    model, metrics = example.train_example_model(TINY)
-    path = example.save_model(model, tmp_path_factory.mktemp("example") / "tiny.keras")
+    model, metrics = train_example_model(TINY)
+    path = save_model(model, tmp_path_factory.mktemp("example") / "tiny.keras")
     return model, metrics, path
 
 
@@ -81,7 +87,7 @@ def test_signal_bank_is_seeded_and_salted() -> None:
     x = SignalBank(4, 2, seed=1).sequences(10)
     np.testing.assert_array_equal(x, SignalBank(4, 2, seed=1).sequences(10))
     assert not np.allclose(x, SignalBank(4, 2, seed=2).sequences(10))
-    assert not np.allclose(x, SignalBank(4, 2, seed=1, salt=example.FEED_SALT).sequences(10))
+    assert not np.allclose(x, SignalBank(4, 2, seed=1, salt=FEED_SALT).sequences(10))
     noise = x - SignalBank(4, 2, seed=1, noise=0.0).sequences(10)
     assert 0.02 < float(noise.std()) < 0.08  # the documented noise level (0.05)
     with pytest.raises(IndexError):
@@ -120,19 +126,19 @@ def test_saved_example_model_loads_as_the_same_step_model(
 def test_example_main_trains_saves_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "m.keras"
     args = _parse(
-        example,
+        example_command,
         ["--out", str(out), "--epochs", "1", "--streams", "32", "--steps", "20", "--units", "8"],
     )
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        assert example.main(args) == 0
+        assert example_command.main(args) == 0
     text = stdout.getvalue()
     assert out.is_file() and f"saved {out}" in text
     assert "naive next = current" in text and "final train loss" in text
     assert load_step_model(out).state_spec[0].shape == (8,)
-    bad = _parse(example, ["--out", str(tmp_path / "m.h5")])
+    bad = _parse(example_command, ["--out", str(tmp_path / "m.h5")])
     with contextlib.redirect_stderr(io.StringIO()) as err:
-        assert example.main(bad) == 2
+        assert example_command.main(bad) == 2
     assert ".keras" in err.getvalue()
 
 
@@ -168,20 +174,17 @@ def _check_counters(s: DemoSummary) -> None:
 
 
 class _StopWhenEnough:
-    """Ends a demo run (through its ``stop`` event) once it has done enough to be judged:
-    so many messages, re-deliveries, more streams than the cache holds, LRU or idle
-    evictions, restores from the spill store and a progress line. Installed over the
-    demo's live-run class for one test; the run's ``duration`` is then only a deadline."""
+    """Ends a demo run (as its ``stop_when``) once it has done enough to be judged: so many
+    messages, re-deliveries, more streams than the cache holds, LRU or idle evictions,
+    restores from the spill store and a progress line; the run's ``duration`` is then only
+    a deadline."""
 
     GENERATED = 5000
 
-    def __init__(
-        self, stop_demo_when: Callable[..., threading.Event], progress: io.StringIO
-    ) -> None:
+    def __init__(self, progress: io.StringIO) -> None:
         self.progress = progress
-        self.stop = stop_demo_when(self.enough)
 
-    def enough(self, run: Any) -> bool:
+    def enough(self, run: LiveRun) -> bool:
         m, st = run.meter, run.engine.cache.stats
         return bool(
             m.generated >= self.GENERATED
@@ -193,13 +196,12 @@ class _StopWhenEnough:
         )
 
 
-def test_demo_run_answers_every_message_and_kept_state_wins(
-    step_model: StepModel, stop_demo_when: Callable[..., threading.Event]
-) -> None:
+def test_demo_run_answers_every_message_and_kept_state_wins(step_model: StepModel) -> None:
     progress = io.StringIO()
-    watch = _StopWhenEnough(stop_demo_when, progress)
+    watch = _StopWhenEnough(progress)
     # The run lasts until it has done enough (counts, not a time window); 120 s is the limit.
-    s = run_demo(_config(progress=True, duration=120.0), step_model, out=progress, stop=watch.stop)
+    config = _config(progress=True, duration=120.0)
+    s = run_demo(config, step_model, out=progress, stop_when=watch.enough)
     assert s.stopped_early, f"not enough happened within the limit: {s}"
     _check_counters(s)
     assert s.generated >= _StopWhenEnough.GENERATED and s.redelivered > 0
@@ -215,7 +217,7 @@ def test_demo_run_answers_every_message_and_kept_state_wins(
     # Evicted, spilled and restored states continued exactly where they left off.
     assert s.offline_max_abs_diff is not None and s.offline_max_abs_diff < 1e-4
     assert "msg/s" in progress.getvalue()  # at least one progress line (non-TTY: one per line)
-    text = demo.format_summary(s)
+    text = format_summary(s)
     assert "every generated message answered once: yes" in text
     assert "state kept" in text and "state reset" in text and "naive" in text
 
@@ -226,7 +228,7 @@ def test_demo_rate_limited_run_keeps_the_rate_and_the_identities(step_model: Ste
     assert s.redelivered == 0 and s.duplicates == 0
     # The scheduler never sends ahead of the schedule: at most rate x duration messages.
     assert 0 < s.generated <= 2000 * 1.5
-    assert "target 2,000 msg/s" in demo.format_summary(s)
+    assert "target 2,000 msg/s" in format_summary(s)
 
 
 def test_demo_stop_event_ends_the_run_with_a_summary(step_model: StepModel, tmp_path: Path) -> None:
@@ -235,9 +237,9 @@ def test_demo_stop_event_ends_the_run_with_a_summary(step_model: StepModel, tmp_
     s = run_demo(_config(duration=60.0), step_model, stop=stop)
     assert s.stopped_early and s.generated == s.outputs == 0
     assert s.sample.pairs == 0 and s.sample.stateful is None
-    assert "stopped early" in demo.format_summary(s)
+    assert "stopped early" in format_summary(s)
     # Without messages there are no latencies or errors: JSON null, never NaN.
-    j = json.loads(demo.write_summary_json(s, tmp_path / "s.json").read_text())
+    j = json.loads(write_summary_json(s, tmp_path / "s.json").read_text())
     assert j["stopped_early"] is True and j["messages"]["generated"] == 0
     assert j["latency_ms"] == {"p50": None, "p99": None, "max": None}
     assert j["errors"]["sample"]["kept"] is None and j["errors"]["kept_vs_reset"] is None
@@ -260,7 +262,7 @@ def test_demo_main_runs_from_flags(trained: tuple[Any, TrainMetrics, Path], tmp_
     args = _parse(demo, argv)
     config = demo.config_from_args(args)
     assert config.engine.cache_capacity == 56  # 9/16 of the streams...
-    assert config.engine.idle_timeout == demo.IDLE_TIMEOUT_S and not config.progress
+    assert config.engine.idle_timeout == IDLE_TIMEOUT_S and not config.progress
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
         assert demo.main(args) == 0
@@ -319,7 +321,7 @@ def test_offline_check_detects_a_wrong_live_output(step_model: StepModel) -> Non
     for s, n in enumerate((5, 17, 11)):
         xs = bank.sequences(n)[s]
         hist[s] = (xs, np.array(keras_model(xs[None], training=False))[0])
-    exact = demo._offline_diff(step_model, hist)
+    exact = offline_diff(step_model, hist)
     assert exact is not None and exact < 1e-6
     hist[1][1][16, 2] += 0.1
-    assert demo._offline_diff(step_model, hist) == pytest.approx(0.1, abs=1e-5)
+    assert offline_diff(step_model, hist) == pytest.approx(0.1, abs=1e-5)

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 
 from processor.config.engine_options import EngineOptions
-from processor.demo import example, frames_example
+from processor.demo import example_command
+from processor.demo.example import TrainConfig
 from processor.demo.frames_example import (
-    FRAME_SHAPE,
-    FrameClips,
     FramesMetrics,
     FramesTrainConfig,
+    train_frames_model,
     with_initial_state,
 )
+from processor.demo.signals import FEED_SALT, FRAME_SHAPE, FrameClips
 from processor.engine.build import build_engine
 from processor.model.protocol import load_step_model
 from processor.records import Output, Record
@@ -53,14 +54,14 @@ TINY_FLAGS = ["--epochs", "1", "--streams", "8", "--steps", "4", "--units", "8"]
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    example.add_arguments(parser)
+    example_command.add_arguments(parser)
     return parser.parse_args(argv)
 
 
 @pytest.fixture(scope="module")
 def metrics() -> FramesMetrics:
     """The metrics of the small frames model."""
-    _, init, m = frames_example.train_frames_model(SMALL)
+    _, init, m = train_frames_model(SMALL)
     assert init is None
     return m
 
@@ -68,12 +69,12 @@ def metrics() -> FramesMetrics:
 @pytest.fixture(scope="module")
 def init_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny frames model trained jointly with its init model, both saved."""
-    model, init, _ = frames_example.train_frames_model(INIT_PAIR)
+    model, init, _ = train_frames_model(INIT_PAIR)
     assert init is not None
     tmp = tmp_path_factory.mktemp("pair")
     return (
-        example.save_model(model, tmp / "frames.keras"),
-        example.save_model(init, tmp / "init.keras"),
+        example_command.save_model(model, tmp / "frames.keras"),
+        example_command.save_model(init, tmp / "init.keras"),
     )
 
 
@@ -86,7 +87,7 @@ def command_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, s
     args = _parse(["--kind", "frames", "--out", str(out), "--init-out", str(init_out), *TINY_FLAGS])
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        assert example.main(args) == 0
+        assert example_command.main(args) == 0
     return out, init_out, stdout.getvalue()
 
 
@@ -103,9 +104,7 @@ def test_frame_clips_are_seeded_shaped_and_streams_keep_their_own_time() -> None
     assert ta.shape == (2, 2) and ta.dtype == np.float32
     np.testing.assert_array_equal(fa, fb)
     np.testing.assert_array_equal(ta, tb)
-    assert not np.array_equal(
-        fa, FrameClips(5, seed=3, salt=frames_example.FEED_SALT).next([0, 4])[0]
-    )
+    assert not np.array_equal(fa, FrameClips(5, seed=3, salt=FEED_SALT).next([0, 4])[0])
     a.next([4])
     assert a.steps.tolist() == [1, 0, 0, 0, 2]  # stream 0 paused while stream 4 moved on
     with pytest.raises(IndexError):
@@ -180,7 +179,7 @@ def test_engine_with_the_init_model_matches_the_offline_model(
     engine = build_engine(options)
     assert engine.model.has_init_model
     n, steps = 6, 10
-    frames, _ = FrameClips(n, seed=9, salt=frames_example.FEED_SALT).clips(steps)
+    frames, _ = FrameClips(n, seed=9, salt=FEED_SALT).clips(steps)
     rng = np.random.default_rng(0)
     # Arrival order: every stream in frame order, streams shuffled together; uneven chunks
     # so that single steps and multi-step scans both run.
@@ -224,7 +223,7 @@ def test_example_model_kind_frames_writes_the_model_and_the_init_model(
 ) -> None:
     out, init_out, text = command_run
     args = _parse(["--kind", "frames", "--out", "x.keras", "--init-out", "y.keras", *TINY_FLAGS])
-    cfg = example.frames_config_from_args(args)
+    cfg = example_command.frames_config_from_args(args)
     assert (cfg.epochs, cfg.streams, cfg.steps, cfg.units, cfg.init_model) == (1, 8, 4, 8, True)
     assert cfg.batch_size == FramesTrainConfig().batch_size  # not given: the frames default
     assert f"saved {out}" in text and f"saved {init_out}" in text
@@ -251,11 +250,11 @@ def test_example_model_refuses_bad_frames_flags(
 ) -> None:
     args = _parse(argv)
     with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.chdir(tmp_path):
-        assert example.main(args) == 2
+        assert example_command.main(args) == 2
     assert message in err.getvalue()
     assert not list(tmp_path.iterdir())
 
 
 def test_sensor_kind_keeps_its_defaults() -> None:
-    cfg = example.config_from_args(_parse(["--out", "a.keras"]))
-    assert cfg == example.TrainConfig()
+    cfg = example_command.config_from_args(_parse(["--out", "a.keras"]))
+    assert cfg == TrainConfig()
