@@ -43,7 +43,7 @@ async def bench_restore(
 ) -> dict[str, Any]:
     """Write one state record for each of ``streams`` streams (random states of the model
     of ``options``) to a fresh state topic of ``partitions`` partitions, then time
-    :meth:`Recovery.restore` of all its partitions into a fresh engine (built and warmed up
+    :meth:`Recovery.recover` of all its partitions into a fresh engine (built and warmed up
     before). Returns ``streams``, ``bytes``, ``seconds``, ``streams_per_s``, ``mb_per_s``
     and ``state_bytes_per_stream``; the topic is deleted afterwards."""
     from aiokafka import AIOKafkaProducer, TopicPartition
@@ -52,11 +52,10 @@ async def bench_restore(
 
     from processor.engine.build import build_engine
     from processor.engine.pipeline import Pipeline, StalePolicy
-    from processor.kafka.checkpoint.cycle import StateWriter
+    from processor.kafka.checkpoint.states import StateWriter
     from processor.kafka.durable.record import StateRecordCodec
     from processor.kafka.durable.recovery import Recovery
     from processor.kafka.durable.topic import prepare_state_topics
-    from processor.kafka.group.streams import PartitionIndex
     from processor.obs.metrics import Metrics
     from processor.state.cache import StreamState
 
@@ -98,17 +97,15 @@ async def bench_restore(
             consumer_kw=admin_kw,
             state_topics={source: state_topic},
             pipeline=pipeline,
-            index=PartitionIndex(track_changes=True),
             codec=codec,
             reset_on_mismatch=False,
             metrics=Metrics(CollectorRegistry()),
         )
         t0 = time.perf_counter()
-        await recovery.restore([TopicPartition(source, p) for p in range(partitions)])
+        await recovery.recover([TopicPartition(source, p) for p in range(partitions)])
         seconds = time.perf_counter() - t0
-        loaded = await asyncio.wrap_future(
-            pipeline.call(lambda e: sum(e.cache.last_seq(f"s{i}") == 7 for i in range(streams)))
-        )
+        seqs = await asyncio.wrap_future(pipeline.last_seqs([f"s{i}" for i in range(streams)]))
+        loaded = sum(seq == 7 for seq in seqs)
         if loaded != streams:
             raise RuntimeError(f"restored {loaded} of {streams} streams")
         return {
@@ -166,7 +163,7 @@ def bench_state_volume(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m processor.bench.durable``: prints one JSON object, returns 0."""
-    from processor.bench.kafka import make_lstm_model
+    from processor.bench.kafka_setup import make_lstm_model
 
     parser = argparse.ArgumentParser(
         prog="python -m processor.bench.durable",

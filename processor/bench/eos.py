@@ -4,7 +4,8 @@
 * Throughput: :func:`processor.bench.kafka.bench_end_to_end` with
   ``processing_guarantee="exactly-once"`` against the same run at ``"at-least-once"`` (both
   with the state topic), at several commit intervals; the timer of an exactly-once run stops
-  when its last output is *committed* (see :func:`outputs_committed`), not when the broker
+  when its last output is *committed* (see
+  :func:`processor.bench.guarantees.outputs_committed`), not when the broker
   acknowledged it.
 * Latency (:func:`bench_visible_latency`): a paced input (records carry ``ts`` = the wall
   clock in ms when they are made; outputs copy it), the processor, and a reader of the output
@@ -14,14 +15,15 @@
   includes up to one interval of waiting plus the commit.
 
 ``lstm-stream bench --bootstrap-servers HOST:PORT`` runs both in its Kafka section
-(:func:`processor.bench.sweeps.kafka_end_to_end`); the module also runs on its own::
+(:func:`processor.bench.kafka_sections.kafka_end_to_end`); the module also runs on its own::
 
     python -m processor.bench.eos --bootstrap-servers 127.0.0.1:19092 --repeat 3
 
 which prints one JSON object.
 
-The pure helpers (:func:`percentiles`, :func:`median_ratio`, :func:`outputs_committed`) are
-used by the measurements and tested without a broker.
+The pure helpers (:func:`percentiles`, :func:`median_ratio`,
+:func:`processor.bench.guarantees.outputs_committed`) are used by the measurements and
+tested without a broker.
 """
 
 from __future__ import annotations
@@ -36,47 +38,34 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import numpy as np
 
+from processor.bench.guarantees import AT_LEAST_ONCE, EXACTLY_ONCE, transaction_timeout_for
+from processor.bench.kafka import bench_end_to_end, bench_engine_only
+from processor.bench.kafka_setup import (
+    bench_topics,
+    make_lstm_model,
+    module_parser,
+    synthetic_steps,
+)
 from processor.config.engine_options import EngineOptions
 from processor.engine.threads import configure_threads
 
 __all__ = [
-    "AT_LEAST_ONCE",
-    "EXACTLY_ONCE",
     "bench_visible_latency",
     "main",
     "measure_pair",
     "median_ratio",
-    "outputs_committed",
     "percentiles",
     "summarise_pairs",
-    "transaction_timeout_for",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The two ``--processing-guarantee`` values compared (spelled as the settings spell them).
-AT_LEAST_ONCE: Final = "at-least-once"
-EXACTLY_ONCE: Final = "exactly-once"
-
-#: The settings' default transaction timeout; a longer commit interval gets a longer one
-#: (the settings require more than twice the interval).
-_DEFAULT_TRANSACTION_TIMEOUT_MS: Final = 30_000
-
 #: How often the paced producer sends: every tick the records due by then go out together.
 _TICK_S: Final = 0.01
-
-K = TypeVar("K")
-
-
-def transaction_timeout_for(commit_interval_ms: int) -> int:
-    """The transaction timeout a benchmark run at ``commit_interval_ms`` uses: the settings'
-    default, or three intervals when that is longer (the settings refuse a timeout of two
-    intervals or less)."""
-    return max(_DEFAULT_TRANSACTION_TIMEOUT_MS, 3 * commit_interval_ms)
 
 
 def percentiles(samples: Iterable[float], qs: Sequence[float] = (50.0, 99.0)) -> dict[str, float]:
@@ -110,23 +99,6 @@ def median_ratio(pairs: Iterable[tuple[float, float]]) -> float:
     return statistics.median(ratios) if ratios else math.nan
 
 
-def outputs_committed(
-    committed: Mapping[K, int],
-    input_ends: Mapping[K, int],
-    output_stable: Mapping[K, int],
-    output_ends: Mapping[K, int],
-) -> bool:
-    """True when every output of every input record is visible to a ``read_committed``
-    reader: the group's committed offset of each input partition has reached that
-    partition's end (in exactly-once mode the offsets commit in the same transaction as the
-    outputs they cover), and no output partition has an open transaction left (its last
-    stable offset equals its end offset, so the commit markers are written). A partition
-    missing from ``committed`` has no committed offset yet."""
-    if any(committed.get(tp, -1) < end for tp, end in input_ends.items()):
-        return False
-    return all(output_stable.get(tp, -1) >= end for tp, end in output_ends.items())
-
-
 def measure_pair(
     bootstrap: str,
     options: EngineOptions,
@@ -141,7 +113,6 @@ def measure_pair(
     ``commit_interval_ms`` (both with the state topic), back to back, the exactly-once one
     first when ``eos_first`` (alternate it between repeats so that a drift of the machine's
     load favours neither). Returns ``(at_least_once, exactly_once)``."""
-    from processor.bench.kafka import bench_end_to_end
 
     def one(guarantee: str) -> dict[str, Any]:
         return asyncio.run(
@@ -232,7 +203,6 @@ async def bench_visible_latency(
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from prometheus_client import CollectorRegistry
 
-    from processor.bench.kafka import bench_topics, synthetic_steps
     from processor.codec import decode_output, encode_input
     from processor.kafka.io.clients import client_kwargs
     from processor.kafka.io.output import OutputWriter
@@ -367,9 +337,7 @@ def _say(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m processor.bench.eos``: prints one JSON object, returns 0."""
-    from processor.bench import kafka as kafka_bench
-
-    parser = kafka_bench.module_parser("python -m processor.bench.eos", __doc__)
+    parser = module_parser("python -m processor.bench.eos", __doc__)
     parser.add_argument(
         "--intervals-ms",
         type=int,
@@ -388,14 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     configure_threads(args.threads, 1)  # before anything runs TensorFlow
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or kafka_bench.make_lstm_model(str(Path(tmp) / "lstm2x256.keras"))
+        model = args.model or make_lstm_model(str(Path(tmp) / "lstm2x256.keras"))
         options = EngineOptions(
             model=model,
             max_batch=1024,
             cache_capacity=max(4096, args.streams * 2),
             threads=args.threads,
         )
-        engine = kafka_bench.bench_engine_only(options, records=args.records, streams=args.streams)
+        engine = bench_engine_only(options, records=args.records, streams=args.streams)
         intervals = []
         for interval in args.intervals_ms:
             pairs = []

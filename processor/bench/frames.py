@@ -36,7 +36,7 @@ import datetime as dt
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import numpy as np
 
 import processor  # noqa: F401  (TF/Keras environment defaults before the imports below)
 from processor.bench import baselines as bl
+from processor.bench.config import Config, Progress
 from processor.bench.harness import (
     Budget,
     Job,
@@ -51,6 +52,7 @@ from processor.bench.harness import (
     load_average,
     measure_alternating,
 )
+from processor.bench.results import SectionStatus
 from processor.records import Output, Record
 
 import keras  # isort: skip
@@ -70,8 +72,6 @@ CONV_FLOPS = (
 FLOPS_PER_FRAME = (
     CONV_FLOPS + 2 * 7 * 7 * 64 * ENCODER_DIM + 2 * 2 * (ENCODER_DIM + UNITS) * 4 * UNITS
 )
-
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -363,13 +363,16 @@ def frames_section(
     """Measure the seed model the seed's way (both variants, ``seed_streams`` streams
     interleaved, one frame per call) and the engine at each of ``batches`` (one record per
     stream per call; streams of different batch sizes are disjoint), all in alternating
-    time slices after an agreement check. Returns ``{"status": "not_run", "reason"}`` when
-    ``batches`` is empty, else ``status``, ``model``, ``agreement``, ``rows`` (one per
+    time slices after an agreement check. Returns ``status`` ``not_run`` and a ``reason``
+    when ``batches`` is empty, else ``status``, ``model``, ``agreement``, ``rows`` (one per
     measured point, with the harness's timing summary) and ``summary`` (:func:`summarise`).
     Steady state: every stream's first frame (the init model) falls in the warm-up calls.
     """
     if not batches:
-        return {"status": "not_run", "reason": "no batch sizes configured (--quick skips it)"}
+        return {
+            "status": SectionStatus.NOT_RUN,
+            "reason": "no batch sizes configured (--quick skips it)",
+        }
     models = build_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         model_path, init_path = save_models(models, tmp)
@@ -425,7 +428,7 @@ def frames_section(
             f"(p50 {job.timing.percentile_ms(50):.2f} ms per call)"
         )
     return {
-        "status": "ran",
+        "status": SectionStatus.RAN,
         "model": "seed_frames",
         "description": "84x84x1 uint8 -> Rescaling -> Conv2D 32 8x8/4, 64 4x4/2, 64 3x3/1 -> "
         "Flatten -> Dense 512 -> 2x LSTM(512); init model: first frame -> encoder -> Dense "
@@ -440,11 +443,30 @@ def frames_section(
     }
 
 
+def seed_frames(cfg: Config, progress: Progress) -> dict[str, Any]:
+    """The frames section (:func:`frames_section`) sized by ``cfg``:
+    engine batches ``cfg.frames_batches`` (none: ``status`` ``not_run``), the seed's way over
+    ``cfg.frames_seed_streams`` streams with ``cfg.b0_budget`` (per-frame calls, like B0)."""
+    return frames_section(
+        cfg.frames_batches,
+        budget=cfg.budget,
+        seed_budget=replace(
+            cfg.b0_budget, warmup_steps=max(cfg.b0_budget.warmup_steps, 2 * cfg.frames_seed_streams)
+        ),
+        slice_s=cfg.slice_s,
+        seed_streams=cfg.frames_seed_streams,
+        seed=cfg.seed,
+        progress=progress,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m processor.bench.frames``: this section alone, full sizes unless
     ``--quick``; writes ``results.json`` and ``results.md`` (with the ``seed_frames`` goal)
     to ``--out``. Exit code 1 when the two ways disagree."""
     from processor.bench import report
+    from processor.bench.markdown_engine import frames_lines
+    from processor.bench.verdicts import seed_frames as seed_frames_verdict
 
     p = argparse.ArgumentParser(prog="python -m processor.bench.frames")
     p.add_argument("--out", default="bench-frames", help="output directory")
@@ -473,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_at_end": load_average(),
         "frames": result,
     }
-    results["goals"] = [g for g in report.evaluate_goals(results) if g["id"] == "seed_frames"]
+    results["goals"] = [seed_frames_verdict(result)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(results, out / "results.json")
@@ -494,10 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for g in results["goals"]
         ),
         "",
-        *report.frames_lines(result),
+        *frames_lines(result),
     ]
     (out / "results.md").write_text("\n".join(md))
-    print("\n".join(report.frames_lines(result)))
+    print("\n".join(frames_lines(result)))
     return 0 if result.get("agreement", {}).get("ok", True) else 1
 
 

@@ -134,7 +134,7 @@ def bench_frames_through_kafka(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m processor.bench.frames_kafka``: prints one JSON object, returns 0."""
-    from processor.bench.kafka import module_parser
+    from processor.bench.kafka_setup import module_parser
 
     parser = module_parser("python -m processor.bench.frames_kafka", __doc__)
     parser.set_defaults(records=20_000, streams=256)

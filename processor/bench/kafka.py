@@ -12,7 +12,7 @@ acknowledgement. The engine-only figure runs the same number of pre-made records
 ``Engine.process`` in chunks of ``max_batch`` (no Kafka, no decoding or encoding).
 
 ``lstm-stream bench --bootstrap-servers HOST:PORT`` runs both as its Kafka section
-(:func:`processor.bench.sweeps.kafka_end_to_end`); the module also runs on its own::
+(:func:`processor.bench.kafka_sections.kafka_end_to_end`); the module also runs on its own::
 
     python -m processor.bench.kafka --bootstrap-servers 127.0.0.1:19092
 
@@ -20,44 +20,38 @@ which prints one JSON object. With ``--repeat N`` the two measurements alternate
 the reported ratio is the median of the N per-pair ratios (the machine is shared: a pair's two
 figures are taken close together).
 
-The records are made here from the wire-format encoder (:func:`processor.codec.encode_input`)
-and written with the runtime's own :class:`~processor.kafka.io.output.OutputWriter` and producer
-settings, so the benchmark depends on the library, not on any command of the CLI.
+The input is produced with :func:`processor.bench.kafka_setup.produce_records`, into the
+fresh topics of :func:`processor.bench.kafka_setup.bench_topics`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import itertools
 import json
 import logging
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
-import numpy as np
 from aiokafka import TopicPartition
 
+from processor.bench.guarantees import EXACTLY_ONCE, outputs_committed, transaction_timeout_for
+from processor.bench.kafka_setup import (
+    bench_topics,
+    make_lstm_model,
+    module_parser,
+    produce_records,
+    synthetic_steps,
+)
 from processor.config.engine_options import EngineOptions
 from processor.engine.build import build_engine
 from processor.engine.threads import configure_threads
 from processor.records import Record
 
-__all__ = [
-    "bench_end_to_end",
-    "bench_engine_only",
-    "main",
-    "make_lstm_model",
-    "module_parser",
-    "produce_records",
-    "synthetic_steps",
-]
+__all__ = ["bench_end_to_end", "bench_engine_only", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -65,111 +59,6 @@ log = logging.getLogger(__name__)
 #: the runtime's metrics on the event loop the processor also runs on, so polling much faster
 #: would take time from the thing measured; 10 ms is < 0.1% of a run of several seconds.
 _POLL_S: Final = 0.01
-
-#: Outstanding produce batches before the producer waits for acknowledgements (bounds memory).
-_MAX_PENDING_BATCHES: Final = 256
-
-
-def make_lstm_model(path: str, *, features: int = 32, units: int = 256, layers: int = 2,
-                    head: int = 8, seed: int = 0) -> str:  # fmt: skip
-    """Save a random-weight LSTM stack (the benchmark's 2x256-on-32 by default) to ``path``
-    (a ``.keras`` file) and return ``path``."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((None, features))
-    h = inp
-    for _ in range(layers):
-        h = keras.layers.LSTM(units, return_sequences=True)(h)
-    keras.Model(inp, keras.layers.Dense(head)(h)).save(path)
-    return path
-
-
-def synthetic_steps(
-    streams: int, shape: tuple[int, ...], dtype: str, *, seed: int = 1
-) -> Iterator[np.ndarray]:
-    """Endless steps of synthetic input, one ``[streams, *shape]`` array of ``dtype`` per
-    step: standard-normal values for float dtypes, uniform over the range for integer ones
-    (frames). Deterministic for a seed; the values only need to be valid model input."""
-    rng = np.random.default_rng(seed)
-    dt = np.dtype(dtype)
-    while True:
-        if np.issubdtype(dt, np.integer):
-            info = np.iinfo(dt)
-            yield rng.integers(info.min, info.max, (streams, *shape), dtype=dt, endpoint=True)
-        else:
-            yield rng.standard_normal((streams, *shape), dtype=np.float32).astype(dt, copy=False)
-
-
-async def produce_records(
-    bootstrap: str,
-    topic: str,
-    *,
-    records: int,
-    streams: int,
-    shape: tuple[int, ...],
-    dtype: str = "float32",
-    stream_prefix: str = "s",
-    encoding: str = "raw",
-) -> tuple[float, int]:
-    """Write ``records`` input records of ``streams`` streams (ids ``{stream_prefix}0..``,
-    key = stream id, ``seq`` from 0, step-major, ``ts`` = now) to ``topic``, as fast as the
-    broker takes them. Returns the produce rate in records/s once every record is
-    acknowledged, and the records' bytes (values); raises what aiokafka raises when a send
-    fails.
-
-    ``encoding`` ``jpeg`` or ``png`` sends uint8 image steps as camera frames
-    (:func:`processor.codec.images.encode_image_input`); their content is that of ``produce
-    --kind frames`` (a moving bar over low noise), which compresses like a camera image
-    rather than like uniform noise.
-
-    Uses the runtime's producer settings (:func:`processor.kafka.io.clients.client_kwargs`) and
-    its batching writer, so the records reach the broker in the same way outputs do."""
-    from aiokafka import AIOKafkaProducer
-
-    from processor.codec import encode_input
-    from processor.codec.images import encode_image_input
-    from processor.demo.synthetic import SyntheticInput
-    from processor.kafka.io.clients import client_kwargs
-    from processor.kafka.io.output import OutputWriter
-
-    _, producer_kw = client_kwargs(bootstrap, "unused", {})
-    producer = AIOKafkaProducer(**producer_kw)
-    await producer.start()
-    names = [f"{stream_prefix}{i}" for i in range(streams)]
-    writer = OutputWriter(producer, topic)
-    pending: list[asyncio.Future[Any]] = []
-    sent = size = 0
-    t0 = time.perf_counter()
-    steps: Iterator[np.ndarray] = synthetic_steps(streams, shape, dtype)
-    if encoding != "raw":
-        frames = SyntheticInput("frames", shape, streams)
-        steps = (frames.step(seq) for seq in itertools.count())
-
-    def encode(stream: str, seq: int, x: np.ndarray, ts: int) -> bytes:
-        if encoding == "raw":
-            return encode_input(stream, seq, x, ts=ts)
-        return encode_image_input(stream, seq, x, encoding, ts=ts)
-
-    try:
-        for seq, xs in enumerate(steps):
-            if sent >= records:
-                break
-            n = min(streams, records - sent)
-            ts = int(time.time() * 1000)
-            batch = [(names[i], encode(names[i], seq, xs[i], ts)) for i in range(n)]
-            size += sum(len(v) for _, v in batch)
-            pending += await writer.write(batch)
-            sent += n
-            if len(pending) > _MAX_PENDING_BATCHES:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await producer.flush()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    seconds = time.perf_counter() - t0
-    return (sent / seconds if seconds > 0 else float("inf")), size
 
 
 def bench_engine_only(options: EngineOptions, *, records: int, streams: int) -> dict[str, Any]:
@@ -195,53 +84,6 @@ def bench_engine_only(options: EngineOptions, *, records: int, streams: int) -> 
     return {"records": len(recs), "seconds": seconds, "records_per_s": len(recs) / seconds}
 
 
-class BenchTopics(NamedTuple):
-    """The names of one bench run's topics and group (see :func:`bench_topics`)."""
-
-    source: str
-    out: str
-    dlq: str
-    group: str
-    state: str  # the group's default state topic, made by the processor when it is durable
-
-
-@contextlib.asynccontextmanager
-async def bench_topics(
-    bootstrap: str, prefix: str, partitions: int, *, with_state: bool = True
-) -> AsyncIterator[BenchTopics]:
-    """Fresh input, output and dead-letter topics named ``<prefix>-in-<tag>``,
-    ``<prefix>-out-<tag>`` and ``<prefix>-out-<tag>-dlq`` (a random tag; ``partitions`` each,
-    created and every partition with a leader before this yields), the group
-    ``<prefix>-<tag>`` and its default state topic's name. On exit they are deleted, the
-    state topic too when ``with_state`` (the processor created it)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from processor.kafka.io.topics import prepare_topics
-
-    tag = uuid.uuid4().hex[:8]
-    source, out, group = f"{prefix}-in-{tag}", f"{prefix}-out-{tag}", f"{prefix}-{tag}"
-    topics = BenchTopics(source, out, f"{out}-dlq", group, f"{group}-{source}-state")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        # Returns once every partition of the new topics has a leader.
-        await prepare_topics(
-            admin,
-            input_topics=(source,),
-            output_topics=(out, topics.dlq),
-            partitions=partitions,
-            create_inputs=True,
-        )
-        yield topics
-    finally:
-        try:
-            await admin.delete_topics(
-                [source, out, topics.dlq, *([topics.state] if with_state else [])]
-            )
-        finally:
-            await admin.close()
-
-
 async def bench_end_to_end(
     bootstrap: str,
     options: EngineOptions,
@@ -263,12 +105,12 @@ async def bench_end_to_end(
     ``durable`` False runs without a state topic (``--state-topic none``);
     ``processing_guarantee`` is the runtime's ``--processing-guarantee`` (``"exactly-once"``
     needs ``durable``; its transaction timeout is
-    :func:`processor.bench.eos.transaction_timeout_for` the interval).
+    :func:`processor.bench.guarantees.transaction_timeout_for` the interval).
 
     The timer runs from the processor's first fetched record until every output is visible
     to a ``read_committed`` reader: at-least-once, until the last output is acknowledged;
     exactly-once, further until the last transaction has committed
-    (:func:`processor.bench.eos.outputs_committed` over the group's committed offsets and
+    (:func:`processor.bench.guarantees.outputs_committed` over the group's committed offsets and
     the output topic's last stable offsets, polled every 10 ms), so the wait for the end of
     the last commit interval is inside it.
 
@@ -281,13 +123,12 @@ async def bench_end_to_end(
     ``checkpoint_seconds_mean``; exactly-once also ``transactions_committed``,
     ``transactions_aborted``, ``transaction_seconds_mean`` (ending one partition's
     transaction) and ``transaction_seconds_share`` (their sum over ``seconds``);
-    ``encoding`` (raw, jpeg, png: see :func:`produce_records`) and ``input_bytes`` (the
-    input topic's size) describe the records. Raises
+    ``encoding`` (raw, jpeg, png: see :func:`processor.bench.kafka_setup.produce_records`)
+    and ``input_bytes`` (the input topic's size) describe the records. Raises
     :class:`TimeoutError` when the processor has not written and committed every output
     within ``timeout_s`` seconds of starting, and what the processor raises if it fails."""
     from prometheus_client import CollectorRegistry
 
-    from processor.bench.eos import EXACTLY_ONCE, outputs_committed, transaction_timeout_for
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
     from processor.model.protocol import load_step_model
@@ -420,7 +261,7 @@ def _sample(registry: Any, name: str, **labels: str) -> float:
 
 class _Visibility:
     """Whether every output of the drained input is visible to a ``read_committed`` reader
-    (exactly-once runs, see :func:`processor.bench.eos.outputs_committed`): the group's
+    (exactly-once runs, see :func:`processor.bench.guarantees.outputs_committed`): the group's
     committed offsets against the input's end offsets, and the output topic's last stable
     offsets (a ``read_committed`` consumer's end offsets) against its end offsets. The input
     is complete before the processor starts, so its end offsets are read once."""
@@ -491,22 +332,6 @@ async def _topic_bytes(bootstrap: str, topic: str, partitions: int) -> int:
                 size += sum(len(r.key or b"") + len(r.value or b"") for r in records)
     finally:
         await consumer.stop()
-
-
-def module_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """The arguments every Kafka benchmark module's own command line shares: broker, model,
-    records, streams, TensorFlow threads."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--bootstrap-servers", required=True, help="a broker to use")
-    parser.add_argument(
-        "--model", default=None, help="model file (default: a random 2x256 LSTM on 32 features)"
-    )
-    parser.add_argument("--records", type=int, default=200_000, help="records (default 200000)")
-    parser.add_argument("--streams", type=int, default=2048, help="streams (default 2048)")
-    parser.add_argument("--threads", type=int, default=2, help="TF intra-op threads (default 2)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

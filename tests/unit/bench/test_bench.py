@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 from processor.bench import baselines as bl
-from processor.bench import models, report, sweeps
+from processor.bench import command, config, models, report
+from processor.bench.agreement import agreement
+from processor.bench.goals import GOALS, GOALS_DOC, Goal
 from processor.bench.harness import Budget
+from processor.bench.markdown import markdown
+from processor.bench.results import BREAKDOWN_PARTS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -23,9 +27,9 @@ def tiny() -> models.BenchModel:
     return models.load("tiny", seed=3)
 
 
-def tiny_config() -> sweeps.Config:
+def tiny_config() -> config.Config:
     """Even smaller than --quick: every section runs, with a handful of calls each."""
-    cfg = sweeps.quick_config(["tiny"], min_time=0.0)
+    cfg = config.quick_config(["tiny"], min_time=0.0)
     budget = Budget(min_time=0.0, min_steps=2, warmup_steps=1)
     return replace(
         cfg,
@@ -48,7 +52,7 @@ def tiny_config() -> sweeps.Config:
 
 
 def test_all_methods_agree_with_the_keras_model(tiny: models.BenchModel) -> None:
-    result = sweeps.agreement(tiny, n_streams=3, steps=5, seed=1)
+    result = agreement(tiny, n_streams=3, steps=5, seed=1)
     ref = result["_reference"]
     # The reference must carry signal, or agreeing with it would prove nothing.
     assert np.abs(ref).max() > 1e-2
@@ -108,15 +112,13 @@ def test_feed_gives_each_stream_step_the_same_input_in_any_order() -> None:
     np.testing.assert_array_equal(backlog[0].x, feed.x(0, 2))
 
 
-def test_bench_main_writes_complete_results(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from processor.cli import main
+def test_bench_run_writes_complete_results(tmp_path: Path) -> None:
+    from processor.cli import command_parser
 
-    cfg = tiny_config()
-    monkeypatch.setattr(sweeps, "quick_config", lambda models, min_time=None: cfg)
     out = tmp_path / "bench"
-    code = main(["bench", "--quick", "--models", "tiny", "--out", str(out)])
+    parser, _ = command_parser("bench")
+    args = parser.parse_args(["--quick", "--models", "tiny", "--out", str(out)])
+    code = command.run_and_write(tiny_config(), args)
     assert code == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -158,9 +160,9 @@ def test_bench_main_writes_complete_results(
     assert {r["gc"] for r in results["gc_impact"]} == {"default", "gc.freeze()"}
     assert results["gc"]["tracked_objects"] > 0
     assert results["kafka"]["status"] == "not_run"
-    assert set(results["breakdown"]["tiny"]["summary_p50_ms"]) == set(sweeps.BREAKDOWN_PARTS)
+    assert set(results["breakdown"]["tiny"]["summary_p50_ms"]) == set(BREAKDOWN_PARTS)
     ids = {g["id"]: g["status"] for g in results["goals"]}
-    assert list(ids) == [g.id for g in report.GOALS]
+    assert list(ids) == [g.id for g in GOALS]
     assert set(ids.values()) <= {"PASS", "MISS", "NOT RUN"}
     assert ids["kafka"] == "NOT RUN"  # no broker given
     assert ids["cached_1m"] == "NOT RUN"  # 64 cached streams are not 1M
@@ -253,8 +255,8 @@ def test_goals_follow_the_measured_ratios() -> None:
 
 
 def test_goal_thresholds_are_inclusive_in_their_direction() -> None:
-    at_least = report.Goal("g", "x >= 3", 3.0)
-    at_most = report.Goal("h", "y <= 1.25", 1.25, at_most=True)
+    at_least = Goal("g", "x >= 3", 3.0)
+    at_most = Goal("h", "y <= 1.25", 1.25, at_most=True)
     assert [at_least.status(v) for v in (3.0, 2.999, 10.0)] == ["PASS", "MISS", "PASS"]
     assert [at_most.status(v) for v in (1.25, 1.2501, 0.5)] == ["PASS", "MISS", "PASS"]
     # A figure that could not be computed meets no goal.
@@ -264,10 +266,10 @@ def test_goal_thresholds_are_inclusive_in_their_direction() -> None:
 def test_every_goal_is_explained_in_the_goals_document() -> None:
     """The report points readers to docs/benchmarks/goals.md by goal id: each goal needs its
     section there, headed by the id and the same statement (threshold included)."""
-    doc = (Path(__file__).parents[3] / report.GOALS_DOC).read_text()
+    doc = (Path(__file__).parents[3] / GOALS_DOC).read_text()
     headings = [line for line in doc.splitlines() if line.startswith("## `")]
-    assert headings == [f"## `{g.id}`: {g.statement}" for g in report.GOALS]
-    assert len({g.id for g in report.GOALS}) == len(report.GOALS)
+    assert headings == [f"## `{g.id}`: {g.statement}" for g in GOALS]
+    assert len({g.id for g in GOALS}) == len(GOALS)
 
 
 def test_goals_not_run_without_figures_and_judged_at_the_threshold() -> None:
@@ -307,7 +309,7 @@ def test_goals_not_run_without_figures_and_judged_at_the_threshold() -> None:
 
 
 def test_kafka_bench_steps_are_deterministic_valid_model_input() -> None:
-    from processor.bench.kafka import synthetic_steps
+    from processor.bench.kafka_setup import synthetic_steps
 
     floats = synthetic_steps(3, (2, 4), "float32", seed=7)
     first, second = next(floats), next(floats)
@@ -326,13 +328,21 @@ def test_kafka_bench_does_not_load_a_cli_command_module() -> None:
     import sys
 
     import processor.bench.kafka as kafka_bench
+    import processor.bench.kafka_setup as kafka_setup
 
-    tree = ast.parse(Path(kafka_bench.__file__).read_text())
-    used = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    used |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    used: set[str] = set()
+    for module in (kafka_bench, kafka_setup):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        used |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     ours = sorted(m for m in used if m.split(".")[0] == "processor")
     assert "processor.kafka.runtime" in ours  # the lazy imports are seen
-    commands = ("processor.kafka.tools", "processor.cli", "processor.kafka.command")
+    commands = (
+        "processor.kafka.tools.produce",
+        "processor.kafka.tools.tail",
+        "processor.cli",
+        "processor.kafka.command",
+    )
     code = (
         f"import importlib, sys\nfor m in {ours!r}: importlib.import_module(m)\n"
         f"print(sorted(m for m in sys.modules if m in {commands!r}))"
@@ -368,7 +378,7 @@ def test_median_ratio_is_taken_per_pair() -> None:
 
 
 def test_outputs_count_as_committed_only_at_the_input_end_with_no_open_transaction() -> None:
-    from processor.bench.eos import outputs_committed
+    from processor.bench.guarantees import outputs_committed
 
     ends = {"in-0": 100, "in-1": 50}
     out_ends = {"out-0": 120, "out-1": 70}
@@ -385,7 +395,7 @@ def test_outputs_count_as_committed_only_at_the_input_end_with_no_open_transacti
 
 
 def test_transaction_timeout_exceeds_two_commit_intervals() -> None:
-    from processor.bench.eos import transaction_timeout_for
+    from processor.bench.guarantees import transaction_timeout_for
 
     assert transaction_timeout_for(1000) == 30_000  # the settings' default
     for ms in (100, 1000, 5000, 15_000, 60_000):
@@ -459,11 +469,11 @@ def test_exactly_once_goal_is_judged_at_the_1s_interval_only() -> None:
 
 def test_markdown_reports_exactly_once_throughput_and_latency() -> None:
     results = {"kafka": _kafka_with_eos(0.8), "goals": []}
-    md = report.markdown(results)
+    md = markdown(results)
     assert "### Exactly-once against at-least-once" in md
     assert "| 1,000 ms | 100 | 80 | 80.0% |" in md
     assert "| 1,000 ms | exactly-once | 2,000 | 16,000 | 612.0 | 1,180.0 |" in md
-    no_eos = report.markdown({"kafka": {"status": "not_run", "reason": "x"}, "goals": []})
+    no_eos = markdown({"kafka": {"status": "not_run", "reason": "x"}, "goals": []})
     assert "Exactly-once" not in no_eos
 
 
@@ -544,11 +554,11 @@ def test_seed_frames_goal_is_judged_at_20x_and_not_on_disagreeing_methods() -> N
 
 
 def test_frames_markdown_lists_every_point() -> None:
-    md = report.markdown({"frames": _frames_result(1_000.0), "goals": []})
+    md = markdown({"frames": _frames_result(1_000.0), "goals": []})
     assert "## Frames: the seed model, the seed's way vs the engine" in md
     assert md.count("| seed |") == 2 and md.count("| engine |") == 3
     assert md.count("| bare step |") == 2
-    not_run = report.markdown({"frames": {"status": "not_run", "reason": "--quick"}, "goals": []})
+    not_run = markdown({"frames": {"status": "not_run", "reason": "--quick"}, "goals": []})
     assert "not_run: --quick" in not_run
 
 
@@ -593,10 +603,12 @@ def test_frames_diffs_flag_missing_outputs() -> None:
 
 
 def test_frames_section_runs_in_the_full_config_only() -> None:
-    assert sweeps.full_config(["lstm2x256"]).frames_batches == (1, 64, 256, 1024)
-    quick = sweeps.quick_config(["lstm2x256"])
+    from processor.bench import frames
+
+    assert config.full_config(["lstm2x256"]).frames_batches == (1, 64, 256, 1024)
+    quick = config.quick_config(["lstm2x256"])
     assert quick.frames_batches == ()
-    assert sweeps.seed_frames(quick, lambda _: None)["status"] == "not_run"
+    assert frames.seed_frames(quick, lambda _: None)["status"] == "not_run"
 
 
 def test_seed_model_and_engine_agree_with_the_sequence_model(tmp_path: Path) -> None:
@@ -638,13 +650,14 @@ def _frames_kafka(raw: list[float], jpeg: list[float]) -> dict[str, Any]:
 
 
 def test_frames_kafka_goal_takes_the_lower_of_raw_and_jpeg() -> None:
-    from processor.bench.report import _frames_kafka_verdict, frames_kafka_lines
+    from processor.bench.kafka_verdicts import frames_kafka as frames_kafka_verdict
+    from processor.bench.markdown_kafka import frames_kafka_lines
 
-    ok = _frames_kafka_verdict(_frames_kafka([0.9, 0.8], [0.6, 0.5]))
+    ok = frames_kafka_verdict(_frames_kafka([0.9, 0.8], [0.6, 0.5]))
     assert ok["status"] == "PASS" and ok["measured"] == "55%"
-    miss = _frames_kafka_verdict(_frames_kafka([0.9], [0.49]))
+    miss = frames_kafka_verdict(_frames_kafka([0.9], [0.49]))
     assert miss["status"] == "MISS"
-    not_run = _frames_kafka_verdict({"status": "not_run", "reason": "--quick"})
+    not_run = frames_kafka_verdict({"status": "not_run", "reason": "--quick"})
     assert not_run["status"] == "NOT RUN" and not_run["detail"] == "--quick"
     text = "\n".join(frames_kafka_lines(_frames_kafka([0.9], [0.6])))
     assert "| jpeg | 3,100 | 120.0 |" in text
