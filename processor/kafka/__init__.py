@@ -1,17 +1,23 @@
-"""The Kafka runtime of ``lstm-stream run`` (aiokafka), in replaceable parts.
+"""The Kafka transport: ``lstm-stream run`` over aiokafka, and the user tools around it.
 
-* :mod:`.batcher` -- Batcher (size/deadline batches across partitions) and FlowControl
-  (high/low-water backpressure); pure logic.
-* :mod:`.ledger` -- OffsetLedger: which offsets are safe to commit; pure logic.
-* :mod:`.ownership` -- owned partitions and which cached states survive a rebalance.
-* :mod:`.rebalance` -- the ConsumerRebalanceListener adapter.
-* :mod:`.commit` -- the at-least-once commit loop.
-* :mod:`.output` -- batched output production and the dead-letter writer.
-* :mod:`.worker` -- the engine's dedicated thread.
-* :mod:`.clients` -- pass-through Kafka client options -> aiokafka keyword arguments.
-* :mod:`.runtime` -- the composition: :class:`~.runtime.Processor`, ``run_processor``.
+Modules:
+
 * :mod:`.command` -- ``add_arguments``/``main`` of ``lstm-stream run``.
-* :mod:`.bench` -- end-to-end msg/s through a broker next to engine-only msg/s.
+* :mod:`.settings` -- :class:`~.settings.Settings` of ``run``, from flags, environment
+  variables and a TOML file.
+* :mod:`.runtime` -- the composition: :class:`~.runtime.Processor`, ``run_processor``.
+* :mod:`.wiring` -- builds the stages and their collaborators for the runtime.
+
+Subpackages:
+
+* :mod:`.io` -- the aiokafka clients (keyword arguments, start-up, secret redaction), topic
+  metadata and preparation, output and dead-letter production.
+* :mod:`.stages` -- the record path: fetch, batching, dispatch to the engine, emit, ack.
+* :mod:`.checkpoint` -- which offsets are safe to commit, the commit loop, transactions.
+* :mod:`.durable` -- durable stream states: the state record, the state topics, the
+  restore read and the recovery on assignment.
+* :mod:`.group` -- group membership: owned partitions, rebalances.
+* :mod:`.tools` -- ``lstm-stream produce`` and ``lstm-stream tail``.
 
 Importing this package imports neither aiokafka nor TensorFlow; the modules do.
 """

@@ -21,7 +21,7 @@ from aiokafka.structs import ConsumerRecord
 
 from processor.kafka.durable.reader import RestoreStats, restore_consumer_kwargs, restore_partitions
 from processor.kafka.durable.topic import StateTopicError, default_state_topic, prepare_state_topics
-from processor.kafka.io.topics import admin_kwargs
+from processor.kafka.io.clients import admin_kwargs
 
 FreshName = Callable[[str], str]  # the conftest fixture ``fresh_name``
 

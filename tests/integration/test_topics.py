@@ -15,13 +15,9 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from processor.kafka.io.topics import (
-    TopicSetupError,
-    TopicsReady,
-    TopicWaitStopped,
-    admin_kwargs,
-    prepare_topics,
-)
+from processor.kafka.io.clients import admin_kwargs
+from processor.kafka.io.metadata import TopicSetupError, TopicWaitStopped
+from processor.kafka.io.topics import TopicsReady, prepare_topics
 
 FreshName = Callable[[str], str]  # the conftest fixture ``fresh_name``
 

@@ -1,8 +1,10 @@
-"""Reading state-topic partitions from the beginning up to a fixed end (consumer I/O).
+"""The restore read: state-topic partitions read from the beginning up to a fixed end
+(consumer I/O).
 
 When the processor is assigned an input partition, the states of its streams are read back
-from the same partition of the state topic before its input records are processed.
-:func:`restore_partitions` does that with a group-less consumer (its kwargs come from
+from the same partition of the state topic before its input records are processed (what
+:mod:`processor.kafka.durable.recovery` makes of them is its own business).
+:func:`restore_partitions` does the reading with a group-less consumer (its kwargs come from
 :func:`restore_consumer_kwargs`) and hands the records to a caller's ``apply`` callback.
 
 **The end rule.** Each partition is read up to its end offset taken *once* at the start
@@ -78,8 +80,8 @@ class RestoreStats:
 
     ``records`` counts the records applied, tombstones included; ``tombstones`` those
     without a value; ``bytes`` their keys' and values' bytes; ``end_offset`` the end taken at
-    the start; ``seconds`` the time from the start of the restore until this partition was
-    done (or until it returned); ``complete`` is False when ``stop`` ended the restore before
+    the start; ``seconds`` the time from the start of the restore read until this partition was
+    done (or until it returned); ``complete`` is False when ``stop`` ended the restore read before
     this partition was done.
     """
 
@@ -149,7 +151,7 @@ async def restore_partitions(
     rule); tombstones have ``value`` None. ``apply`` is awaited before the next poll, and an
     exception from it propagates.
 
-    Returns the stats of every partition. When ``stop`` is set, the restore returns after
+    Returns the stats of every partition. When ``stop`` is set, the restore read returns after
     the current poll (within ``poll_timeout_ms``) with ``complete`` False for the partitions
     not done; it does not raise. Raises :class:`RestoreError` when a partition's position
     does not move for ``stall_timeout_s`` seconds, and the consumer's errors as they are.

@@ -9,9 +9,9 @@ broker would delete the states of quiet streams once they outlive the retention 
 :func:`prepare_state_topics` makes every state topic exist with those properties, creating
 a missing one, and refuses (:class:`StateTopicError`, a :class:`ConfigError`: the command
 exits with status 2 and one line) one that exists with other properties: it never alters
-an existing topic. Like :mod:`processor.kafka.io.topics` (whose helpers it uses), it reads the
-metadata of all topics and never names one in a Metadata request, which would auto-create a
-missing topic with the broker's defaults on many brokers.
+an existing topic. Like :mod:`processor.kafka.io.topics`, it reads the metadata through
+:mod:`processor.kafka.io.metadata`: of all topics, never naming one in a Metadata request,
+which would auto-create a missing topic with the broker's defaults on many brokers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from processor.errors import ConfigError
-from processor.kafka.io.topics import (
+from processor.kafka.io.metadata import (
+    SETTLE_TIMEOUT_S,
     TopicSetupError,
     describe_error,
     describe_or_raise,
@@ -52,9 +53,8 @@ STATE_TOPIC_CONFIGS: Final[Mapping[str, str]] = {
 }
 
 _CLEANUP_POLICY: Final = "cleanup.policy"
-#: A topic created here (or by another member meanwhile) must show a leader for every
-#: partition, and its configs must be readable, within this many seconds.
-_SETTLE_TIMEOUT_S: Final = 30.0
+#: Poll period while a state topic created here gets its leaders and readable configs (which
+#: it must within :data:`~processor.kafka.io.metadata.SETTLE_TIMEOUT_S`).
 _SETTLE_POLL_S: Final = 0.1
 
 
@@ -83,7 +83,7 @@ async def prepare_state_topics(
     topic to its partition count, e.g. :attr:`processor.kafka.io.topics.TopicsReady.partitions`)
     and before it restores any state. ``state_topics`` maps each input topic to its state
     topic; ``admin_kw`` are ``AIOKafkaAdminClient`` keyword arguments
-    (:func:`processor.kafka.io.topics.admin_kwargs`), used for this call only.
+    (:func:`processor.kafka.io.clients.admin_kwargs`), used for this call only.
 
     A missing state topic is created with ``cleanup.policy=compact``, ``segment.ms=3600000``,
     the input topic's partition count and ``replication_factor`` (-1: the broker's default).
@@ -92,7 +92,7 @@ async def prepare_state_topics(
     Raises :class:`StateTopicError` when two inputs share a state topic, a state topic is also
     an input topic, an input topic's partition count is unknown, the replication factor is
     invalid, or an existing state topic has another partition count or a cleanup policy other
-    than exactly ``compact``; :class:`~processor.kafka.io.topics.TopicSetupError` when the broker
+    than exactly ``compact``; :class:`~processor.kafka.io.metadata.TopicSetupError` when the broker
     refuses a creation or its metadata or configs cannot be read.
     """
     needed = _check_arguments(state_topics, input_partitions, replication_factor)
@@ -155,7 +155,7 @@ async def _prepare(
             missing,
             asyncio.Event(),  # never set: the wait ends at the deadline at the latest
             _SETTLE_POLL_S,
-            deadline=time.monotonic() + _SETTLE_TIMEOUT_S,
+            deadline=time.monotonic() + SETTLE_TIMEOUT_S,
         )
     policies = await _cleanup_policies(admin, topics)
     for topic in topics:
@@ -212,9 +212,9 @@ async def _cleanup_policies(admin: AIOKafkaAdminClient, topics: Sequence[str]) -
     """Each topic's ``cleanup.policy`` (only topics known to exist are asked about).
 
     A topic created a moment ago may briefly be unknown to the broker answering; retriable
-    errors are retried for up to :data:`_SETTLE_TIMEOUT_S` seconds, others raise
-    :class:`TopicSetupError`."""
-    deadline = time.monotonic() + _SETTLE_TIMEOUT_S
+    errors are retried for up to :data:`~processor.kafka.io.metadata.SETTLE_TIMEOUT_S`
+    seconds, others raise :class:`TopicSetupError`."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
     resources = [
         ConfigResource(ConfigResourceType.TOPIC, t, {_CLEANUP_POLICY: None}) for t in topics
     ]

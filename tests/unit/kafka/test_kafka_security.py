@@ -28,15 +28,22 @@ from aiokafka import errors as kafka_errors
 
 from processor import cli
 from processor.errors import ConfigError, KafkaAccessError
-from processor.kafka import tools
-from processor.kafka.io.clients import (
+from processor.kafka import command as run_command
+from processor.kafka.command import run_until_signalled
+from processor.kafka.io.bootstrap import (
     BootstrapFailure,
-    client_kwargs,
     describe_bootstrap_failure,
     describe_connection_failure,
-    secret_values,
     start_client,
 )
+from processor.kafka.io.clients import client_kwargs
+from processor.kafka.io.redaction import secret_values
+from processor.kafka.tools import flags as tool_flags
+from processor.kafka.tools import produce as produce_tool
+from processor.kafka.tools import tail as tail_tool
+
+#: The module of each Kafka tool; its library function has the command's name.
+TOOLS = {"produce": produce_tool, "tail": tail_tool}
 
 SASL_KW: dict[str, Any] = {
     "bootstrap_servers": "kafka:9094",
@@ -235,7 +242,17 @@ async def test_a_failed_bootstrap_is_one_explained_error_and_aiokafka_logs_nothi
 ) -> None:
     port = _closed_port()
     _, producer_kw = client_kwargs(f"127.0.0.1:{port}", "unused", {})
-    producer = AIOKafkaProducer(**producer_kw)
+
+    class Producer(AIOKafkaProducer):
+        """The real producer, recording that it was stopped."""
+
+        stopped = False
+
+        async def stop(self) -> None:
+            self.stopped = True
+            await super().stop()
+
+    producer = Producer(**producer_kw)
     with caplog.at_level(logging.DEBUG), pytest.raises(KafkaAccessError) as raised:
         await start_client(producer, producer_kw)
     assert str(raised.value) == (
@@ -245,7 +262,7 @@ async def test_a_failed_bootstrap_is_one_explained_error_and_aiokafka_logs_nothi
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert loud == [], [r.getMessage() for r in loud]
-    assert producer._closed  # stopped: no "Unclosed AIOKafkaProducer" later
+    assert producer.stopped  # no "Unclosed AIOKafkaProducer" later
 
 
 async def test_the_filter_is_removed_after_the_start() -> None:
@@ -327,7 +344,7 @@ async def test_earlier_servers_failures_are_warnings_when_a_later_one_answers(
         await start_client(Client(None), SASL_KW)
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         (
-            "processor.kafka.io.clients",
+            "processor.kafka.io.bootstrap",
             "WARNING",
             "bootstrap server failed, another one answered: cannot connect to Kafka at a:1: "
             "connection refused (is a broker listening there?)",
@@ -345,10 +362,9 @@ def test_the_tools_print_one_line_and_exit_3(
     async def refused(*args: Any, **kwargs: Any) -> Any:
         raise KafkaAccessError("Kafka authentication failed at k:1 (SASL PLAIN): no")
 
-    monkeypatch.setattr(tools, command, refused)
     for name in [n for n in os.environ if n.startswith("LSTM_STREAM_")]:
         monkeypatch.delenv(name)  # an ambient settings file or option would change the outcome
-    rc = cli.main([command, "--topic", "t", "--bootstrap-servers", "k:1"])
+    rc = TOOLS[command].main(_tool_args(command, ["--bootstrap-servers", "k:1"]), run=refused)
     captured = capsys.readouterr()
     assert rc == KafkaAccessError.exit_code == 3
     assert (
@@ -361,25 +377,27 @@ def test_the_tools_print_one_line_and_exit_3(
 def test_run_prints_one_line_and_exits_3(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from processor.kafka import runtime
-
     class Refused:
-        def __init__(self, settings: Any, **kwargs: Any) -> None:
+        def __init__(self, settings: Any) -> None:
             pass
 
-        async def run(self, stop: Any = None) -> Any:
+        async def run(self, stop_event: Any = None) -> Any:
             raise KafkaAccessError("TLS certificate verification failed at k:1: x (y)")
 
-    monkeypatch.setattr(runtime, "Processor", Refused)
+    async def serve(settings: Any) -> int:
+        return await run_until_signalled(settings, processor_factory=Refused)
+
     for name in [n for n in os.environ if n.startswith("LSTM_STREAM_")]:
         monkeypatch.delenv(name)
+    parser, _ = cli.command_parser("run")
+    args = parser.parse_args(
+        ["--bootstrap-servers", "k:1", "--input-topic", "i", "--output-topic", "o",
+         "--model", "m.keras", "--log-level", "WARNING"]
+    )  # fmt: skip
     root = logging.getLogger()
     level = root.level
     try:
-        rc = cli.main(
-            ["run", "--bootstrap-servers", "k:1", "--input-topic", "i", "--output-topic", "o",
-             "--model", "m.keras", "--log-level", "WARNING"]
-        )  # fmt: skip
+        rc = run_command.main(args, serve=serve)
     finally:
         root.setLevel(level)
     captured = capsys.readouterr()
@@ -419,7 +437,7 @@ def test_flags_over_variables_over_the_file_key_by_key(command: str, tmp_path: P
     args = _tool_args(
         command, ["--config", str(config), "--kafka-option", "sasl_plain_password=flag-pw"]
     )
-    assert tools.kafka_options_from(args, env) == {
+    assert tool_flags.kafka_options_from(args, env) == {
         "consumer.fetch_max_wait_ms": 51,
         "producer.linger_ms": "7",
         "sasl_plain_password": "flag-pw",
@@ -434,8 +452,10 @@ def test_the_file_can_come_from_the_variable_run_reads(tmp_path: Path) -> None:
     config = tmp_path / "run.toml"
     config.write_text('[kafka]\nsecurity_protocol = "SSL"\n')
     args = _tool_args("tail", [])
-    assert tools.kafka_options_from(args, {CONFIG_ENV: str(config)}) == {"security_protocol": "SSL"}
-    assert tools.kafka_options_from(args, {}) == {}
+    assert tool_flags.kafka_options_from(args, {CONFIG_ENV: str(config)}) == {
+        "security_protocol": "SSL"
+    }
+    assert tool_flags.kafka_options_from(args, {}) == {}
 
 
 @pytest.mark.parametrize(
@@ -449,9 +469,9 @@ def test_a_bad_file_is_a_config_error(tmp_path: Path, text: str, message: str) -
     config = tmp_path / "bad.toml"
     config.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        tools.kafka_options_from(_tool_args("produce", ["--config", str(config)]), {})
+        tool_flags.kafka_options_from(_tool_args("produce", ["--config", str(config)]), {})
     with pytest.raises(ConfigError, match="cannot read config file"):
-        tools.kafka_options_from(_tool_args("produce", ["--config", str(tmp_path / "no")]), {})
+        tool_flags.kafka_options_from(_tool_args("produce", ["--config", str(tmp_path / "no")]), {})
 
 
 @pytest.mark.parametrize("command", ["run", "produce", "tail"])
@@ -488,10 +508,9 @@ def test_a_wrong_password_never_reaches_the_tools_output(
         _, producer_kw = client_kwargs(bootstrap_servers, "unused", options)
         await start_client(Refusing(None), producer_kw, options)  # as produce starts its client
 
-    monkeypatch.setattr(tools, "produce", refused)
-    args = ["produce", "--topic", "t", "--bootstrap-servers", "k:1"]
+    args = ["--bootstrap-servers", "k:1"]
     args += ["--kafka-option", "sasl_plain_username=svc", "--kafka-option", "sasl_mechanism=PLAIN"]
-    assert cli.main(args) == 3
+    assert produce_tool.main(_tool_args("produce", args), run=refused) == 3
     err = capsys.readouterr().err
     assert err == (
         "lstm-stream produce: Kafka authentication failed at k:1 (SASL PLAIN as user 'svc'): "

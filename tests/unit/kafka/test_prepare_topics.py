@@ -22,15 +22,13 @@ from aiokafka.errors import (
 )
 
 from processor.errors import ConfigError
-from processor.kafka.io.clients import client_kwargs
-from processor.kafka.io.topics import (
-    TopicSetupError,
-    TopicWaitStopped,
-    admin_kwargs,
-    prepare_topics,
-)
+from processor.kafka.io.clients import admin_kwargs, client_kwargs
+from processor.kafka.io.metadata import TopicSetupError, TopicWaitStopped
+from processor.kafka.io.topics import prepare_topics
 
 LOGGER = "processor.kafka.io.topics"
+#: Where the metadata reads log their retries.
+METADATA_LOGGER = "processor.kafka.io.metadata"
 
 
 class ScriptedAdmin:
@@ -276,7 +274,7 @@ async def test_a_set_stop_event_ends_the_wait_at_once() -> None:
 async def test_transient_metadata_errors_while_waiting_are_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    caplog.set_level(logging.DEBUG, logger=METADATA_LOGGER)
     # The first describe finds "in" missing; the next three fail; the fifth finds "in".
     admin = ScriptedAdmin(
         appear_after={"in": 5},

@@ -113,7 +113,7 @@ class ScriptedConsumer:
                 continue
             log = self.logs[tp]
             position = self.positions[tp]
-            taken = []
+            taken: list[ConsumerRecord[Any, Any]] = []
             for r in log.records:
                 if r.offset < position:
                     continue
@@ -360,6 +360,7 @@ def test_restore_consumer_kwargs_drop_group_options_and_keep_the_rest() -> None:
 
 async def test_restore_consumer_kwargs_are_accepted_by_aiokafka() -> None:
     consumer_kw, _ = client_kwargs("127.0.0.1:1", "g", {}, drain_timeout=5.0)
-    consumer = AIOKafkaConsumer(**restore_consumer_kwargs(consumer_kw))
-    assert consumer._group_id is None
+    kwargs = restore_consumer_kwargs(consumer_kw)
+    assert "group_id" not in kwargs or kwargs["group_id"] is None
+    consumer = AIOKafkaConsumer(**kwargs)  # every keyword is one aiokafka knows
     await consumer.stop()
