@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run a file of msgpack input records through the engine into a file of outputs",
     ),
     "example-model": (
-        "processor.demo.example",
+        "processor.demo.example_command",
         "build and train the small example forecasting model the demo uses",
     ),
     "run": (
@@ -36,11 +36,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the Kafka stream processor (consumer group in, topics out)",
     ),
     "produce": (
-        "processor.kafka.tools",
+        "processor.kafka.tools.produce",
         "load generator: synthetic sensor or frame streams to Kafka",
     ),
-    "tail": ("processor.kafka.tools", "decode and print output or dead-letter records from Kafka"),
-    "bench": ("processor.bench", "benchmarks: the engine against baselines, side by side"),
+    "tail": (
+        "processor.kafka.tools.tail",
+        "decode and print output or dead-letter records from Kafka",
+    ),
+    "bench": ("processor.bench.command", "benchmarks: the engine against baselines, side by side"),
 }
 
 

@@ -13,6 +13,8 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from processor.errors import ConfigError, KafkaAccessError, LstmStreamError
 from processor.kafka.settings import (
@@ -23,7 +25,7 @@ from processor.kafka.settings import (
 )
 from processor.tfenv import quiet_tensorflow_startup
 
-__all__ = ["EPILOG", "add_arguments", "main"]
+__all__ = ["EPILOG", "Runnable", "add_arguments", "main", "run_until_signalled"]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +81,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-async def _run_until_signalled(settings: Settings) -> int:
-    # Heavy imports only when running (``run --help`` stays cheap), with TensorFlow's
-    # start-up lines kept off the terminal as for every other command (processor.tfenv).
-    with quiet_tensorflow_startup(show=logging.getLogger().isEnabledFor(logging.DEBUG)):
-        from processor.kafka.runtime import Processor
+class Runnable(Protocol):
+    """What :func:`run_until_signalled` runs: the processor
+    (:class:`processor.kafka.runtime.Processor`) or a stand-in for it."""
+
+    async def run(self, stop_event: asyncio.Event | None = None) -> object: ...
+
+
+async def run_until_signalled(
+    settings: Settings, processor_factory: Callable[[Settings], Runnable] | None = None
+) -> int:
+    """Run ``processor_factory(settings)`` (default: the Kafka processor) until the first
+    SIGTERM/SIGINT, which sets its stop event (drain, produce, commit); a second one cancels
+    the run (no final commit). Returns 0 after a clean stop; the processor's errors
+    propagate."""
+    if processor_factory is None:
+        # Heavy imports only when running (``run --help`` stays cheap), with TensorFlow's
+        # start-up lines kept off the terminal as for every other command (processor.tfenv).
+        with quiet_tensorflow_startup(show=logging.getLogger().isEnabledFor(logging.DEBUG)):
+            from processor.kafka.runtime import Processor
+        processor_factory = Processor
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -103,7 +120,7 @@ async def _run_until_signalled(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        processor = Processor(settings)
+        processor = processor_factory(settings)
         stats = await processor.run(stop)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -112,8 +129,13 @@ async def _run_until_signalled(settings: Settings) -> int:
     return 0
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the processor until SIGTERM/SIGINT; returns the exit code (see module doc)."""
+def main(
+    args: argparse.Namespace,
+    *,
+    serve: Callable[[Settings], Coroutine[Any, Any, int]] = run_until_signalled,
+) -> int:
+    """Run the processor until SIGTERM/SIGINT; returns the exit code (see module doc).
+    ``serve`` runs it once the settings are valid (tests stand in for it)."""
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
@@ -122,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     log.info("settings: %r", settings)
     try:
-        return asyncio.run(_run_until_signalled(settings))
+        return asyncio.run(serve(settings))
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2

@@ -27,12 +27,12 @@ import pytest
 import yaml
 
 from processor import cli
-from processor.config.declare import ENV_PREFIX, options_of
+from processor.config.declare import ENV_PREFIX, Shape, options_of
 from processor.kafka.io.clients import client_kwargs
 from processor.kafka.settings import CONFIG_ENV as RUN_CONFIG_ENV
 from processor.kafka.settings import Settings, run_options, settings_from_args
-from processor.kafka.tools import CONFIG_ENV as TOOLS_CONFIG_ENV
-from processor.kafka.tools import KafkaSources
+from processor.kafka.tools.flags import CONFIG_ENV as TOOLS_CONFIG_ENV
+from processor.kafka.tools.flags import KafkaSources
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -155,8 +155,8 @@ def _env_names(subcommand: str) -> tuple[set[str], set[str]]:
         config = {TOOLS_CONFIG_ENV}
     else:
         return set(), set()
-    names = {o.env for o in options if o.shape != "map"} | config
-    return names, {o.env for o in options if o.shape == "map"}
+    names = {o.env for o in options if o.shape != Shape.MAP} | config
+    return names, {o.env for o in options if o.shape == Shape.MAP}
 
 
 def _subcommand(service: dict[str, Any]) -> str | None:

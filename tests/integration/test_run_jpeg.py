@@ -23,8 +23,9 @@ from kafka_helpers import (  # type: ignore[import-not-found]
 from prometheus_client import CollectorRegistry
 
 from processor.codec import RecordDecoder, encode_frame, encode_image_input, encode_input
+from processor.demo.synthetic import SyntheticInput
 from processor.kafka.io.output import DLQ_HEADERS
-from processor.kafka.tools import SyntheticInput, produce
+from processor.kafka.tools.produce import produce
 
 __all__ = ["no_leftover_tasks"]  # fixture used by name below
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")

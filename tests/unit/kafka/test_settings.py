@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from processor.config.declare import Shape
 from processor.config.engine_options import EngineOptions, add_engine_arguments
 from processor.errors import ConfigError
 from processor.kafka import command
@@ -175,12 +176,11 @@ def test_secrets_are_redacted_in_repr_and_in_the_commands_log(
         started.append(settings)
         return 0
 
-    monkeypatch.setattr(command, "_run_until_signalled", fake_run)
     monkeypatch.setenv("LSTM_STREAM_KAFKA_SASL_OAUTH_TOKEN", "tok-123")
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     with caplog.at_level(logging.INFO, logger=command.log.name):
-        assert command.main(parser.parse_args(argv)) == 0
+        assert command.main(parser.parse_args(argv), serve=fake_run) == 0
     assert started and started[0].kafka["sasl_oauth_token"] == "tok-123"
     assert "alice" in caplog.text  # the settings were logged...
     for secret in ("hunter2", "/secret/path.pem", "tok-123"):
@@ -193,11 +193,10 @@ def test_run_exits_2_on_invalid_engine_settings_before_starting(
     async def must_not_run(settings: Settings) -> int:
         raise AssertionError("the processor started with invalid settings")
 
-    monkeypatch.setattr(command, "_run_until_signalled", must_not_run)
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     args = parser.parse_args([*REQUIRED, "--max-batch", "64", "--cache-capacity", "32"])
-    assert command.main(args) == 2
+    assert command.main(args, serve=must_not_run) == 2
     assert "--max-batch 64 exceeds --cache-capacity 32" in capsys.readouterr().err
 
 
@@ -214,7 +213,7 @@ def test_help_documents_every_option_with_its_sources_and_default() -> None:
     assert "--config" in lines and "LSTM_STREAM_CONFIG" in lines["--config"]
     for opt in run_options():
         [line] = [v for k, v in lines.items() if k.rstrip(",") == opt.flag]
-        if opt.shape == "map":
+        if opt.shape == Shape.MAP:
             assert f"{opt.env}<KEY>" in line and f"TOML [{opt.toml_key}]" in line
         else:
             assert opt.env in line and f"TOML {opt.toml_key}" in line, opt.flag
@@ -321,7 +320,7 @@ def test_rebalance_timeout_outlasts_the_drain_timeout() -> None:
 
 
 def test_kafka_option_flags_parse_the_same_in_run_and_the_tools() -> None:
-    from processor.kafka.tools import kafka_options_from
+    from processor.kafka.tools.flags import kafka_options_from
 
     def tool_options(pairs: list[str]) -> dict[str, object]:
         return kafka_options_from(argparse.Namespace(kafka=pairs, config=None), environ={})

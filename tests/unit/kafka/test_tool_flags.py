@@ -1,7 +1,8 @@
 """Every flag of ``produce``, ``tail``, ``demo``, ``example-model`` and ``bench`` reaches
 what it configures.
 
-Each command runs through the real command line (``processor.cli.main``) with its heavy
+Each command runs through its real command line (``processor.cli.main``; ``produce`` and
+``tail``: their ``main`` on the parser the cli builds, given the stand-ins) with its heavy
 work replaced by a recorder: the library function the command calls (``produce``,
 ``tail``, ``run_demo``, ``train_example_model``, the benchmark's ``run``) records its
 arguments instead of talking to Kafka or training, and where a flag configures a Kafka
@@ -31,15 +32,17 @@ import aiokafka
 import numpy as np
 import pytest
 
-import processor.bench
+import processor.bench.command
 import processor.bench.report
+import processor.bench.suite
 import processor.kafka.io.clients  # (reads aiokafka's signatures before they are replaced)
 from processor import cli
 from processor.demo import command as demo
-from processor.demo import example
-from processor.kafka import tools
-from processor.kafka.tools import ProduceStats
-from processor.model import protocol as model
+from processor.demo import example_command as example
+from processor.demo import prepare as demo_prepare
+from processor.kafka.tools import produce as produce_tool
+from processor.kafka.tools import tail as tail_tool
+from processor.kafka.tools.produce import ProduceStats
 
 COMMANDS = ("produce", "tail", "demo", "example-model", "bench")
 
@@ -106,14 +109,20 @@ class _StandinModel:
 # ---- runners: the command through cli.main, heavy work recorded -----------------------------
 
 
+#: The module of each Kafka tool; its library function has the command's name.
+TOOLS = {"produce": produce_tool, "tail": tail_tool}
+
+
 def _run_kafka_tool(
     command: str, client: str, result: Any, argv: list[str], mp: pytest.MonkeyPatch
 ) -> Seen:
-    """``produce`` or ``tail``: once with the tool's function recorded (``result`` is what
-    the stand-in returns), once with the real function as far as its aiokafka ``client``'s
-    construction (its keyword arguments are recorded)."""
+    """``produce`` or ``tail`` (the command's ``main`` on its real parser): once with the
+    tool's function recorded (``result`` is what the stand-in returns), once with the real
+    function as far as its aiokafka ``client``'s construction (its keyword arguments are
+    recorded). ``produce --model`` loads a stand-in model."""
     seen = Seen()
-    real = getattr(tools, command)
+    tool = TOOLS[command]
+    real = getattr(tool, command)
 
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         seen.call = _bound(real, args, kwargs)
@@ -130,17 +139,16 @@ def _run_kafka_tool(
         async def start(self) -> None:
             raise _Stop
 
-    mp.setattr(model, "load_step_model", load)  # produce --model
     for name in list(os.environ):
         if name.startswith("LSTM_STREAM_"):
             mp.delenv(name)  # the tools read LSTM_STREAM_KAFKA_* and LSTM_STREAM_CONFIG
-    with mp.context() as m:
-        m.setattr(tools, command, recorded)
-        assert cli.main([command, *argv]) == 0
+    parser, _ = cli.command_parser(command)
+    models = {"load_model": load} if command == "produce" else {}
+    assert tool.main(parser.parse_args(argv), run=recorded, **models) == 0
     with mp.context() as m:
         m.setattr(aiokafka, client, Client)
         with pytest.raises(_Stop):
-            cli.main([command, *argv])
+            tool.main(parser.parse_args(argv), **models)
     return seen
 
 
@@ -170,10 +178,10 @@ def _run_demo(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
     mp.setattr(demo, "format_summary", lambda summary: "")
     mp.setattr(demo, "write_summary_json", write_summary_json)
     mp.setattr(demo, "configure_threads", lambda *a: seen.threads.append(a))
-    mp.setattr(demo, "load_step_model", load)
+    mp.setattr(demo_prepare, "load_step_model", load)
     assert cli.main(["demo", *argv]) == 0
     if seen.config.engine.model is not None:  # without one the demo would train a model
-        demo.prepare_model(seen.config)
+        demo_prepare.prepare_model(seen.config)
     return seen
 
 
@@ -199,8 +207,8 @@ def _run_example(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
     mp.setattr(example, "train_example_model", train)
     mp.setattr(example, "save_model", save)
     mp.setattr(example, "format_metrics", lambda cfg, metrics: "")
-    mp.setattr(example.frames_example, "train_frames_model", train_frames)
-    mp.setattr(example.frames_example, "format_frames_metrics", lambda cfg, metrics: "")
+    mp.setattr(example, "train_frames_model", train_frames)
+    mp.setattr(example, "format_frames_metrics", lambda cfg, metrics: "")
     assert cli.main(["example-model", *argv]) == 0
     return seen
 
@@ -216,8 +224,8 @@ def _run_bench(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
     def write_all(results: dict[str, Any], out: Path) -> None:
         seen.written = str(out)
 
-    mp.setattr(processor.bench, "run", run)
-    mp.setattr(processor.bench, "configure_threads", lambda *a: seen.threads.append(a))
+    mp.setattr(processor.bench.suite, "run", run)
+    mp.setattr(processor.bench.command, "configure_threads", lambda *a: seen.threads.append(a))
     mp.setattr(processor.bench.report, "write_all", write_all)
     assert cli.main(["bench", *argv]) == 0
     return seen
@@ -294,6 +302,7 @@ ROWS: dict[str, dict[str, Row]] = {
         "--stream-prefix": Row(("--stream-prefix", "dev-"), _call("stream_prefix"), "dev-"),
         "--seed": Row(("--seed", "4"), _call("seed"), 4),
         "--no-ts": Row(("--no-ts",), _call("with_ts"), False),
+        "--partitions": Row(("--partitions", "3"), _call("partitions"), 3),
         "--kafka-option": Row(
             ("--kafka-option", "linger_ms=20", "--kafka-option", "client_id=gen"),
             lambda s: (s.client["linger_ms"], s.client.get("client_id")),
