@@ -1,31 +1,21 @@
-"""Engine: compiled gather -> step -> scatter over a batch of streams.
+"""Engine: executes a batch's plan as compiled gather -> step -> scatter calls.
 
 :meth:`Engine.process` takes any list of decoded records (many per stream allowed, in
-arrival order) and returns one output per applied record. Per stream, records are applied
-strictly in order and at most one per step:
+arrival order) and returns one output per applied record. What is applied, in which order
+and in which calls -- per-stream order, duplicates and out-of-order records, ``reset`` and
+``end``, waves vs catch-up scan -- is planned by :mod:`processor.engine.plan`. Per group of
+streams the engine acquires their slots from its :class:`~processor.state.cache.StateCache`
+(which answers their last applied seqs), has the group planned, runs the plan's waves and
+scan chunks, records the streams' new last applied seqs and releases the streams that
+ended.
 
-* a record whose ``seq`` equals the stream's last applied ``seq`` is a re-delivery of the
-  record already applied: it is skipped and returned in ``duplicates``;
-* a record whose ``seq`` is below the stream's last applied ``seq`` is skipped too and
-  returned in ``out_of_order`` with the last applied seq it was compared against. Such a
-  record arrived out of order (a producer without idempotence can store a retried batch
-  after a later one; its input never reaches the model) -- or it is one of several records
-  of a stream re-delivered at once, of which only the last one has the equal seq. The
-  engine sees seqs only and cannot tell these apart; a caller that knows more (a Kafka
-  consumer knows which offsets it already processed) can;
-* after a stream's ``end`` record the stream is forgotten and its next record starts a new
-  life, with any ``seq``;
-* streams with fewer than ``scan_min_steps`` pending records go through *waves*: wave ``t``
-  is one compiled step over the ``t``-th pending record of every such stream;
-* streams with more pending records (catching up) go through one multi-step *scan*: a
-  compiled loop over ``[T, B]`` records with masks, one call for ``T`` steps.
+Waves and scan give the same results to float32 rounding (different kernels: tested to
+1e-5). Batches are padded to a few bucket sizes (:mod:`processor.engine.buckets`; padded
+rows read and write the cache's scratch slot and start from the initial state), so the
+compiled functions are traced once per bucket and never again in steady state
+(:attr:`Engine.trace_count`).
 
-Both paths give the same results to float32 rounding (different kernels: tested to 1e-5).
-Batches are padded to a few bucket sizes (padded rows read and write the cache's scratch
-slot and start from the initial state), so the compiled functions are traced once per
-bucket and never again in steady state (:attr:`Engine.trace_count`).
-
-Threading: an Engine and its cache belong to one thread (the runtime's worker thread);
+Threading: an Engine and its cache belong to one thread (the pipeline's engine thread);
 TensorFlow releases the GIL while the step runs.
 """
 
@@ -40,48 +30,30 @@ import numpy as np
 import tensorflow as tf
 
 import processor  # noqa: F401  (TF environment defaults)
+from processor.engine.buckets import bucket_for, bucket_sizes, scan_step_buckets
+from processor.engine.plan import ScanChunk, StepPlan, Wave, group_streams, plan_group
 from processor.errors import ConfigError
 from processor.model.protocol import StepModel
 from processor.records import Output, Record
-from processor.state.cache import StateCache, pow2
+from processor.state.cache import StateCache
 
-log = logging.getLogger(__name__)
+__all__ = ["Engine", "EngineStats", "StepResult"]
 
 
 class _DropRetracingWarnings(logging.Filter):
-    """TF warns when a function is traced several times in a row. The engine and cache
-    trace once per bucket by design (counted in ``trace_count`` and tested), so for their
-    functions the warning is noise that would alarm operators; others' still show."""
+    """TF warns when a function is traced several times in a row. The engine and the
+    state table trace once per bucket or row count by design (counted in ``trace_count``
+    and tested), so for their functions the warning is noise that would alarm operators;
+    others' still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return "triggered tf.function retracing" not in message or not any(
-            f"{owner}." in message for owner in ("Engine", "StateCache")
+            f"{owner}." in message for owner in ("Engine", "StateCache", "DeviceTable")
         )
 
 
 tf.get_logger().addFilter(_DropRetracingWarnings())
-
-
-def bucket_sizes(max_batch: int, smallest: int = 1) -> tuple[int, ...]:
-    """Padded batch sizes: powers of two from ``smallest``, plus 1.5x steps from 192 on
-    (192, 384, 768, ...), up to and including ``max_batch``.
-
-    Padding rows cost a full row of compute, so the large buckets are spaced more finely
-    (a batch pays at most a third more than its size there, not double) for a few more
-    traces.
-    """
-    if max_batch < 1:
-        raise ConfigError(f"max batch must be >= 1, got {max_batch}")
-    sizes = {max_batch}
-    b = 1
-    while b < max_batch:
-        if b >= smallest:
-            sizes.add(b)
-        if b >= 128 and b + b // 2 < max_batch:
-            sizes.add(b + b // 2)
-        b *= 2
-    return tuple(sorted(sizes))
 
 
 @dataclass
@@ -109,7 +81,8 @@ class StepResult:
     * ``out_of_order``: ``(record, last_applied_seq)`` for records skipped because their
       ``seq`` is below the stream's last applied seq at that moment.
 
-    Skipped records are the caller's objects, unchanged, in arrival order per list.
+    Skipped records are the caller's objects, unchanged, each stream's in arrival order
+    (streams in order of first arrival).
     """
 
     outputs: list[Output]
@@ -160,10 +133,7 @@ class Engine:
         # >= scan_min_steps up to the first >= max_scan_steps.
         self.scan_buckets: tuple[int, ...] = ()
         if scan_min_steps and jit_compile:
-            t = pow2(scan_min_steps)
-            self.scan_buckets = (t,)
-            while self.scan_buckets[-1] < max_scan_steps:
-                self.scan_buckets += (self.scan_buckets[-1] * 2,)
+            self.scan_buckets = scan_step_buckets(scan_min_steps, max_scan_steps)
         self.scan_min_steps = scan_min_steps
         self.max_scan_steps = max_scan_steps
         self.stats = EngineStats()
@@ -238,202 +208,116 @@ class Engine:
         self.cache.scatter(slots, states)
         return ys.stack()
 
-    # ---- planning ---------------------------------------------------------------------------
-
-    def _bucket(self, n: int) -> int:
-        for b in self.buckets:
-            if b >= n:
-                return b
-        raise AssertionError(f"batch of {n} exceeds max_batch {self.max_batch}")
+    # ---- execution --------------------------------------------------------------------------
 
     def process(self, records: Sequence[Record]) -> StepResult:
         """Apply ``records`` (any number, any streams, arrival order) and return the outputs.
 
         Every record is either applied exactly once (one Output) or returned, unapplied, in
-        ``duplicates`` or ``out_of_order`` (see :class:`StepResult`). Outputs of one stream
-        are in seq order. Raises only on engine failure (device error);
-        bad records must have been rejected by the codec before.
+        ``duplicates`` or ``out_of_order`` (see :class:`StepResult` and
+        :mod:`processor.engine.plan` for the rules). Outputs of one stream are in seq
+        order. Raises only on engine failure (device error); bad records must have been
+        rejected by the codec before.
         """
         self.stats.batch_sizes = []
-        by_stream: dict[str, list[Record]] = {}
-        for r in records:
-            lst = by_stream.get(r.stream)
-            if lst is None:
-                by_stream[r.stream] = [r]
-            else:
-                lst.append(r)
         outputs: list[Output] = []
         duplicates: list[Record] = []
         out_of_order: list[tuple[Record, int]] = []
-        # Groups of at most max_batch streams, so that every stream of a group has a slot
-        # for the whole group (the cache cannot evict a stream the group still needs).
-        items = list(by_stream.items())
-        for start in range(0, len(items), self.max_batch):
-            self._process_group(
-                items[start : start + self.max_batch], outputs, duplicates, out_of_order
+        cache = self.cache
+        for group in group_streams(records, self.max_batch):
+            acquired = cache.acquire(group.streams)
+            plan = plan_group(
+                group,
+                acquired.seqs.tolist(),
+                acquired.fresh.tolist(),
+                scan_min_steps=self.scan_min_steps,
+                max_scan_steps=self.max_scan_steps,
             )
+            if plan.duplicates:
+                duplicates.extend(plan.duplicates)
+            if plan.out_of_order:
+                out_of_order.extend(plan.out_of_order)
+            if plan.rows:
+                self._execute(plan, acquired.slots, len(group.streams), outputs)
         self.stats.duplicates += len(duplicates)
         self.stats.out_of_order += len(out_of_order)
-        if self.cache.idle_timeout_s is not None:
-            self.cache.evict_idle()
+        if cache.idle_timeout_s is not None:
+            cache.evict_idle()
         return StepResult(outputs, duplicates, out_of_order)
 
-    def _process_group(
-        self,
-        items: list[tuple[str, list[Record]]],
-        outputs: list[Output],
-        duplicates: list[Record],
-        out_of_order: list[tuple[Record, int]],
+    def _execute(
+        self, plan: StepPlan, group_slots: np.ndarray, n_streams: int, outputs: list[Output]
     ) -> None:
-        # Hot path (every record passes here): kept to a few list operations per record.
-        # Telling a duplicate from an out-of-order record costs one more comparison, and
-        # only for records that are skipped anyway.
+        """Run ``plan`` over the slots its group acquired (``group_slots``, one per stream of
+        the group), appending one Output per applied record."""
         cache = self.cache
-        acquired = cache.acquire([stream for stream, _ in items])
-        streams: list[str] = []
-        records: list[list[Record]] = []
-        fresh: list[list[bool]] = []
-        slot_rows: list[int] = []
-        for row, ((stream, recs), last, new) in enumerate(
-            zip(items, acquired.seqs.tolist(), acquired.fresh.tolist(), strict=True)
-        ):
-            if len(recs) == 1:  # the steady-state case: one record per stream
-                r = recs[0]
-                if r.seq <= last:
-                    if r.seq == last:
-                        duplicates.append(r)
-                    else:
-                        out_of_order.append((r, last))
-                    continue
-                kept = recs
-                flags = [new or r.reset]
-            else:
-                kept = []
-                flags = []
-                after_end = False
-                for r in recs:
-                    if after_end:
-                        last = -1  # `end` forgot the stream: a new life starts with any seq
-                    if r.seq <= last:
-                        if r.seq == last:
-                            duplicates.append(r)
-                        else:
-                            out_of_order.append((r, last))
-                        continue
-                    flags.append(r.reset or after_end or (new and not kept))
-                    kept.append(r)
-                    after_end = r.end
-                    last = r.seq
-                if not kept:
-                    continue
-                # An `end` followed by a new life of the same id in this call frees nothing
-                # (the slot carries on), but the stream did end.
-                restarted = sum(r.end for r in kept[:-1])
-                if restarted:
-                    cache.note_ended(restarted)
-            streams.append(stream)
-            records.append(kept)
-            fresh.append(flags)
-            slot_rows.append(row)
-        if not streams:
-            return
-        slots = acquired.slots if len(slot_rows) == len(items) else acquired.slots[slot_rows]
-        scan_min = self.scan_min_steps
-        if scan_min and max(map(len, records)) >= scan_min:
-            scan_rows = [i for i, recs in enumerate(records) if len(recs) >= scan_min]
-            wave_rows = [i for i, recs in enumerate(records) if len(recs) < scan_min]
-        else:
-            scan_rows, wave_rows = [], list(range(len(records)))
-        if wave_rows:
-            self._run_waves(records, fresh, slots, wave_rows, outputs)
-        if scan_rows:
-            self._run_scan(records, fresh, slots, scan_rows, outputs)
-        cache.commit_seqs(slots, [recs[-1].seq for recs in records])
-        self.stats.records_applied += sum(map(len, records))
-        ended = [stream for stream, recs in zip(streams, records, strict=True) if recs[-1].end]
-        if ended:
-            cache.release(ended)
+        if plan.restarted:
+            cache.note_ended(plan.restarted)
+        slots = group_slots if len(plan.rows) == n_streams else group_slots[plan.rows]
+        for wave in plan.waves:
+            self._call_step(wave, slots, outputs)
+        for chunk in plan.scans:
+            self._call_scan(chunk, slots, outputs)
+        cache.commit_seqs(slots, plan.last_seqs)
+        self.stats.records_applied += plan.applied
+        if plan.ended:
+            cache.release(plan.ended)
 
-    def _run_waves(
-        self,
-        records: list[list[Record]],
-        fresh: list[list[bool]],
-        slots: np.ndarray,
-        rows: list[int],
-        outputs: list[Output],
-    ) -> None:
-        depth = max(len(records[i]) for i in rows)
-        active = rows
-        for t in range(depth):
-            if t:
-                active = [i for i in active if len(records[i]) > t]
-            recs = [records[i][t] for i in active]
-            y = self._call_step(recs, slots[active], [fresh[i][t] for i in active])
-            outputs.extend(
-                map(
-                    Output, [r.stream for r in recs], [r.seq for r in recs], y, [r.ts for r in recs]
-                )
-            )
-
-    def _call_step(self, recs: list[Record], slots: np.ndarray, fresh: list[bool]) -> np.ndarray:
+    def _call_step(self, wave: Wave, slots: np.ndarray, outputs: list[Output]) -> None:
+        recs = wave.records
         n = len(recs)
-        b = self._bucket(n)
+        b = bucket_for(self.buckets, n)
         x = np.empty((b, *self._x_shape), self._x_dtype)
         np.stack([r.x for r in recs], out=x[:n])
         x[n:] = 0
         s = np.full(b, self.cache.scratch_slot, np.int32)
-        s[:n] = slots
+        s[:n] = slots[wave.rows]
         f = np.ones(b, bool)  # padded rows restart from the initial state every time
-        f[:n] = fresh
+        f[:n] = wave.fresh
         with tf.device(self.cache.device):
             y = self._step_fn(
-                tf.constant(x), tf.constant(s), tf.constant(f), tf.constant(any(fresh))
+                tf.constant(x), tf.constant(s), tf.constant(f), tf.constant(any(wave.fresh))
             )
         self.stats.wave_calls += 1
         self.stats.padded_rows += b - n
         self.stats.batch_sizes.append(n)
-        return y.numpy()[:n]
+        outputs.extend(
+            map(
+                Output,
+                [r.stream for r in recs],
+                [r.seq for r in recs],
+                y.numpy()[:n],
+                [r.ts for r in recs],
+            )
+        )
 
-    def _run_scan(
-        self,
-        records: list[list[Record]],
-        fresh: list[list[bool]],
-        slots: np.ndarray,
-        rows: list[int],
-        outputs: list[Output],
-    ) -> None:
-        # A backlog longer than max_scan_steps takes several calls, each starting where the
-        # previous one left the states.
-        depth = max(len(records[i]) for i in rows)
-        for t0 in range(0, depth, self.max_scan_steps):
-            active = [i for i in rows if len(records[i]) > t0]
-            steps = min(self.max_scan_steps, depth - t0)
-            n = len(active)
-            if self.scan_buckets:
-                t_pad, b = next(t for t in self.scan_buckets if t >= steps), self._bucket(n)
-            else:
-                t_pad, b = steps, n
-            chunks = [records[i][t0 : t0 + steps] for i in active]
-            x = np.zeros((t_pad, b, *self._x_shape), self._x_dtype)
-            fresh_mask = np.zeros((t_pad, b), bool)
-            valid = np.zeros((t_pad, b), bool)
-            for k, (i, recs) in enumerate(zip(active, chunks, strict=True)):
-                for t, r in enumerate(recs):
-                    x[t, k] = r.x
-                fresh_mask[: len(recs), k] = fresh[i][t0 : t0 + steps]
-                valid[: len(recs), k] = True
-            s = np.full(b, self.cache.scratch_slot, np.int32)
-            s[:n] = slots[active]
-            with tf.device(self.cache.device):
-                y = self._scan_fn(
-                    tf.constant(x), tf.constant(s), tf.constant(fresh_mask), tf.constant(valid)
-                ).numpy()
-            self.stats.scan_calls += 1
-            self.stats.padded_rows += t_pad * b - int(valid.sum())
-            self.stats.batch_sizes.append(n)
-            for k, recs in enumerate(chunks):
-                for t, r in enumerate(recs):
-                    outputs.append(Output(r.stream, r.seq, y[t, k], r.ts))
+    def _call_scan(self, chunk: ScanChunk, slots: np.ndarray, outputs: list[Output]) -> None:
+        steps = chunk.steps
+        n = len(chunk.rows)
+        if self.scan_buckets:
+            t_pad, b = bucket_for(self.scan_buckets, steps), bucket_for(self.buckets, n)
+        else:
+            t_pad, b = steps, n
+        x = np.zeros((t_pad, b, *self._x_shape), self._x_dtype)
+        fresh_mask = np.zeros((t_pad, b), bool)
+        valid = np.zeros((t_pad, b), bool)
+        for k, (recs, fresh) in enumerate(zip(chunk.records, chunk.fresh, strict=True)):
+            for t, r in enumerate(recs):
+                x[t, k] = r.x
+            fresh_mask[: len(recs), k] = fresh
+            valid[: len(recs), k] = True
+        s = np.full(b, self.cache.scratch_slot, np.int32)
+        s[:n] = slots[chunk.rows]
+        with tf.device(self.cache.device):
+            y = self._scan_fn(
+                tf.constant(x), tf.constant(s), tf.constant(fresh_mask), tf.constant(valid)
+            ).numpy()
+        self.stats.scan_calls += 1
+        self.stats.padded_rows += t_pad * b - int(valid.sum())
+        self.stats.batch_sizes.append(n)
+        for k, recs in enumerate(chunk.records):
+            for t, r in enumerate(recs):
+                outputs.append(Output(r.stream, r.seq, y[t, k], r.ts))
 
     # ---- warm-up ----------------------------------------------------------------------------
 

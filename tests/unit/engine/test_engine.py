@@ -1,5 +1,5 @@
 """Engine mechanics: ordering, duplicates and out-of-order records, waves vs scan, groups,
-buckets and retracing."""
+and retracing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from processor.engine.engine import Engine, bucket_sizes
+from processor.engine.engine import Engine
 from processor.errors import ConfigError
 from processor.model.protocol import KerasStepModel
 from processor.records import Output, Record
@@ -48,16 +48,6 @@ def collect(outputs: list[Output], n_streams: int, steps: int) -> np.ndarray:
     for o in outputs:
         got[int(o.stream[1:]), o.seq] = o.y
     return got
-
-
-def test_bucket_sizes() -> None:
-    assert bucket_sizes(1024) == (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)
-    assert bucket_sizes(100) == (1, 2, 4, 8, 16, 32, 64, 100)
-    assert bucket_sizes(600) == (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 600)
-    assert bucket_sizes(100, smallest=8) == (8, 16, 32, 64, 100)
-    assert bucket_sizes(3) == (1, 2, 3)
-    with pytest.raises(ConfigError):
-        bucket_sizes(0)
 
 
 def test_max_batch_above_capacity_is_a_config_error(model: KerasStepModel) -> None:
