@@ -1,5 +1,5 @@
 """Device resolution: ``--device`` to the TensorFlow device the engine and its state table
-run on, named once in the log."""
+run on, named once per process in the log (:class:`DeviceAnnouncer`)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,39 @@ import tensorflow as tf
 import processor  # noqa: F401  (TF environment defaults)
 from processor.errors import ConfigError
 
-__all__ = ["describe_device", "resolve_device"]
+__all__ = ["DeviceAnnouncer", "describe_device", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str | None) -> str:
-    """Map ``--device`` to a TensorFlow device name.
+class DeviceAnnouncer:
+    """Logs each device at INFO level the first time it is announced (``device: /CPU:0 (no
+    GPU visible)``, see :func:`describe_device`), so a command that runs the model says once
+    where it runs, although several engines of one process (the demo, the benchmarks)
+    resolve the same device."""
+
+    def __init__(self) -> None:
+        self._named: set[str] = set()
+
+    def announce(self, device: str) -> None:
+        """Log ``device`` (a name returned by :func:`resolve_device`) unless this announcer
+        already did."""
+        if device not in self._named:
+            self._named.add(device)
+            log.info("device: %s", describe_device(device))
+
+
+# The process's announcer: resolve_device names each device through it.
+_PROCESS_ANNOUNCER = DeviceAnnouncer()
+
+
+def resolve_device(device: str | None, announcer: DeviceAnnouncer = _PROCESS_ANNOUNCER) -> str:
+    """Map ``--device`` to a TensorFlow device name, and announce it (by default once per
+    process).
 
     ``None``/``"auto"``: the first GPU TensorFlow sees, else the CPU. ``"cpu"``/``"gpu"``
     (optionally ``gpu:N``) or a full name such as ``/GPU:1``. Raises ConfigError for a device
-    TensorFlow does not have. The first time a process resolves to a given device, logs it
-    at INFO level (``device: /CPU:0 (no GPU visible)``, see :func:`describe_device`), so a
-    command that runs the model says once where it runs.
+    TensorFlow does not have.
     """
     if device is None or device == "auto":
         name = "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
@@ -35,15 +55,8 @@ def resolve_device(device: str | None) -> str:
         if not any(d.endswith(f"device:{kind.upper()}:{index}") for d in available):
             raise ConfigError(f"device {device!r} not found; TensorFlow sees {available}")
         name = f"/{kind.upper()}:{index}"
-    if name not in _announced_devices:
-        _announced_devices.add(name)
-        log.info("device: %s", describe_device(name))
+    announcer.announce(name)
     return name
-
-
-# Devices already named in the log by resolve_device (several engines of one process, as in
-# the demo and the benchmarks, share the line).
-_announced_devices: set[str] = set()
 
 
 def describe_device(device: str) -> str:

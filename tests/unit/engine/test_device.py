@@ -7,17 +7,16 @@ import logging
 import pytest
 import tensorflow as tf
 
-import processor.engine.device as device_module
-from processor.engine.device import describe_device, resolve_device
+from processor.engine.device import DeviceAnnouncer, describe_device, resolve_device
 
 
-def test_resolve_device_names_the_device_once_per_process(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+def test_resolve_device_names_the_device_once_per_announcer(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(device_module, "_announced_devices", set())
+    announcer = DeviceAnnouncer()
     with caplog.at_level(logging.INFO, logger="processor.engine.device"):
-        assert resolve_device("cpu") == "/CPU:0"
-        assert resolve_device("/CPU:0") == "/CPU:0"
+        assert resolve_device("cpu", announcer) == "/CPU:0"
+        assert resolve_device("/CPU:0", announcer) == "/CPU:0"
     lines = [r.getMessage() for r in caplog.records if r.name == "processor.engine.device"]
     assert lines == [f"device: {describe_device('/CPU:0')}"]
     assert lines[0].startswith("device: /CPU:0 (")
