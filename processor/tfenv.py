@@ -14,7 +14,7 @@ TensorFlow, also probes the physical devices there, which is when CUDA is initia
 captured text is shown only when the block fails or when asked (``--log-level DEBUG``).
 Later device use prints nothing more on a CPU-only machine. The one line that replaces all
 of that, naming the device the engine runs on, is logged by
-:func:`processor.state.cache.resolve_device`.
+:func:`processor.engine.device.resolve_device`.
 
 Only the composition root (:mod:`processor.cli`) should use the context manager: it swaps a
 process-wide file descriptor, so it must run while no other thread writes to stderr.
