@@ -1,10 +1,11 @@
 """Engine options shared by every command that runs the model (replay, demo, run, bench).
 
-:class:`EngineOptions` declares each option once (see :mod:`processor.config.declare`): its flag,
-default, help, checks, and for ``run`` its environment variable and TOML key.
+:class:`EngineOptions` declares each option once (see :mod:`processor.config.declare`): its
+flag, default, help, checks, and for ``run`` its environment variable and TOML key.
 :func:`add_engine_arguments` puts the flags on a command's parser,
-:meth:`EngineOptions.from_args` reads them back, and :func:`build_engine` turns the options
-into a ready Engine, so the commands cannot drift apart.
+:meth:`EngineOptions.from_args` reads them back, and
+:func:`processor.engine.build.build_engine` turns the options into a ready Engine, so the
+commands cannot drift apart.
 
 ``replay``, ``demo`` and ``bench`` read these options from their flags only: their results
 must follow from their command line. ``run`` also reads the environment and a TOML file
@@ -18,15 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from processor.config.declare import (
-    above,
-    add_arguments,
-    at_least,
-    at_least_or,
-    option,
-    options_of,
-    problems,
-)
+from processor.config.declare import above, at_least, at_least_or, option, options_of, problems
+from processor.config.flags import add_arguments
 from processor.dtypes import STATE_DTYPES
 from processor.errors import ConfigError
 
@@ -42,8 +36,8 @@ class EngineOptions:
 
     Construction raises :class:`ConfigError` listing every invalid value, so a command
     rejects bad engine options before it loads a model or touches Kafka. The device name is
-    the one value checked later (by :func:`build_engine`): finding the devices initialises
-    TensorFlow, after which its thread pools can no longer be sized.
+    the one value checked later (by :func:`processor.engine.build.build_engine`): finding the
+    devices initialises TensorFlow, after which its thread pools can no longer be sized.
     """
 
     model: str | None = option(

@@ -42,18 +42,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from processor.config import declare as config
-from processor.config.declare import (
-    CONFIG_ENV,
-    REDACTED,
-    above,
-    at_least,
-    at_least_or,
-    is_secret_option,
-    load_toml,
-    option,
-    options_of,
-)
+from processor.config.declare import above, at_least, at_least_or, option, options_of
 from processor.config.engine_options import ENGINE_GROUP, EngineOptions
+from processor.config.flags import add_arguments
+from processor.config.secrets import REDACTED, is_secret_option
+from processor.config.sources import CONFIG_ENV, load_toml, resolve
 from processor.errors import ConfigError
 
 __all__ = [
@@ -368,7 +361,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """
     names = (_KAFKA, _RUNTIME, _TOPICS, _STATE, ENGINE_GROUP)
     groups = {name: parser.add_argument_group(name) for name in names}
-    config.add_arguments(parser, run_options(), layered=True, groups=groups, required={"model"})
+    add_arguments(parser, run_options(), layered=True, groups=groups, required={"model"})
     parser.add_argument(
         "--config",
         default=argparse.SUPPRESS,
@@ -395,9 +388,7 @@ def settings_from_args(
     given = vars(args) if args is not None else {}
     config_file = given.get("config") or env.get(CONFIG_ENV) or None
     table = load_toml(config_file) if config_file else None
-    values = config.resolve(
-        run_options(), given, env, table, table_name=f"config file {config_file!r}"
-    )
+    values = resolve(run_options(), given, env, table, table_name=f"config file {config_file!r}")
     engine_names = {o.name for o in options_of(EngineOptions)}
     engine = EngineOptions(**{k: v for k, v in values.items() if k in engine_names})
     own = {k: v for k, v in values.items() if k not in engine_names}
