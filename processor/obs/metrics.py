@@ -1,7 +1,6 @@
-"""Prometheus metrics of the processor and the HTTP server that exposes them.
-
-:class:`Metrics` is one bundle created against an injected ``CollectorRegistry`` (each test
-gets its own). Units are seconds; histogram buckets are chosen for what they measure:
+"""The processor's Prometheus metrics: one :class:`Metrics` bundle, created against an
+injected ``CollectorRegistry`` (each test gets its own). Units are seconds; histogram buckets
+are chosen for what they measure:
 
 * batch sizes: powers of two up to 16384 (the engine's buckets are powers of two and 1.5x
   steps between them, so each histogram bucket spans at most two compiled shapes);
@@ -9,41 +8,31 @@ gets its own). Units are seconds; histogram buckets are chosen for what they mea
 * end-to-end latency: 1 ms .. 2 min (from the record's event time, ``ts`` or the Kafka
   timestamp, to the acknowledgement of its output; clocks of other hosts may skew it).
 
-:class:`MetricsServer` serves ``/metrics``, ``/healthz`` (the process is alive) and
-``/readyz`` (assigned and running) from a thread with the standard library's WSGI server.
+The bundle reads what an engine step did through :class:`StepFigures` (plain numbers), so
+this package imports nothing of the engine.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from collections.abc import Iterable
+from typing import Protocol
 
-import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from processor.engine.pipeline import Stepped
+from processor.obs.histogram import BulkHistogram
+from processor.obs.stats import RunStats, sample_total, sample_totals
 
 __all__ = [
     "BATCH_BUCKETS",
+    "CHECKPOINT_BUCKETS",
     "LATENCY_BUCKETS",
     "STEP_BUCKETS",
     "TRANSACTION_RESULTS",
-    "BulkHistogram",
+    "CacheCounters",
+    "CacheFigures",
     "Metrics",
-    "MetricsServer",
-    "RunStats",
+    "StepFigures",
 ]
-
-log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = tuple(float(1 << i) for i in range(15))  # 1 .. 16384
 STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -72,98 +61,52 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-class BulkHistogram:
-    """A Prometheus histogram fed whole arrays of observations at once.
+class CacheCounters(Protocol):
+    """The state cache's monotonic counters that the metrics count."""
 
-    ``prometheus_client.Histogram.observe`` costs about 0.6 us per value (a lock and a
-    bucket search in Python per call); the runtime observes one end-to-end latency per
-    record, so :meth:`observe_many` bins a whole batch with numpy instead. Exposes exactly
-    the samples a ``Histogram`` of the same name and buckets does (``_bucket`` with ``le``,
-    ``_count``, ``_sum``), without ``_created``. Thread-safe (scrapes run on the server
-    thread).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        buckets: Sequence[float],
-        *,
-        namespace: str,
-        registry: CollectorRegistry,
-    ) -> None:
-        bounds = [float(b) for b in buckets]
-        if not bounds or any(b >= c for b, c in itertools.pairwise(bounds)):
-            raise ValueError(f"buckets must be strictly increasing, got {buckets!r}")
-        if bounds[-1] == float("inf"):
-            bounds.pop()  # +Inf is always added
-        self.name = f"{namespace}_{name}" if namespace else name
-        self._doc = documentation
-        self._bounds = np.asarray(bounds, dtype=np.float64)
-        self._le = [floatToGoString(b) for b in bounds] + ["+Inf"]
-        self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)  # last: above every bound
-        self._sum = 0.0
-        self._lock = threading.Lock()
-        registry.register(self)
-
-    def observe(self, value: float) -> None:
-        """One observation."""
-        self.observe_many(np.array([value], dtype=np.float64))
-
-    def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
-        """Observations in bulk (any 1-D sequence of numbers); cost ~O(n) in numpy."""
-        v = np.asarray(values, dtype=np.float64)
-        if v.size == 0:
-            return
-        # Bucket i counts values <= bounds[i] (Prometheus "le"): the first bound >= value.
-        counts = np.bincount(np.searchsorted(self._bounds, v, side="left"), minlength=len(self._le))
-        total = float(v.sum())
-        with self._lock:
-            self._counts += counts
-            self._sum += total
-
-    def describe(self) -> Iterable[Metric]:
-        """The metric family without samples (lets the registry check name clashes)."""
-        return [HistogramMetricFamily(self.name, self._doc)]
-
-    def collect(self) -> Iterable[Metric]:
-        """Cumulative buckets, count and sum, as a ``Histogram`` exposes them."""
-        with self._lock:
-            cumulative = np.cumsum(self._counts).tolist()
-            total = self._sum
-        family = HistogramMetricFamily(self.name, self._doc)
-        family.add_metric([], list(zip(self._le, cumulative, strict=True)), total)
-        return [family]
+    @property
+    def evicted_lru(self) -> int: ...
+    @property
+    def evicted_idle(self) -> int: ...
+    @property
+    def spilled(self) -> int: ...
+    @property
+    def spilled_to_disk(self) -> int: ...
+    @property
+    def disk_reads(self) -> int: ...
+    @property
+    def state_lost(self) -> int: ...
 
 
-@dataclass
-class RunStats:
-    """The summary of one run, read from the metrics (:meth:`Metrics.summary`): every
-    event is counted once, in its Prometheus collector, and this is a view of them."""
+class CacheFigures(Protocol):
+    """The state cache's numbers after a step: streams on the device, its capacity, streams
+    off the device (``host`` of them in the host table, the rest in the disk store) and its
+    monotonic counters."""
 
-    records_in: int = 0
-    outputs: int = 0
-    dead_letters: int = 0
-    duplicates: int = 0
-    out_of_order: int = 0
-    dropped_on_revoke: int = 0
-    batches: int = 0
-    commits: int = 0
-    assignments: int = 0
-    pauses: int = 0
-    peak_in_flight: int = 0
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    @property
+    def active(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def spilled(self) -> int: ...
+    @property
+    def host(self) -> int: ...
+    @property
+    def counters(self) -> CacheCounters: ...
 
 
-def _total(collector: Any, suffix: str = "_total") -> dict[tuple[str, ...], float]:
-    """Sample values of a collector whose name ends with ``suffix``, by label values."""
-    out: dict[tuple[str, ...], float] = {}
-    for family in collector.collect():
-        for sample in family.samples:
-            if sample.name.endswith(suffix):
-                key = tuple(sample.labels.values())
-                out[key] = out.get(key, 0.0) + sample.value
-    return out
+class StepFigures(Protocol):
+    """What one engine step did, as :meth:`Metrics.observe_step` reads it: its time, the
+    stale records it skipped by kind, and the cache's numbers afterwards."""
+
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def out_of_order(self) -> int: ...
+    @property
+    def cache(self) -> CacheFigures: ...
 
 
 class Metrics:
@@ -321,7 +264,7 @@ class Metrics:
         )
         self._cache_seen: dict[str, int] = {}
 
-    def observe_step(self, stepped: Stepped) -> None:
+    def observe_step(self, stepped: StepFigures) -> None:
         """Count what one engine step did: its time, skipped records, cache numbers."""
         self.step_seconds.observe(stepped.seconds)
         if stepped.duplicates:
@@ -340,22 +283,18 @@ class Metrics:
     def summary(self, *, peak_in_flight: int = 0) -> RunStats:
         """The run's counters as a :class:`RunStats` (``peak_in_flight`` is the flow
         control's, not a metric)."""
-
-        def one(collector: Any, suffix: str = "_total") -> int:
-            return int(sum(_total(collector, suffix).values()))
-
-        reasons = {k[0]: int(v) for k, v in _total(self.dead_letters).items() if v}
+        reasons = {k[0]: int(v) for k, v in sample_totals(self.dead_letters).items() if v}
         return RunStats(
-            records_in=one(self.records_in),
-            outputs=one(self.records_out),
+            records_in=sample_total(self.records_in),
+            outputs=sample_total(self.records_out),
             dead_letters=sum(reasons.values()),
-            duplicates=one(self.duplicates),
-            out_of_order=one(self.out_of_order),
-            dropped_on_revoke=one(self.revoked_dropped),
-            batches=one(self.batch_size, "_count"),
-            commits=one(self.commits),
-            assignments=one(self.rebalances),
-            pauses=one(self.backpressure_pauses),
+            duplicates=sample_total(self.duplicates),
+            out_of_order=sample_total(self.out_of_order),
+            dropped_on_revoke=sample_total(self.revoked_dropped),
+            batches=sample_total(self.batch_size, "_count"),
+            commits=sample_total(self.commits),
+            assignments=sample_total(self.rebalances),
+            pauses=sample_total(self.backpressure_pauses),
             peak_in_flight=peak_in_flight,
             dead_letter_reasons=reasons,
         )
@@ -366,7 +305,7 @@ class Metrics:
         active: int,
         capacity: int,
         spilled: int,
-        counters: dict[str, int],
+        counters: CacheCounters,
         host: int = 0,
     ) -> None:
         """Copy the cache's numbers: sizes as gauges, its monotonic counters
@@ -378,113 +317,15 @@ class Metrics:
         self.spilled_streams.set(spilled)
         self.host_streams.set(host)
         self.disk_streams.set(spilled - host)
-        for key, counter, label in (
-            ("evicted_lru", self.evictions, "lru"),
-            ("evicted_idle", self.evictions, "idle"),
-            ("spilled", self.spills, None),
-            ("spilled_to_disk", self.disk_spills, None),
-            ("disk_reads", self.disk_reads, None),
-            ("state_lost", self.state_lost, None),
+        for key, value, counter, label in (
+            ("evicted_lru", counters.evicted_lru, self.evictions, "lru"),
+            ("evicted_idle", counters.evicted_idle, self.evictions, "idle"),
+            ("spilled", counters.spilled, self.spills, None),
+            ("spilled_to_disk", counters.spilled_to_disk, self.disk_spills, None),
+            ("disk_reads", counters.disk_reads, self.disk_reads, None),
+            ("state_lost", counters.state_lost, self.state_lost, None),
         ):
-            value = counters.get(key, 0)
             delta = value - self._cache_seen.get(key, 0)
             if delta > 0:
                 (counter.labels(label) if label else counter).inc(delta)
             self._cache_seen[key] = value
-
-
-# ---- HTTP -------------------------------------------------------------------------------
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow scraper must not keep the process alive
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("metrics http: " + format, *args)
-
-
-class MetricsServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP from a daemon thread.
-
-    ``ready`` is called on each ``/readyz`` request (from the server thread: it must only
-    read simple state). ``port=0`` binds an ephemeral port (see :attr:`port`); the CLI uses
-    0 to mean "no server" and does not create one.
-    """
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        *,
-        host: str = "0.0.0.0",
-        port: int = 0,
-        ready: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._registry = registry
-        self._host = host
-        self._requested_port = port
-        self._ready = ready
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (after :meth:`start`)."""
-        if self._server is None:
-            raise RuntimeError("metrics server not started")
-        return int(self._server.server_address[1])
-
-    def _app(self) -> Callable[..., Iterable[bytes]]:
-        metrics_app = make_wsgi_app(self._registry)
-
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "/")
-            if path == "/healthz":
-                start_response("200 OK", [("Content-Type", "text/plain")])
-                return [b"ok\n"]
-            if path == "/readyz":
-                try:
-                    ready = bool(self._ready())
-                except Exception:  # a failing probe means "not ready", never a 500 loop
-                    log.exception("readiness check failed")
-                    ready = False
-                status = "200 OK" if ready else "503 Service Unavailable"
-                start_response(status, [("Content-Type", "text/plain")])
-                return [b"ready\n" if ready else b"not ready\n"]
-            if path in ("/metrics", "/"):
-                result: Iterable[bytes] = metrics_app(environ, start_response)
-                return result
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found\n"]
-
-        return app
-
-    def start(self) -> None:
-        """Bind and serve from a daemon thread. Raises ``OSError`` if the port is taken."""
-        if self._server is not None:
-            return
-        server = make_server(
-            self._host,
-            self._requested_port,
-            self._app(),
-            server_class=_Server,
-            handler_class=_QuietHandler,
-        )
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="lstm-metrics-http", daemon=True
-        )
-        self._thread.start()
-        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
-
-    def close(self) -> None:
-        """Stop serving and release the port; idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None

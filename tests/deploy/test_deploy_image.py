@@ -209,7 +209,7 @@ def test_image_healthcheck_probes_the_metrics_server(
     probe = f"""
 import importlib.util, os, subprocess, sys
 from prometheus_client import CollectorRegistry
-from processor.obs.metrics import MetricsServer
+from processor.obs.server import MetricsServer
 from processor.kafka.settings import settings_from_args
 server = MetricsServer(CollectorRegistry(), host="127.0.0.1", port=0)
 server.start()

@@ -1,16 +1,46 @@
-"""The metrics bundle (own registry per test) and the metrics/health HTTP server."""
+"""The metrics bundle (own registry per test): the run summary read back from its
+collectors, and the cache's monotonic counters turned into increments."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
+from dataclasses import dataclass, field
 
-import numpy as np
-import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry
 
-from processor.engine.pipeline import CacheSnapshot, Stepped
-from processor.obs.metrics import LATENCY_BUCKETS, BulkHistogram, Metrics, MetricsServer
+from processor.obs.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The cache's monotonic counters, as the pipeline reports them."""
+
+    evicted_lru: int = 0
+    evicted_idle: int = 0
+    spilled: int = 0
+    spilled_to_disk: int = 0
+    disk_reads: int = 0
+    state_lost: int = 0
+
+
+@dataclass(frozen=True)
+class Cache:
+    """The cache's numbers after a step, as the pipeline reports them."""
+
+    active: int
+    capacity: int
+    spilled: int
+    counters: Counters = field(default_factory=Counters)
+    host: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one engine step did, as the pipeline reports it."""
+
+    seconds: float
+    duplicates: int
+    out_of_order: int
+    cache: Cache
 
 
 def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -31,14 +61,11 @@ def test_the_run_summary_is_read_back_from_the_collectors_that_count_each_event(
     for size in (10, 20, 30):
         m.batch_size.observe(size)
     m.observe_step(
-        Stepped(
-            [],
-            [],
-            [],
+        Step(
+            seconds=0.003,
             duplicates=2,
             out_of_order=1,
-            seconds=0.003,
-            cache=CacheSnapshot(active=5, capacity=10, spilled=1, counters={"spilled": 4}),
+            cache=Cache(active=5, capacity=10, spilled=1, counters=Counters(spilled=4)),
         )
     )
     stats = m.summary(peak_in_flight=42)
@@ -62,48 +89,12 @@ def test_the_run_summary_is_read_back_from_the_collectors_that_count_each_event(
     assert other.summary().records_in == 0
 
 
-def test_bulk_histogram_exposes_the_samples_of_a_histogram() -> None:
-    """Same bucket counts (a value equal to a bound falls in that bound's bucket), count and
-    sum as prometheus_client's Histogram fed one value at a time; no _created sample."""
-    values = np.concatenate(
-        [np.random.default_rng(1).exponential(0.5, 3000), LATENCY_BUCKETS, [0.0, 1e9, 0.0011]]
-    )
-    reg_one, reg_bulk = CollectorRegistry(), CollectorRegistry()
-    one = Histogram("lat", "doc", namespace="ns", registry=reg_one, buckets=LATENCY_BUCKETS)
-    bulk = BulkHistogram("lat", "doc", namespace="ns", registry=reg_bulk, buckets=LATENCY_BUCKETS)
-    for v in values:
-        one.observe(float(v))
-    for chunk in np.array_split(values, 3):
-        bulk.observe_many(chunk)
-    bulk.observe_many([])
-
-    def samples(reg: CollectorRegistry) -> dict[tuple[str, str], float]:
-        return {
-            (s.name, s.labels.get("le", "")): s.value
-            for m in reg.collect()
-            for s in m.samples
-            if not s.name.endswith("_created")
-        }
-
-    got, want = samples(reg_bulk), samples(reg_one)
-    assert got.keys() == want.keys()
-    assert {k: v for k, v in got.items() if k[0] != "ns_lat_sum"} == {
-        k: v for k, v in want.items() if k[0] != "ns_lat_sum"
-    }
-    assert got[("ns_lat_sum", "")] == pytest.approx(want[("ns_lat_sum", "")])
-    assert b"# TYPE ns_lat histogram" in generate_latest(reg_bulk)
-    with pytest.raises(ValueError, match=r"Duplicated timeseries"):
-        BulkHistogram("lat", "doc", namespace="ns", registry=reg_bulk, buckets=[1.0])
-    with pytest.raises(ValueError, match="strictly increasing"):
-        BulkHistogram("x", "doc", namespace="ns", registry=CollectorRegistry(), buckets=[2, 1])
-
-
 def test_observe_cache_turns_monotonic_cache_counters_into_increments() -> None:
     reg = CollectorRegistry()
     m = Metrics(reg)
-    counters = {"evicted_lru": 5, "evicted_idle": 0, "spilled": 5, "state_lost": 0}
+    counters = Counters(evicted_lru=5, evicted_idle=0, spilled=5, state_lost=0)
     m.observe_cache(active=64, capacity=256, spilled=5, counters=counters)
-    counters = {"evicted_lru": 8, "evicted_idle": 2, "spilled": 10, "state_lost": 1}
+    counters = Counters(evicted_lru=8, evicted_idle=2, spilled=10, state_lost=1)
     m.observe_cache(active=128, capacity=256, spilled=9, counters=counters)
     assert value(reg, "lstm_stream_cache_evictions_total", {"cause": "lru"}) == 8
     assert value(reg, "lstm_stream_cache_evictions_total", {"cause": "idle"}) == 2
@@ -112,34 +103,3 @@ def test_observe_cache_turns_monotonic_cache_counters_into_increments() -> None:
     assert value(reg, "lstm_stream_active_streams") == 128
     assert value(reg, "lstm_stream_cache_occupancy_ratio") == 0.5
     assert value(reg, "lstm_stream_spilled_streams") == 9
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def test_server_serves_metrics_health_and_readiness() -> None:
-    reg = CollectorRegistry()
-    m = Metrics(reg)
-    m.records_in.labels("t").inc(7)
-    ready = {"value": False}
-    server = MetricsServer(reg, host="127.0.0.1", port=0, ready=lambda: ready["value"])
-    server.start()
-    try:
-        base = f"http://127.0.0.1:{server.port}"
-        status, body = _get(f"{base}/metrics")
-        assert status == 200 and 'lstm_stream_records_in_total{topic="t"} 7.0' in body
-        assert _get(f"{base}/healthz") == (200, "ok\n")
-        assert _get(f"{base}/readyz")[0] == 503
-        ready["value"] = True
-        assert _get(f"{base}/readyz") == (200, "ready\n")
-        assert _get(f"{base}/nope")[0] == 404
-    finally:
-        server.close()
-        server.close()  # idempotent
-    with pytest.raises(RuntimeError):
-        _ = server.port

@@ -37,3 +37,11 @@ def test_the_first_warning_is_logged_whatever_the_clock_reads(
     with caplog.at_level(logging.WARNING, logger="t0"):
         limited.warning("first")
     assert [r.getMessage() for r in caplog.records] == ["first"]
+
+
+def test_the_lines_are_logged_at_the_level_asked_for(caplog: pytest.LogCaptureFixture) -> None:
+    limited = RateLimitedLog(logging.getLogger("t1"), 10.0, clock=lambda: 0.0, level=logging.ERROR)
+    with caplog.at_level(logging.WARNING, logger="t1"):
+        limited.warning("lost %d", 3)
+        limited.warning("lost %d", 4)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("ERROR", "lost 3")]
