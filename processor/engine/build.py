@@ -3,6 +3,8 @@ configured, model loaded, state table on its device, so every command builds it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from processor.config.engine_options import EngineOptions
 from processor.engine.device import resolve_device
 from processor.engine.engine import Engine
@@ -13,13 +15,23 @@ from processor.state.cache import StateCache
 __all__ = ["build_engine"]
 
 
-def build_engine(options: EngineOptions, model: StepModel | None = None) -> Engine:
+def build_engine(
+    options: EngineOptions,
+    model: StepModel | None = None,
+    *,
+    configure: Callable[[int | None, int | None], None] = configure_threads,
+    resolve: Callable[[str | None], str] = resolve_device,
+) -> Engine:
     """Configure TensorFlow's threads, load the model (unless given) and build the engine.
 
-    Raises :class:`ConfigError` for a device TensorFlow does not have, and what
-    :func:`processor.model.protocol.load_step_model` raises for a model it cannot load."""
+    ``configure(intra_op, inter_op)`` sizes the thread pools and ``resolve(device)`` names
+    the device (by default :func:`~processor.engine.threads.configure_threads` and
+    :func:`~processor.engine.device.resolve_device`; a caller that must see the requests
+    passes its own). Raises :class:`ConfigError` for a device TensorFlow does not have, and
+    what :func:`processor.model.protocol.load_step_model` raises for a model it cannot
+    load."""
     if options.threads:
-        configure_threads(options.threads, 1)
+        configure(options.threads, 1)
     if model is None:
         if options.model is None:
             raise ValueError("no model given")
@@ -27,7 +39,7 @@ def build_engine(options: EngineOptions, model: StepModel | None = None) -> Engi
     cache = StateCache(
         model.state_spec,
         options.cache_capacity,
-        device=resolve_device(options.device),
+        device=resolve(options.device),
         storage_dtype=options.state_dtype,
         spill_capacity=options.spill_capacity,
         idle_timeout_s=options.idle_timeout,
