@@ -1,11 +1,12 @@
-"""The state cache's disk tier: an embedded RocksDB store of stream id -> encoded state.
+"""The disk tier's storage: an embedded RocksDB store of stream id -> encoded state.
 
 :class:`DiskStore` holds the states that neither the device table nor the host table of
-:class:`processor.state.cache.StateCache` has room for; its size is bounded by the disk, not by
-memory. It is a cache, never a durable store: it lives in a directory of its own, created
-lazily on the first write and deleted by :meth:`DiskStore.close` (and, should ``close`` never
-be called, by a ``weakref.finalize`` safety net at garbage collection or interpreter exit),
-so that no run ever reads another run's states.
+:class:`processor.state.cache.StateCache` has room for (:mod:`processor.state.disk_tier` puts
+them there and takes them back); its size is bounded by the disk, not by memory. It is a
+cache, never a durable store: it lives in a directory of its own, created with the store and
+deleted by :meth:`DiskStore.close` (and, should ``close`` never be called, by a
+``weakref.finalize`` safety net at garbage collection or interpreter exit), so that no run
+ever reads another run's states.
 
 :class:`RecordLayout` encodes states to and from the stored values: ``seq`` as a
 little-endian int64, then the raw bytes of each state tensor in the storage dtype, in spec
@@ -27,7 +28,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,7 +114,7 @@ def _options() -> rocksdict.Options:
     return opts
 
 
-def _destroy(db: rocksdict.Rdict, path: str) -> None:
+def _destroy(db: Any, path: str) -> None:
     """Close ``db`` and delete its directory (the finalizer: must not reference the store)."""
     with contextlib.suppress(Exception):  # already closed, or failing: the files go anyway
         db.close()
@@ -125,20 +126,27 @@ class DiskStore:
 
     ``parent``: the directory to create the store's own subdirectory in (``None``: the
     system's temporary directory). The subdirectory is created at construction and deleted
-    by :meth:`close`; ``parent`` itself is never deleted.
+    by :meth:`close`; ``parent`` itself is never deleted. ``open_db``: opens the RocksDB
+    database in a directory with the given options (``rocksdict.Rdict``; a test passes one
+    whose writes fail, as a full disk's would).
 
     The store counts its entries itself (:func:`len`), checking each written key against
     the store's bloom filters (a key that is not there costs no I/O), so the count is exact
     and free to read. Every failing RocksDB call raises :class:`StoreError`.
     """
 
-    def __init__(self, parent: str | None = None) -> None:
+    def __init__(
+        self,
+        parent: str | None = None,
+        *,
+        open_db: Callable[[str, rocksdict.Options], Any] = rocksdict.Rdict,
+    ) -> None:
         if parent is not None:
             os.makedirs(parent, exist_ok=True)
         self.path = tempfile.mkdtemp(prefix="lstm-stream-states-", dir=parent)
         try:
             # Any: the stubs' key types are narrower than the calls below (lists of bytes).
-            self._db: Any = rocksdict.Rdict(self.path, _options())
+            self._db: Any = open_db(self.path, _options())
             # A property at run time, though the type stubs declare a method.
             write: Any = rocksdict.WriteOptions()
             write.disable_wal = True

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def run_flood(
             "host": cache.host_count,
             "disk": cache.disk_count,
             "bytes_per_stream": cache.bytes_per_stream,
-            "stats": vars(cache.stats),
+            "stats": asdict(cache.stats),
         },
         "disk_dir_entries": len(os.listdir(workdir / "states")),
         "baseline_kib": baseline_kib,

@@ -582,7 +582,7 @@ def test_states_handed_over_to_another_engine_continue_exactly(
     second = make_engine(
         sm, capacity=16, max_batch=8, scan_min_steps=2, storage_dtype=storage_dtype
     )
-    second.cache.restore(moved)
+    second.cache.load(moved)
     arrived = second.cache.snapshot(list(moved))
     for stream, state in moved.items():
         assert arrived[stream].seq == state.seq

@@ -1,18 +1,19 @@
-"""StateCache: admission, LRU and idle eviction, spilling to the lower tiers,
-snapshot/restore, O(batch). The tiers themselves: test_tiers.py."""
+"""StateCache: admission, LRU and idle eviction, spilling to the lower tiers and back,
+snapshot/load, O(batch). The tiers themselves: test_tiers.py and the tests of each tier."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from processor.engine.device import resolve_device
 from processor.errors import CapacityError, ConfigError
-from processor.model.protocol import StateSpec
+from processor.model.facts import StateSpec
 from processor.state.cache import StateCache, StreamState
 
 SPEC = (StateSpec("l/h", (3,)), StateSpec("l/c", (3,)))
@@ -28,6 +29,14 @@ class FakeClock:
 
 def state(value: float, seq: int = 0) -> StreamState:
     return StreamState((np.full(3, value, np.float32), np.full(3, -value, np.float32)), seq)
+
+
+def put_on_device(cache: StateCache, states: Mapping[str, StreamState]) -> None:
+    """Make ``states`` device-resident the way a run does: loaded (as from a state topic),
+    then acquired by a batch of those streams (in that order: the first is the LRU one)."""
+    cache.load(states)
+    acq = cache.acquire(list(states))
+    assert not acq.fresh.any()
 
 
 def test_admission_marks_new_streams_fresh_and_reuses_slots() -> None:
@@ -50,21 +59,22 @@ def test_batch_larger_than_capacity_is_refused() -> None:
 
 def test_lru_eviction_spills_and_restores_state() -> None:
     cache = StateCache(SPEC, 2)
-    cache.restore({"a": state(1.0, seq=5), "b": state(2.0, seq=7)})
+    put_on_device(cache, {"a": state(1.0, seq=5), "b": state(2.0, seq=7)})
     cache.acquire(["b"])  # a is now least recently used
     acq = cache.acquire(["c"])
     assert acq.fresh.tolist() == [True]
     assert "a" not in cache and "b" in cache
     assert cache.stats.evicted_lru == 1 and cache.spilled_count == 1
     assert cache.last_seq("a") == 5  # the spilled stream keeps its seq
+    restored = cache.stats.restored_from_spill
     back = cache.acquire(["a"])  # evicts b (LRU), restores a
     assert back.fresh.tolist() == [False]
-    assert cache.stats.restored_from_spill == 1
+    assert cache.stats.restored_from_spill == restored + 1
     snap = cache.snapshot(["a", "b"])
     np.testing.assert_array_equal(snap["a"].arrays[0], np.full(3, 1.0))
     np.testing.assert_array_equal(snap["a"].arrays[1], np.full(3, -1.0))
     assert snap["a"].seq == 5
-    np.testing.assert_array_equal(snap["b"].arrays[0], np.full(3, 2.0))  # from the spill store
+    np.testing.assert_array_equal(snap["b"].arrays[0], np.full(3, 2.0))  # from the host table
     assert snap["b"].seq == 7
 
 
@@ -82,7 +92,7 @@ def test_full_host_table_moves_states_to_disk_and_nothing_is_dropped(
     tmp_path: Path,
 ) -> None:
     cache = StateCache(SPEC, 1, spill_capacity=1, state_dir=str(tmp_path))
-    cache.restore({"a": state(1.0, seq=4)})
+    put_on_device(cache, {"a": state(1.0, seq=4)})
     cache.acquire(["b"])  # a -> host table
     cache.acquire(["c"])  # b -> host table, which is full: a -> disk
     assert cache.host_count == 1 and cache.disk_count == 1 and cache.spilled_count == 2
@@ -99,7 +109,7 @@ def test_returning_stream_is_taken_out_before_its_own_eviction() -> None:
     # The host table is full with "a"; admitting "a" evicts "b" into the host table. "a"
     # leaves the host table first, so "b" takes its row and nothing goes to disk.
     cache = StateCache(SPEC, 1, spill_capacity=1)
-    cache.restore({"a": state(1.0, seq=3)})
+    cache.load({"a": state(1.0, seq=3)})
     cache.acquire(["b"])
     acq = cache.acquire(["a"])
     assert acq.fresh.tolist() == [False]
@@ -127,7 +137,7 @@ def test_idle_eviction_only_touches_idle_streams() -> None:
 
 def test_release_forgets_stream_and_frees_slot() -> None:
     cache = StateCache(SPEC, 1)
-    cache.restore({"a": state(1.0, seq=9)})
+    put_on_device(cache, {"a": state(1.0, seq=9)})
     cache.release(["a"])
     assert len(cache) == 0 and cache.last_seq("a") == -1
     assert cache.stats.ended == 1
@@ -143,20 +153,20 @@ def test_note_ended_counts_lives_that_end_without_release() -> None:
     assert "a" in cache and len(cache) == 1  # counting frees nothing
 
 
-def test_snapshot_restore_round_trip_in_reduced_precision() -> None:
+def test_snapshot_load_round_trip_through_the_device_in_reduced_precision() -> None:
     for dtype, tol in (("float16", 1e-3), ("bfloat16", 1e-2)):
         cache = StateCache(SPEC, 4, storage_dtype=dtype)
-        cache.restore({"a": state(0.123456, seq=1)})
+        put_on_device(cache, {"a": state(0.123456, seq=1)})
         got = cache.snapshot(["a"])["a"]
         assert got.arrays[0].dtype == np.float32
         np.testing.assert_allclose(got.arrays[0], 0.123456, rtol=tol)
 
 
-def test_restore_checks_shapes() -> None:
+def test_load_checks_shapes() -> None:
     cache = StateCache(SPEC, 4)
     bad = StreamState((np.zeros(3, np.float32), np.zeros(4, np.float32)), 0)
     with pytest.raises(ValueError, match=r"expected shape \(3,\), got \(4,\)"):
-        cache.restore({"a": bad})
+        cache.load({"a": bad})
 
 
 def test_config_errors() -> None:
@@ -170,59 +180,67 @@ def test_config_errors() -> None:
     assert resolve_device("auto") in ("/CPU:0", "/GPU:0")
 
 
-class SpyMap:
-    """Wraps the cache's host map and counts the entries one step touches (lookups, moves,
+class CountingIndex(OrderedDict[str, int]):
+    """A tier's stream index that counts the entries it is asked about (lookups, moves,
     insertions, deletions, and every entry an iteration yields)."""
 
-    def __init__(self, real: OrderedDict[str, int]) -> None:
-        self.real = real
-        self.ops = 0
+    ops = 0
 
-    def get(self, key: str) -> int | None:
+    def get(self, *args: Any) -> Any:
         self.ops += 1
-        return self.real.get(key)
+        return super().get(*args)
 
-    def pop(self, key: str, default: int | None = None) -> int | None:
+    def pop(self, *args: Any) -> Any:
         self.ops += 1
-        return self.real.pop(key, default)
+        return super().pop(*args)
 
-    def move_to_end(self, key: str) -> None:
+    def move_to_end(self, key: str, last: bool = True) -> None:
         self.ops += 1
-        self.real.move_to_end(key)
+        super().move_to_end(key, last)
 
-    def items(self) -> Iterator[tuple[str, int]]:
-        for item in self.real.items():
+    def items(self) -> Any:
+        for item in super().items():
             self.ops += 1
             yield item
 
     def __setitem__(self, key: str, value: int) -> None:
         self.ops += 1
-        self.real[key] = value
+        super().__setitem__(key, value)
 
     def __delitem__(self, key: str) -> None:
         self.ops += 1
-        del self.real[key]
-
-    def __len__(self) -> int:
-        return len(self.real)
+        super().__delitem__(key)
 
 
 def test_per_step_host_work_does_not_grow_with_cached_streams() -> None:
-    # Count the entries of the device and host maps one acquire() touches -- with a full
+    # Count the entries of the device and host indexes one acquire() touches -- with a full
     # device and a full host table, so that it evicts down both tiers and reads back from
     # both -- and one idle eviction: they must not depend on how many streams are cached.
     # A proxy for O(batch) that timing noise cannot fool.
     ops = {}
     for cached in (100, 20_000):
         clock = FakeClock()
-        cache = StateCache(SPEC, cached, spill_capacity=cached, idle_timeout_s=10.0, clock=clock)
+        indexes: list[CountingIndex] = []
+
+        def new_index(indexes: list[CountingIndex] = indexes) -> CountingIndex:
+            indexes.append(CountingIndex())
+            return indexes[-1]
+
+        cache = StateCache(
+            SPEC,
+            cached,
+            spill_capacity=cached,
+            idle_timeout_s=10.0,
+            clock=clock,
+            new_index=new_index,
+        )
+        put_on_device(cache, {f"s{i}": state(0.0) for i in range(cached)})
         cache.load({f"h{i}": state(1.0) for i in range(cached + 64)})  # host full, 64 on disk
-        cache.restore({f"s{i}": state(0.0) for i in range(cached)})
         clock.now = 5.0
         cache.acquire([f"s{i}" for i in range(32, cached)])  # all but 32 seen again at t=5
-        device, host = SpyMap(cache._map), SpyMap(cache._host_map)
-        cache._map, cache._host_map = device, host  # type: ignore[assignment]
-        returning = ["h0", f"h{cached + 1}"]  # one from the host table, one from disk
+        for index in indexes:
+            index.ops = 0
+        returning = ["h0", f"h{cached + 1}"]  # one from disk, one from the host table
         batch = [f"s{i}" for i in range(32, 64)] + [f"new{i}" for i in range(30)] + returning
         acq = cache.acquire(batch)
         assert acq.fresh.tolist() == [False] * 32 + [True] * 30 + [False, False]
@@ -230,6 +248,7 @@ def test_per_step_host_work_does_not_grow_with_cached_streams() -> None:
         assert cache.stats.spilled_to_disk == 64 + 31
         clock.now = 12.0  # nothing idle for 10 s: the scan must stop at the first entry
         assert cache.evict_idle() == 0
-        ops[cached] = device.ops + host.ops
+        assert len(indexes) == 2  # the device's and the host table's
+        ops[cached] = sum(index.ops for index in indexes)
         cache.close()
     assert ops[100] == ops[20_000] > 0
