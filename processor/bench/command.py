@@ -15,9 +15,10 @@ import argparse
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import processor  # noqa: F401  (TF environment defaults)
 from processor.engine.threads import configure_threads
@@ -26,6 +27,20 @@ if TYPE_CHECKING:
     from processor.bench.config import Config
 
 DEFAULT_OUT = "bench-out"
+
+#: Writes a run's results into a directory and lists the plot files it wrote in
+#: ``results["plots"]`` (as :func:`processor.bench.report.write_all` does).
+WriteResults = Callable[[dict[str, Any], Path], None]
+
+
+class RunSuite(Protocol):
+    """What runs the sections: :func:`processor.bench.suite.run`'s contract (the results
+    dict of ``cfg``, with ``goals``, ``errors`` and ``agreement``; ``command`` and
+    ``threads`` are recorded in it)."""
+
+    def __call__(
+        self, cfg: Config, *, command: str, threads: tuple[int, int]
+    ) -> dict[str, Any]: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,11 +87,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(
+    args: argparse.Namespace,
+    *,
+    configure: Callable[[int | None, int | None], None] = configure_threads,
+    run: RunSuite | None = None,
+    write: WriteResults | None = None,
+) -> int:
     """Run the benchmark described by ``args`` (see :func:`add_arguments`) through
-    :func:`run_and_write`; see the module docstring for the exit code."""
+    :func:`run_and_write`; see the module docstring for the exit code. ``configure`` sizes
+    TensorFlow's intra- and inter-op thread pools from ``--threads`` and
+    ``--inter-threads`` (None for 0) before anything else (default:
+    :func:`~processor.engine.threads.configure_threads`); ``run`` and ``write``: see
+    :func:`run_and_write`."""
     # Before anything makes TensorFlow run an op (model building does).
-    configure_threads(args.threads or None, args.inter_threads or None)
+    configure(args.threads or None, args.inter_threads or None)
     from processor.bench.config import full_config, quick_config
     from processor.bench.models import DEFAULT_MODELS
 
@@ -85,25 +110,37 @@ def main(args: argparse.Namespace) -> int:
     cfg = replace(
         make(models, args.min_time), bootstrap_servers=args.bootstrap_servers, seed=args.seed
     )
-    return run_and_write(cfg, args)
+    return run_and_write(cfg, args, run=run, write=write)
 
 
-def run_and_write(cfg: Config, args: argparse.Namespace) -> int:
+def run_and_write(
+    cfg: Config,
+    args: argparse.Namespace,
+    *,
+    run: RunSuite | None = None,
+    write: WriteResults | None = None,
+) -> int:
     """Run the sections ``cfg`` sizes, write the results into ``args.out`` and print where
     they are and each goal's verdict. ``args`` (the command's flags) gives the command line
     recorded in the results and the thread counts requested. Returns the exit code (see
-    the module docstring)."""
+    the module docstring). ``run`` runs the sections (None:
+    :func:`processor.bench.suite.run`), ``write`` writes the results (None:
+    :func:`processor.bench.report.write_all`); the real ones are imported only here, once
+    :func:`main` has sized the thread pools."""
     import tensorflow as tf
 
     from processor.bench import report, suite
+
+    run_sections = run if run is not None else suite.run
+    write_results = write if write is not None else report.write_all
 
     # Engine warm-up traces one function per bucket on purpose; TF's "retracing" warning
     # about it is noise here (retraces in timed regions are counted and reported instead).
     tf.get_logger().setLevel(logging.ERROR)
     command = "lstm-stream bench " + " ".join(shlex.quote(a) for a in _argv_of(args))
-    results = suite.run(cfg, command=command, threads=(args.threads, args.inter_threads))
+    results = run_sections(cfg, command=command, threads=(args.threads, args.inter_threads))
     out = Path(args.out)
-    report.write_all(results, out)
+    write_results(results, out)
     print(f"bench: results in {out}/ (results.json, results.md, {', '.join(results['plots'])})")
     for g in results["goals"]:
         print(f"  {g['status']:<8} {g['goal']}: {g['measured']}")

@@ -13,19 +13,29 @@ import dataclasses
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from processor.config.engine_options import EngineOptions, add_engine_arguments
 from processor.demo.config import KIND_DEFAULTS, KINDS, DemoConfig, DemoKind, auto_cache_capacity
 from processor.demo.prepare import Trainers
-from processor.demo.report import format_summary, write_summary_json
+from processor.demo.report import DemoSummary, format_summary, write_summary_json
 from processor.demo.run import run_demo
 from processor.engine.threads import configure_threads
 from processor.errors import ConfigError
 
-__all__ = ["add_arguments", "config_from_args", "main"]
+__all__ = ["RunDemo", "add_arguments", "config_from_args", "main"]
+
+
+class RunDemo(Protocol):
+    """What :func:`main` runs the demo with: :func:`~processor.demo.run.run_demo`'s
+    contract (the summary of the run of ``config``; ``stop`` set ends the live phase early;
+    raises ConfigError for bad settings)."""
+
+    def __call__(
+        self, config: DemoConfig, *, stop: threading.Event, trainers: Trainers | None
+    ) -> DemoSummary: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,12 +140,26 @@ def _sigint_sets(event: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def main(args: argparse.Namespace, *, trainers: Trainers | None = None) -> int:
+def main(
+    args: argparse.Namespace,
+    *,
+    trainers: Trainers | None = None,
+    run: RunDemo = run_demo,
+    configure: Callable[[int | None, int | None], None] = configure_threads,
+    write_json: Callable[[DemoSummary, str], object] = write_summary_json,
+) -> int:
     """Run the demo from parsed flags, print the summary on stdout (and, with
     ``--summary-json``, write :func:`~processor.demo.report.summary_record` there). Exit
-    code 0; 2 for bad settings, 1 when the JSON file cannot be written. ``trainers``: how
-    to train the example model without ``--model`` (default:
-    :class:`~processor.demo.prepare.Trainers`)."""
+    code 0; 2 for bad settings, 1 when the JSON file cannot be written.
+
+    The collaborators default to the real ones: ``trainers``: how to train the example
+    model without ``--model`` (default: :class:`~processor.demo.prepare.Trainers`);
+    ``run``: runs the demo of the flags' config
+    (:func:`~processor.demo.run.run_demo`); ``configure``: sizes TensorFlow's intra- and
+    inter-op thread pools, called with ``(--threads, 1)`` before the demo runs when
+    ``--threads`` is given (:func:`~processor.engine.threads.configure_threads`);
+    ``write_json``: writes the summary to the ``--summary-json`` path, raising OSError
+    when it cannot (:func:`~processor.demo.report.write_summary_json`)."""
     try:
         config = config_from_args(args)
         config.check()
@@ -144,7 +168,7 @@ def main(args: argparse.Namespace, *, trainers: Trainers | None = None) -> int:
         return 2
     # Before TensorFlow executes anything (training, loading): later it can no longer change.
     if config.engine.threads:
-        configure_threads(config.engine.threads, 1)
+        configure(config.engine.threads, 1)
     stop = threading.Event()
     mode = f"{config.rate:,.0f} msg/s" if config.rate > 0 else "as fast as possible"
     streams = "cameras" if config.kind == DemoKind.FRAMES else "sensors"
@@ -158,7 +182,7 @@ def main(args: argparse.Namespace, *, trainers: Trainers | None = None) -> int:
     )
     with _sigint_sets(stop):
         try:
-            summary = run_demo(config, stop=stop, trainers=trainers)
+            summary = run(config, stop=stop, trainers=trainers)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -166,7 +190,7 @@ def main(args: argparse.Namespace, *, trainers: Trainers | None = None) -> int:
     json_path = getattr(args, "summary_json", None)
     if json_path is not None:
         try:
-            write_summary_json(summary, json_path)
+            write_json(summary, json_path)
         except OSError as exc:
             print(f"error: cannot write --summary-json {json_path}: {exc}", file=sys.stderr)
             return 1

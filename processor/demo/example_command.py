@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from processor.demo.config import KINDS, DemoKind
-from processor.demo.example import TrainConfig, format_metrics, train_example_model
-from processor.demo.frames_example import (
-    FramesTrainConfig,
-    format_frames_metrics,
-    train_frames_model,
-)
+from processor.demo.example import TrainConfig, format_metrics
+from processor.demo.frames_example import FramesTrainConfig, format_frames_metrics
+from processor.demo.prepare import Trainers
 
 __all__ = ["add_arguments", "config_from_args", "frames_config_from_args", "main", "save_model"]
 
@@ -109,11 +107,25 @@ def frames_config_from_args(args: argparse.Namespace) -> FramesTrainConfig:
     return FramesTrainConfig(**given, init_model=getattr(args, "init_out", None) is not None)
 
 
-def main(args: argparse.Namespace) -> int:
+#: Saves a model to a path, returning the path (as :func:`save_model`).
+SaveModel = Callable[[Any, str], Path]
+
+
+def main(
+    args: argparse.Namespace,
+    *,
+    trainers: Trainers | None = None,
+    save: SaveModel = save_model,
+) -> int:
     """Train the example model of ``--kind``, save it to ``--out`` (and the init model to
-    ``--init-out``) and print the summary. Exit code 0, or 2 for invalid flags."""
+    ``--init-out``) and print the summary. Exit code 0, or 2 for invalid flags.
+
+    The collaborators default to the real ones: ``trainers`` trains the model of each kind
+    (default: :class:`~processor.demo.prepare.Trainers`), ``save`` writes a trained model
+    to a ``.keras`` path and returns it (default: :func:`save_model`)."""
+    trainers = trainers if trainers is not None else Trainers()
     if getattr(args, "kind", DemoKind.SENSOR) == DemoKind.FRAMES:
-        return _main_frames(args)
+        return _main_frames(args, trainers, save)
     if getattr(args, "init_out", None) is not None:
         print("error: --init-out applies to --kind frames", file=sys.stderr)
         return 2
@@ -125,14 +137,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --out {args.out!r} must end in '.keras'", file=sys.stderr)
         return 2
     print(f"training the example model (seed {cfg.seed})...", file=sys.stderr, flush=True)
-    model, metrics = train_example_model(cfg)
-    path = save_model(model, args.out)
+    model, metrics = trainers.sensor(cfg)
+    path = save(model, args.out)
     print(format_metrics(cfg, metrics))
     print(f"saved {path}")
     return 0
 
 
-def _main_frames(args: argparse.Namespace) -> int:
+def _main_frames(args: argparse.Namespace, trainers: Trainers, save: SaveModel) -> int:
     """``main`` for ``--kind frames``."""
     given = [f"--{n}" for n in _SENSOR_ONLY if hasattr(args, n)]
     if given:
@@ -151,10 +163,10 @@ def _main_frames(args: argparse.Namespace) -> int:
         print("error: --streams, --steps, --epochs and --batch-size must be >= 1", file=sys.stderr)
         return 2
     print(f"training the frames example model (seed {cfg.seed})...", file=sys.stderr, flush=True)
-    model, init, metrics = train_frames_model(cfg)
-    path = save_model(model, args.out)
+    model, init, metrics = trainers.frames(cfg)
+    path = save(model, args.out)
     print(format_frames_metrics(cfg, metrics))
     print(f"saved {path}")
     if init is not None:
-        print(f"saved {save_model(init, args.init_out)} (initial states: --init-model)")
+        print(f"saved {save(init, args.init_out)} (initial states: --init-model)")
     return 0

@@ -33,7 +33,8 @@ __all__ = ["Trainers", "check_model", "prepare_model"]
 
 @dataclass(frozen=True)
 class Trainers:
-    """How the demo trains the example model of each kind when it is given none: ``sensor``
+    """How the example model of each kind is trained (by the demo when it is given none,
+    and by ``lstm-stream example-model``): ``sensor``
     returns ``(keras model, metrics)``, ``frames`` ``(keras model, init model or None,
     metrics)``, as :func:`~processor.demo.example.train_example_model` and
     :func:`~processor.demo.frames_example.train_frames_model` (the defaults) do."""
@@ -75,17 +76,20 @@ def prepare_model(
     log: TextIO | None = None,
     *,
     trainers: Trainers | None = None,
+    load_model: Callable[[str, str | None], StepModel] = load_step_model,
 ) -> tuple[StepModel, str | None]:
     """The model of ``config.engine.model`` (with ``config.engine.init_model``), or, without
     one, the example model of ``config.kind`` trained now by ``trainers`` (default:
     :class:`Trainers`) with ``train`` settings, of the kind's type (default: the kind's
-    defaults with seed ``config.seed``). Returns it with the training summary, if any.
+    defaults with seed ``config.seed``). ``load_model`` loads a model path with its init
+    model path (default: :func:`~processor.model.protocol.load_step_model`). Returns the
+    model with the training summary, if any.
     Raises ConfigError for ``--init-model`` without ``--model`` or ``train`` settings of
     the other kind. Notes go to ``log`` (default: ``sys.stderr`` at the time of the call)."""
     log = log if log is not None else sys.stderr
     trainers = trainers if trainers is not None else Trainers()
     if config.engine.model is not None:
-        return load_step_model(config.engine.model, config.engine.init_model), None
+        return load_model(config.engine.model, config.engine.init_model), None
     if config.engine.init_model is not None:
         raise ConfigError("--init-model needs the --model it belongs to")
     if config.kind == DemoKind.FRAMES:

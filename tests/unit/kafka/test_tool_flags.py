@@ -1,13 +1,14 @@
 """Every flag of ``produce``, ``tail``, ``demo``, ``example-model`` and ``bench`` reaches
 what it configures.
 
-Each command runs through its real command line (``processor.cli.main``; ``produce`` and
-``tail``: their ``main`` on the parser the cli builds, given the stand-ins) with its heavy
-work replaced by a recorder: the library function the command calls (``produce``,
-``tail``, ``run_demo``, ``train_example_model``, the benchmark's ``run``) records its
-arguments instead of talking to Kafka or training, and where a flag configures a Kafka
-client, the real library function runs up to the client's construction, which a stand-in
-records and then stops. One table row per flag: its arguments, how to observe what it
+Each command's ``main`` runs on the parser the cli builds for it
+(``processor.cli.command_parser``), given recorders for its heavy work through its
+keyword parameters: the library function the command calls (``produce``, ``tail``,
+``run_demo``, the example model's trainers and saver, the benchmark's sections and
+results writer, TensorFlow's thread sizing) records its arguments instead of talking to
+Kafka, training or measuring, and where a flag configures a Kafka client, the real
+library function runs up to the client's construction, which a stand-in records and then
+stops. One table row per flag: its arguments, how to observe what it
 changed, and the expected observation, which must differ from the observation without
 the flag (or the row proves nothing).
 
@@ -18,6 +19,7 @@ and a row whose flag is gone fails too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import os
 import re
@@ -25,21 +27,23 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiokafka
 import numpy as np
 import pytest
 
-import processor.bench.command
-import processor.bench.report
-import processor.bench.suite
-import processor.kafka.io.clients  # (reads aiokafka's signatures before they are replaced)
+# Imported before a test replaces aiokafka's clients: it reads their signatures.
+import processor.kafka.io.clients  # noqa: F401
 from processor import cli
+from processor.bench import command as bench
 from processor.demo import command as demo
 from processor.demo import example_command as example
-from processor.demo import prepare as demo_prepare
+from processor.demo.config import DemoConfig
+from processor.demo.example import TrainConfig, TrainMetrics
+from processor.demo.frames_example import FramesMetrics, FramesTrainConfig
+from processor.demo.prepare import Trainers, prepare_model
+from processor.demo.report import DemoSummary, ForecastErrors
 from processor.kafka.tools import produce as produce_tool
 from processor.kafka.tools import tail as tail_tool
 from processor.kafka.tools.produce import ProduceStats
@@ -106,7 +110,7 @@ class _StandinModel:
     input_dtype = np.dtype("uint8")
 
 
-# ---- runners: the command through cli.main, heavy work recorded -----------------------------
+# ---- runners: the command's main on its real parser, heavy work recorded ---------------------
 
 
 #: The module of each Kafka tool; its library function has the command's name.
@@ -161,73 +165,99 @@ def _run_tail(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
 
 
 def _run_demo(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
+    """``demo`` (its ``main`` on its real parser) with the run, the thread sizing and the
+    JSON writer recorded; with ``--model``, the recorded config's model is then prepared
+    as the demo would, with a recording loader."""
     seen = Seen()
 
-    def run_demo(config: demo.DemoConfig, *args: Any, **kwargs: Any) -> Any:
+    def run(config: DemoConfig, *args: Any, **kwargs: Any) -> DemoSummary:
         seen.config = config
-        return SimpleNamespace()
+        return _empty_summary()
 
     def load(path: str, init: Any = None) -> _StandinModel:
         seen.loaded.append((path, init))
         return _StandinModel()
 
-    def write_summary_json(summary: Any, path: str) -> None:
+    def write_json(summary: DemoSummary, path: str) -> None:
         seen.written = path
 
-    mp.setattr(demo, "run_demo", run_demo)
-    mp.setattr(demo, "format_summary", lambda summary: "")
-    mp.setattr(demo, "write_summary_json", write_summary_json)
-    mp.setattr(demo, "configure_threads", lambda *a: seen.threads.append(a))
-    mp.setattr(demo_prepare, "load_step_model", load)
-    assert cli.main(["demo", *argv]) == 0
+    parser, _ = cli.command_parser("demo")
+    code = demo.main(
+        parser.parse_args(argv),
+        run=run,
+        configure=lambda *a: seen.threads.append(a),
+        write_json=write_json,
+    )
+    assert code == 0
     if seen.config.engine.model is not None:  # without one the demo would train a model
-        demo_prepare.prepare_model(seen.config)
+        prepare_model(seen.config, load_model=load)
     return seen
 
 
+def _empty_summary() -> DemoSummary:
+    """The summary of a demo run that did nothing (what the recorded run returns)."""
+    nothing = ForecastErrors(streams=0, pairs=0, stateful=None, reset=None, naive=None)
+    zeros = {f.name: 0 for f in dataclasses.fields(DemoSummary) if f.type in ("int", "float")}
+    return DemoSummary(
+        **zeros,
+        model="stand-in",
+        stopped_early=False,
+        all_streams=nothing,
+        sample=nothing,
+        offline_max_abs_diff=None,
+    )
+
+
 def _run_example(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
+    """``example-model`` (its ``main`` on its real parser) with training and saving
+    recorded."""
     seen = Seen()
     trained = object()
 
-    def train(config: example.TrainConfig) -> tuple[Any, Any]:
+    def train(config: TrainConfig) -> tuple[Any, TrainMetrics]:
         seen.config = config
-        return trained, None
+        return trained, TrainMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0)
 
     trained_init = object()
 
-    def train_frames(config: Any) -> tuple[Any, Any, Any]:
+    def train_frames(config: FramesTrainConfig) -> tuple[Any, Any, FramesMetrics]:
         seen.config = config
-        return trained, trained_init if config.init_model else None, None
+        init = trained_init if config.init_model else None
+        return trained, init, FramesMetrics(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)
 
-    def save(model: Any, out: str | Path) -> Path:
+    def save(model: Any, out: str) -> Path:
         assert model is trained or model is trained_init
         seen.saved = str(out)
         return Path(out)
 
-    mp.setattr(example, "train_example_model", train)
-    mp.setattr(example, "save_model", save)
-    mp.setattr(example, "format_metrics", lambda cfg, metrics: "")
-    mp.setattr(example, "train_frames_model", train_frames)
-    mp.setattr(example, "format_frames_metrics", lambda cfg, metrics: "")
-    assert cli.main(["example-model", *argv]) == 0
+    parser, _ = cli.command_parser("example-model")
+    trainers = Trainers(sensor=train, frames=train_frames)
+    assert example.main(parser.parse_args(argv), trainers=trainers, save=save) == 0
     return seen
 
 
 def _run_bench(argv: list[str], mp: pytest.MonkeyPatch) -> Seen:
+    """``bench`` (its ``main`` on its real parser) with the thread sizing, the sections'
+    run and the results' writer recorded."""
     seen = Seen()
 
     def run(cfg: Any, **kwargs: Any) -> dict[str, Any]:
         seen.config = cfg
         seen.call = kwargs
-        return {"plots": [], "goals": [], "errors": [], "agreement": {}}
+        return {"goals": [], "errors": [], "agreement": {}}
 
-    def write_all(results: dict[str, Any], out: Path) -> None:
+    def write(results: dict[str, Any], out: Path) -> None:
+        results["plots"] = []
         seen.written = str(out)
 
-    mp.setattr(processor.bench.suite, "run", run)
-    mp.setattr(processor.bench.command, "configure_threads", lambda *a: seen.threads.append(a))
-    mp.setattr(processor.bench.report, "write_all", write_all)
-    assert cli.main(["bench", *argv]) == 0
+    parser, _ = cli.command_parser("bench")
+    code = bench.main(
+        parser.parse_args(argv),
+        configure=lambda *a: seen.threads.append(a),
+        run=run,
+        write=write,
+    )
+    assert code == 0
     return seen
 
 
