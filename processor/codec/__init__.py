@@ -25,19 +25,36 @@ Unknown extra keys are ignored (forward compatibility). Output records carry ``s
 when the input had one. Dead-letter records carry ``reason``, ``detail``, ``record`` (bin, the
 original bytes) and optionally ``source``, ``offset`` and ``index``.
 
-Modules: :mod:`~processor.codec.decode` (:class:`RecordDecoder`, input records),
-:mod:`~processor.codec.encode` (input and output records), :mod:`~processor.codec.images`
-(JPEG/PNG payloads), :mod:`~processor.codec.deadletter`
-(dead-letter records), :mod:`~processor.codec.framing` (files of concatenated records) and
-:mod:`~processor.codec.reasons` (the one registry of dead-letter reason codes,
-:data:`REASONS`). This package re-exports their public names; import them from here.
+Modules:
+
+- :mod:`~processor.codec.decode`: :class:`RecordDecoder`, input records one by one or in
+  batches, built from
+- :mod:`~processor.codec.fields`: the one table of the input record's field rules (presence,
+  msgpack type, reason and detail of a breach), and :data:`MAX_SEQ`;
+- :mod:`~processor.codec.check`: ``FieldChecker``, which applies them, with the rules on
+  values (stream id and message key, seq range, encoding, dtype, shape);
+- :mod:`~processor.codec.tensor`: ``TensorReader``, a raw ``x`` into the model's array;
+- :mod:`~processor.codec.images`: JPEG/PNG payloads (:func:`encode_frame`,
+  :func:`encode_image_input`, header checks, batched decoding; JPEG with libjpeg's accurate
+  IDCT);
+- :mod:`~processor.codec.encode`: input and output records (:func:`encode_input`,
+  :func:`encode_outputs`, :func:`decode_output`);
+- :mod:`~processor.codec.deadletter`: dead-letter records;
+- :mod:`~processor.codec.framing`: files of concatenated records (:func:`iter_framed`);
+- :mod:`~processor.codec.reasons`: the one registry of dead-letter reason codes
+  (:data:`REASONS`).
+
+This package re-exports the public names callers use (not the decoder's parts: checker,
+reader); import them from here. The codec's own modules import each other by full module
+path, never through this face.
 """
 
 from __future__ import annotations
 
 from processor.codec.deadletter import decode_dead_letter, encode_dead_letter
-from processor.codec.decode import MAX_SEQ, RecordDecoder
+from processor.codec.decode import RecordDecoder
 from processor.codec.encode import decode_output, encode_input, encode_output, encode_outputs
+from processor.codec.fields import MAX_SEQ
 from processor.codec.framing import Frame, iter_framed
 from processor.codec.images import ENCODINGS, encode_frame, encode_image_input
 from processor.codec.reasons import (

@@ -1,5 +1,5 @@
-"""Private helpers shared by the codec's modules: bounded msgpack unpacking and value names
-for error details (no I/O)."""
+"""Private helpers shared by the codec's modules: bounded msgpack unpacking, and value names
+and clipped text for error details (no I/O)."""
 
 from __future__ import annotations
 
@@ -48,19 +48,32 @@ def unpack(value: bytes) -> object:
     )
 
 
+#: What :func:`unpack` raises for a value that is not one valid msgpack object.
+UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
+
+
+def unpack_error(exc: Exception) -> BadRecord:
+    """``BadRecord(UNDECODABLE, ...)`` for ``exc``, one of :data:`UNPACK_ERRORS`."""
+    if isinstance(exc, msgpack.ExtraData):
+        return BadRecord(
+            UNDECODABLE, f"{len(exc.extra)} trailing bytes after a complete msgpack object"
+        )
+    return BadRecord(UNDECODABLE, f"invalid msgpack: {exc}")
+
+
 def unpack_or_bad_record(value: bytes) -> object:
     """:func:`unpack`, raising ``BadRecord(UNDECODABLE, ...)`` on any parse failure."""
     try:
         return unpack(value)
-    except msgpack.ExtraData as exc:
-        raise BadRecord(
-            UNDECODABLE,
-            f"{len(exc.extra)} trailing bytes after a complete msgpack object",
-        ) from None
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise BadRecord(UNDECODABLE, f"invalid msgpack: {exc}") from None
+    except UNPACK_ERRORS as exc:
+        raise unpack_error(exc) from None
 
 
 def le_bytes(arr: np.ndarray, dtype: np.dtype[Any]) -> bytes:
     """C-order little-endian bytes of ``arr`` converted to ``dtype``."""
     return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, so a hostile value cannot flood logs."""
+    return text if len(text) <= limit else text[:limit] + "..."

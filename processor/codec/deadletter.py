@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
 from processor.codec._common import type_name, unpack_or_bad_record
-from processor.codec.reasons import MISSING_FIELD, NOT_A_MAP, WRONG_TYPE
+from processor.codec.fields import ABSENT, FieldRule
+from processor.codec.reasons import NOT_A_MAP
 from processor.errors import BadRecord
 
 __all__ = ["decode_dead_letter", "encode_dead_letter"]
@@ -49,22 +50,21 @@ def decode_dead_letter(value: bytes) -> dict[str, Any]:
     if type(obj) is not dict:
         raise BadRecord(NOT_A_MAP, f"expected a msgpack map, got {type_name(obj)}")
     result: dict[str, Any] = {}
-    fields = (
-        ("reason", str, True),
-        ("detail", str, True),
-        ("record", bytes, True),
-        ("source", str, False),
-        ("offset", int, False),
-        ("index", int, False),
-    )
-    for name, kind, required in fields:
-        if name not in obj:
-            if required:
-                raise BadRecord(MISSING_FIELD, f"missing field {name!r}")
-            continue
-        if type(obj[name]) is not kind:
-            raise BadRecord(
-                WRONG_TYPE, f"{name!r} must be {kind.__name__}, got {type_name(obj[name])}"
-            )
-        result[name] = obj[name]
+    for rule in _FIELDS:
+        value = obj.get(rule.name, ABSENT)
+        if not rule.accepts(value):
+            raise rule.reject(value)
+        if value is not ABSENT:
+            result[rule.name] = value
     return result
+
+
+# The dead-letter record's fields, in check order.
+_FIELDS: Final = (
+    FieldRule("reason", (str,), "str", "missing field 'reason'"),
+    FieldRule("detail", (str,), "str", "missing field 'detail'"),
+    FieldRule("record", (bytes,), "bytes", "missing field 'record'"),
+    FieldRule("source", (str,), "str"),
+    FieldRule("offset", (int,), "int"),
+    FieldRule("index", (int,), "int"),
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 import numpy as np
@@ -21,7 +21,8 @@ from processor.codec._common import (
     type_name,
     unpack_or_bad_record,
 )
-from processor.codec.reasons import BAD_DTYPE, MISSING_FIELD, NOT_A_MAP, SIZE_MISMATCH, WRONG_TYPE
+from processor.codec.fields import ABSENT, TS, FieldRule
+from processor.codec.reasons import BAD_DTYPE, NOT_A_MAP, SIZE_MISMATCH, WRONG_TYPE
 from processor.dtypes import DTYPES, WIRE_DTYPES
 from processor.errors import BadRecord
 from processor.records import Output
@@ -147,11 +148,10 @@ def decode_output(value: bytes) -> dict[str, Any]:
     obj = unpack_or_bad_record(value)
     if type(obj) is not dict:
         raise BadRecord(NOT_A_MAP, f"expected a msgpack map, got {type_name(obj)}")
-    for name, kind in (("stream", str), ("seq", int), ("y", bytes), ("shape", list)):
-        if name not in obj:
-            raise BadRecord(MISSING_FIELD, f"missing field {name!r}")
-        if type(obj[name]) is not kind:
-            raise BadRecord(WRONG_TYPE, f"{name!r} must be {kind.__name__}, got {obj[name]!r}")
+    for rule in _OUTPUT_FIELDS:
+        value = obj.get(rule.name, ABSENT)
+        if not rule.accepts(value):
+            raise rule.reject(value)
     shape = obj["shape"]
     if not all(type(d) is int and d >= 1 for d in shape):
         raise BadRecord(WRONG_TYPE, f"'shape' must be an array of ints >= 1, got {shape!r}")
@@ -171,7 +171,14 @@ def decode_output(value: bytes) -> dict[str, Any]:
         "dtype": OUTPUT_DTYPE,
     }
     if "ts" in obj:
-        if type(obj["ts"]) is not int:
-            raise BadRecord(WRONG_TYPE, f"'ts' must be an int, got {type_name(obj['ts'])}")
+        if not TS.accepts(obj["ts"]):
+            raise TS.reject(obj["ts"])
         result["ts"] = obj["ts"]
     return result
+
+
+# The output record's required fields, in check order (its `ts` is an input record's).
+_OUTPUT_FIELDS: Final = tuple(
+    FieldRule(name, (kind,), kind.__name__, f"missing field {name!r}", shown=repr)
+    for name, kind in (("stream", str), ("seq", int), ("y", bytes), ("shape", list))
+)

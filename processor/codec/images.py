@@ -11,12 +11,14 @@ Who calls what:
   same encoding and size; a frame the batch call cannot decode is then decoded alone, so one
   bad frame never costs its neighbours their answer).
 
-Images decode to ``uint8`` arrays of shape ``(height, width, channels)``. TensorFlow is
+Images decode to ``uint8`` arrays of shape ``(height, width, channels)``, JPEG with libjpeg's
+accurate integer IDCT (the pixels any libjpeg decoder gives by default). TensorFlow is
 imported on first use only: the rest of the codec stays importable without it.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -184,11 +186,8 @@ def decode_images(
 
 
 def _decode_one(data: bytes, encoding: str, size: ImageSize) -> np.ndarray | BadRecord:
-    import tensorflow as tf
-
     try:
-        op = tf.io.decode_png if encoding == "png" else tf.io.decode_jpeg
-        img = np.array(op(data, channels=0).numpy())
+        img = np.array(_decode_op(encoding)(data).numpy())
     except Exception as exc:  # any decoder failure is this record's fault
         message = str(getattr(exc, "message", exc)).strip().splitlines()
         return BadRecord(
@@ -202,6 +201,19 @@ def _decode_one(data: bytes, encoding: str, size: ImageSize) -> np.ndarray | Bad
             f"expected {'x'.join(map(str, size))}",
         )
     return img
+
+
+def _decode_op(encoding: str) -> Callable[[Any], Any]:
+    """The TensorFlow op decoding one ``encoding`` image to ``uint8 [H, W, C]``, in its own
+    channels (``channels=0``: a channel count other than the model's must fail, not be
+    converted). JPEG uses libjpeg's accurate integer IDCT, as other libjpeg decoders (Pillow,
+    OpenCV) do by default: TensorFlow's default fast IDCT is off by up to a few levels per
+    pixel, so a model would see other pixels than those the frame's producer meant."""
+    import tensorflow as tf
+
+    if encoding == "png":
+        return functools.partial(tf.io.decode_png, channels=0)
+    return functools.partial(tf.io.decode_jpeg, channels=0, dct_method="INTEGER_ACCURATE")
 
 
 _decoders: dict[tuple[str, ImageSize], Callable[[Any], Any]] = {}
@@ -220,11 +232,11 @@ def _batch_decoder(encoding: str, size: ImageSize) -> Callable[[Any], Any]:
         if fn is None:
             import tensorflow as tf
 
-            op = tf.io.decode_png if encoding == "png" else tf.io.decode_jpeg
+            op = _decode_op(encoding)
             spec = tf.TensorSpec(size, tf.uint8)
 
             def one(data: Any) -> Any:
-                img = op(data, channels=0)  # native channels: a mismatch must fail
+                img = op(data)
                 tf.debugging.assert_equal(tf.shape(img), tf.constant(size, tf.int32))
                 return tf.ensure_shape(img, size)
 
