@@ -17,10 +17,17 @@ A :class:`Pipeline` owns
   way a stale record below the last applied seq (``out_of_order``: a producer broke the
   per-key order) is told apart from one equal to it (``duplicate``: a re-delivery), and
   each out-of-order record is logged as a rate-limited WARNING naming the stream;
+* the stream -> source index (:class:`~processor.engine.sources.SourceIndex`) of a
+  transport that owns its inputs by source (Kafka: by partition), with its named operations
+  on the engine thread: :meth:`Pipeline.take_changes`, :meth:`Pipeline.mark_changed`,
+  :meth:`Pipeline.load_states`, :meth:`Pipeline.forget_streams`,
+  :meth:`Pipeline.last_seqs`;
 * the garbage-collector policy of the hot path (:meth:`Pipeline.freeze_gc`).
 
 Threading: ``decode``/``encode`` run on the caller's thread; everything that touches the
-engine runs on the pipeline's thread (``step`` and ``call``).
+engine runs on the pipeline's thread, one call at a time in submission order (``step`` and
+the named operations above each return a ``concurrent.futures.Future``): an operation
+submitted right after the step of batch ``k`` sees exactly the cache after batch ``k``.
 """
 
 from __future__ import annotations
@@ -29,17 +36,19 @@ import enum
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Literal, TypeVar
+from dataclasses import dataclass
+from typing import Literal, ParamSpec, TypeVar
 
 from processor.codec import RecordDecoder, encode_outputs
 from processor.codec.reasons import NON_INCREASING_SEQ
 from processor.engine.engine import Engine
+from processor.engine.sources import Changes, Loaded, SourceIndex, StateEncoder
 from processor.errors import BadRecord
 from processor.obs.ratelimit import RateLimitedLog
 from processor.records import Output, Record
+from processor.state.stats import CacheStats
 
 __all__ = [
     "CacheSnapshot",
@@ -51,6 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -66,12 +76,12 @@ class StalePolicy(enum.Enum):
 class CacheSnapshot:
     """The state cache's numbers after a step (read on the engine thread): streams on the
     device, its capacity, streams off the device (host table and disk store; ``host`` of
-    them in the host table) and the cache's counters."""
+    them in the host table) and a copy of the cache's counters."""
 
     active: int
     capacity: int
     spilled: int
-    counters: dict[str, int]
+    counters: CacheStats
     host: int = 0
 
 
@@ -151,6 +161,8 @@ class Pipeline:
             catch-up scan too, so that a backlog after a restart never traces mid-traffic).
         owns_engine: :meth:`close` closes the engine's state cache (its disk store); False
             when ``build`` hands over an engine the caller keeps using and closes.
+        track_changes: the source index keeps the streams changed since the last
+            :meth:`take_changes` (a transport that checkpoints states).
     """
 
     def __init__(
@@ -161,8 +173,10 @@ class Pipeline:
         max_record_bytes: int = 4 * 1024 * 1024,
         warmup: bool | Literal["scan"] = "scan",
         owns_engine: bool = True,
+        track_changes: bool = False,
     ) -> None:
         self._build = build
+        self._sources = SourceIndex(track_changes=track_changes)
         self._owns_engine = owns_engine
         self._stale = stale
         self._max_record_bytes = max_record_bytes
@@ -230,7 +244,8 @@ class Pipeline:
     @property
     def engine(self) -> Engine:
         """The engine, once started. From other threads read only its immutable facts
-        (model, buckets, max_batch); everything else goes through :meth:`call`."""
+        (model, buckets, max_batch); everything else goes through the named operations on
+        the engine thread."""
         if self._engine is None:
             raise RuntimeError("pipeline not started")
         return self._engine
@@ -246,22 +261,47 @@ class Pipeline:
         return self.decoder.decode_many(values, keys)
 
     def step(
-        self,
-        records: Sequence[Record],
-        then: Callable[[Engine, Sequence[Record]], None] | None = None,
+        self, records: Sequence[Record], sources: Sequence[Hashable] | None = None
     ) -> Future[Stepped]:
         """Apply ``records`` (any streams, arrival order) on the engine thread; calls run in
-        submission order. ``then(engine, records)`` runs on the engine thread right after
-        the step (transports keep engine-side indexes that way)."""
-        if self._executor is None:
-            raise RuntimeError("pipeline not started or already closed")
-        return self._executor.submit(self._step, records, then)
+        submission order. ``sources[i]``: where ``records[i]`` came from, noted in the source
+        index right after the step (a transport that owns its inputs by source)."""
+        return self._submit(self._step, records, sources)
 
-    def call(self, fn: Callable[[Engine], R]) -> Future[R]:
-        """Run ``fn(engine)`` on the engine thread, after every step submitted before."""
+    def take_changes(self, encode: StateEncoder) -> Future[Changes]:
+        """The states of the streams changed since the last call, after every step submitted
+        before (see :meth:`processor.engine.sources.SourceIndex.take_changes`)."""
+        return self._submit(lambda: self._sources.take_changes(self.engine.cache, encode))
+
+    def mark_changed(self, changes: Changes, owned: Collection[Hashable]) -> Future[None]:
+        """A checkpoint of ``changes`` failed: take them again at the next one
+        (:meth:`processor.engine.sources.SourceIndex.mark_changed`)."""
+        return self._submit(self._sources.mark_changed, changes, owned)
+
+    def load_states(self, source: Hashable, decode: Callable[[], Loaded]) -> Future[Loaded]:
+        """Run ``decode`` on the engine thread and load the states it returns as those of
+        ``source`` (:meth:`processor.engine.sources.SourceIndex.load`); the future gives
+        them back. Decoding there lets the caller's thread fetch the next chunk meanwhile."""
+
+        def load() -> Loaded:
+            loaded = decode()
+            self._sources.load(self.engine.cache, source, loaded)
+            return loaded
+
+        return self._submit(load)
+
+    def forget_streams(self, match: Callable[[Hashable], bool]) -> Future[int]:
+        """Forget every stream whose source ``match``es; the future gives their number."""
+        return self._submit(lambda: self._sources.forget(self.engine.cache, match))
+
+    def last_seqs(self, streams: Sequence[str]) -> Future[list[int]]:
+        """Each stream's last applied seq (-1: not cached), after every step before."""
+        return self._submit(lambda: [self.engine.cache.last_seq(s) for s in streams])
+
+    def _submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         if self._executor is None:
             raise RuntimeError("pipeline not started or already closed")
-        return self._executor.submit(lambda: fn(self.engine))
+        return self._executor.submit(fn, *args, **kwargs)
 
     @staticmethod
     def encode(outputs: Sequence[Output]) -> list[bytes]:
@@ -270,18 +310,14 @@ class Pipeline:
 
     # ---- engine thread --------------------------------------------------------------------
 
-    def _step(
-        self,
-        records: Sequence[Record],
-        then: Callable[[Engine, Sequence[Record]], None] | None,
-    ) -> Stepped:
+    def _step(self, records: Sequence[Record], sources: Sequence[Hashable] | None) -> Stepped:
         engine = self.engine
         t0 = time.perf_counter()
         result = engine.process(records)
         seconds = time.perf_counter() - t0
-        if then is not None:
-            then(engine, records)
         cache = engine.cache
+        if sources is not None:
+            self._sources.note(cache, records, sources)
         stepped = Stepped(
             outputs=result.outputs,
             skipped=[],
@@ -293,7 +329,7 @@ class Pipeline:
                 len(cache),
                 cache.capacity,
                 cache.spilled_count,
-                asdict(cache.stats),
+                cache.stats.copy(),
                 cache.host_count,
             ),
         )

@@ -1,8 +1,9 @@
 """The event-loop stages of one started processor, bound to its two clients.
 
-:class:`Stages` wires fetch -> dispatch -> emit -> ack -> commit (see
-``docs/architecture.md``) around the objects the processor keeps across restarts of its
-clients (pipeline, batcher, flow control, ledger, ownership); building it does no I/O. The
+:class:`Stages` builds fetch -> dispatch -> emit -> ack -> commit (see
+``docs/architecture.md``) and the consumer-group handler around the objects the processor
+keeps across restarts of its clients (pipeline, batcher, flow control, ledger, ownership),
+each through its constructor with its collaborators; building it does no I/O. The
 :class:`~processor.kafka.runtime.Processor` runs the stages' loops and owns their lifecycle.
 """
 
@@ -10,20 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.codec import encode_outputs
 from processor.engine.pipeline import Pipeline
-from processor.kafka.checkpoint.commit import CommitLoop
-from processor.kafka.checkpoint.cycle import Checkpoint, StateWriter, TransactionalCheckpoint
+from processor.errors import ConfigError
+from processor.kafka.checkpoint.commit import CommitLoop, OffsetCommitter, RunCheckpoint
+from processor.kafka.checkpoint.cycle import Checkpoint, CheckpointParts, TransactionalCheckpoint
 from processor.kafka.checkpoint.ledger import OffsetLedger
+from processor.kafka.checkpoint.states import StateWriter
 from processor.kafka.checkpoint.transactions import PartitionProducers
 from processor.kafka.durable.record import StateRecordCodec
+from processor.kafka.durable.recovery import Recovery
+from processor.kafka.group.drop import PartitionDrop
+from processor.kafka.group.handler import GroupHandler
 from processor.kafka.group.ownership import Ownership
-from processor.kafka.group.streams import PartitionIndex
 from processor.kafka.io.output import DeadLetterWriter, OutputWriter
+from processor.kafka.phase import Lifecycle
 from processor.kafka.settings import Settings
 from processor.kafka.stages.ack import Acker
 from processor.kafka.stages.batcher import Batcher, FlowControl
@@ -31,35 +38,32 @@ from processor.kafka.stages.dispatch import Dispatcher
 from processor.kafka.stages.emit import Emitter
 from processor.kafka.stages.fetch import Fetcher
 from processor.kafka.stages.items import Item
+from processor.kafka.stages.lag import LagGauge
 from processor.obs.metrics import Metrics
 
-__all__ = ["CLOSE_TIMEOUT_S", "PIPELINE_DEPTH", "Stages"]
+__all__ = ["CLOSE_TIMEOUT_S", "PIPELINE_DEPTH", "Stages", "build_producers", "build_recovery"]
 
 PIPELINE_DEPTH = 2  # batches submitted to the engine thread ahead of their emission
 CLOSE_TIMEOUT_S = 10.0  # longest a client's stop may take (see Stages.stop_clients)
-# Longest the lag refresh waits for the consumer's position of one partition: it is known at
-# once for a partition being fetched; only one being reset or revoked right now can make it
-# wait, and its gauge then keeps the acknowledged offset until the next tick.
-POSITION_TIMEOUT_S = 0.5
 
 log = logging.getLogger(__name__)
 
 
 class Stages:
-    """The stages of one run; attributes are the clients and the stage objects.
+    """The stages of one run; attributes are the clients, the stage objects and the group
+    handler.
 
     Args:
         consumer, producer: the clients (started by the caller, before or after).
-        settings: topics, batch size, commit interval, dead-letter limits.
-        pipeline, batcher, flow, ledger, ownership, index, metrics: the processor's.
-        release: called with the number of records that left the pipeline (the ack stage
-            calls it; the processor releases flow control and re-applies it).
+        settings: topics, batch size, commit interval, dead-letter limits, timeouts.
+        pipeline, batcher, flow, ledger, ownership, metrics, lifecycle: the processor's.
+        offset_reset: the consumer's ``auto_offset_reset``.
         codec: the state record codec when stream states are checkpointed to state topics
             (the commit loop then runs the :class:`~processor.kafka.checkpoint.cycle.Checkpoint`
             cycle).
-        producers, on_lost: exactly-once (with ``codec``): the partitions' transactional
-            producers, and what to do with partitions whose transaction did not commit
-            (partition -> result); the dispatcher then places the checkpoint barriers.
+        producers: exactly-once (with ``codec``): the partitions' transactional producers;
+            the dispatcher then places the checkpoint barriers.
+        recovery: recovers newly assigned partitions' streams (with ``codec``).
     """
 
     def __init__(
@@ -73,28 +77,17 @@ class Stages:
         flow: FlowControl,
         ledger: OffsetLedger,
         ownership: Ownership[TopicPartition],
-        index: PartitionIndex,
         metrics: Metrics,
-        release: Callable[[int], None],
+        lifecycle: Lifecycle,
+        offset_reset: str,
         codec: StateRecordCodec | None = None,
         producers: PartitionProducers | None = None,
-        on_lost: Callable[[dict[TopicPartition, str]], Awaitable[None]] | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         s = settings
-        self.producers = producers
         self.consumer = consumer
         self.producer = producer
-        self.acker = Acker(ledger, release, metrics, s.output_topic)
-        # The codec's decoder and encoder directly (configured by the pipeline): a record
-        # then enters each module of its path once (docs/architecture.md).
-        emitter = Emitter(
-            OutputWriter(producer, s.output_topic),
-            DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes),
-            encode_outputs,
-            metrics,
-            producers,
-            stale=ledger.fenced_since,
-        )
+        fetched = asyncio.Event()  # the fetch stage added items: the dispatcher wakes up
         self.fetcher = Fetcher(
             consumer,
             pipeline.decoder.decode_many,
@@ -102,57 +95,85 @@ class Stages:
             flow,
             ownership,
             metrics,
+            fetched,
             max_batch=s.engine.max_batch,
             pipeline_depth=PIPELINE_DEPTH,
         )
-        self._ownership = ownership
-        self._ledger = ledger
-        self._metrics = metrics
-        self.committer = CommitLoop(
-            consumer,
-            ledger,
-            owned=lambda: ownership.owned,
-            interval_s=s.commit_interval_ms / 1000,
-            metrics=metrics,
-            on_tick=self.refresh_lag,
+        self.acker = Acker(ledger, self.fetcher.release, metrics, s.output_topic)
+        transactional = producers if codec is not None else None
+        # The codec's encoder directly (the decoder is the pipeline's): a record then enters
+        # each module of its path once (docs/architecture.md).
+        emitter = Emitter(
+            OutputWriter(producer, s.output_topic),
+            DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes),
+            encode_outputs,
+            metrics,
+            transactional,
+            stale=ledger.fenced_since,
         )
-        checkpoint: Checkpoint | None = None
+        self.lag = LagGauge(consumer, lambda: ownership.owned, ledger, self.fetcher, metrics)
+        self.drop = PartitionDrop(
+            consumer, ownership, batcher, ledger, self.fetcher, self.lag, pipeline, lifecycle
+        )
+        self.offsets = OffsetCommitter(consumer, ledger, lambda: ownership.owned, metrics)
+        barrier: TransactionalCheckpoint | None = None
+        checkpoint: RunCheckpoint = self.offsets.commit_acked
         if codec is not None:
-            common = dict(
+            parts = CheckpointParts(
                 pipeline=pipeline,
-                index=index,
                 ledger=ledger,
                 acker=self.acker,
                 codec=codec,
-                assigned=self.committer.assigned,
                 owned=lambda: ownership.owned,
                 metrics=metrics,
                 barrier_timeout_s=s.drain_timeout,
             )
-            if producers is not None:
-                assert on_lost is not None
-                checkpoint = TransactionalCheckpoint(producers=producers, on_lost=on_lost, **common)
+            if transactional is not None:
+                barrier = TransactionalCheckpoint(
+                    parts, producers=transactional, on_lost=self.drop.lost
+                )
             else:
-                self.committer.checkpoint = Checkpoint(
+                checkpoint = Checkpoint(
+                    parts,
                     writer=StateWriter(producer, s.state_topics()),
-                    commit=self.committer.commit_offsets,
-                    **common,  # type: ignore[arg-type]
+                    commit=self.offsets.commit_offsets,
+                    assigned=self.offsets.assigned,
                 )
         self.dispatcher = Dispatcher(
             pipeline,
             batcher,
             ledger,
-            index,
             emitter.emit,
             self.acker.put,
+            fetched,
             pipeline_depth=PIPELINE_DEPTH,
             on_taken=self.fetcher.on_taken,
-            checkpoint=checkpoint,
+            checkpoint=barrier,
         )
-        self.fetcher.on_fetched = self.dispatcher.notify
-        if checkpoint is not None:
+        if barrier is not None:
             # Exactly-once: every checkpoint waits for a barrier between two emissions.
-            self.committer.checkpoint = self.dispatcher.checkpoint
+            checkpoint = self.dispatcher.checkpoint
+        self.committer = CommitLoop(
+            checkpoint, interval_s=s.commit_interval_ms / 1000, on_tick=self.lag.refresh
+        )
+        self.group = GroupHandler(
+            consumer,
+            ownership=ownership,
+            ledger=ledger,
+            flow=flow,
+            fetcher=self.fetcher,
+            acker=self.acker,
+            metrics=metrics,
+            drop=self.drop,
+            checkpoint=self.committer.commit_now,
+            pipeline=pipeline,
+            lifecycle=lifecycle,
+            durable=s.durable,
+            offset_reset=offset_reset,
+            drain_timeout_s=s.drain_timeout,
+            producers=transactional,
+            recovery=recovery,
+        )
 
     async def stop_clients(self) -> None:
         """Stop the consumer, then the producer, each within ``CLOSE_TIMEOUT_S``. A
@@ -173,39 +194,52 @@ class Stages:
             except Exception:
                 log.exception("stopping the %s failed", what)
 
-    async def refresh_lag(self) -> None:
-        """Set the lag gauge of every owned partition: its high watermark minus the next
-        offset to acknowledge (before any acknowledgement: the first offset fetched).
 
-        Once every record fetched from a partition is acknowledged, the consumer's position
-        is used when it is further on: the offsets between hold no record to process, such
-        as the commit markers of a transactional producer, which take an offset each but
-        are never handed out. Without that an idle partition written transactionally would
-        show a lag of one forever."""
-        for tp in list(self._ownership.owned):
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            position = self._ledger.acked(tp)
-            if position is None:
-                position = self.fetcher.first_offset(tp)
-            if position is None:
-                continue
-            if position == self.fetcher.fetched_to(tp):
-                position = max(position, await self._consumer_position(tp, position))
-            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                max(0, high - position)
-            )
+def build_producers(
+    settings: Settings,
+    producer_kw: Mapping[str, Any],
+    factory: Callable[..., AIOKafkaProducer],
+    metrics: Metrics,
+) -> PartitionProducers | None:
+    """Exactly-once only (None otherwise): the per-partition transactional producers, none
+    started. Raises :class:`ConfigError` for producer options that break exactly-once."""
+    s = settings
+    if not (s.exactly_once and s.durable):
+        return None
+    acks = producer_kw.get("acks", "all")
+    if acks not in ("all", -1) or producer_kw.get("enable_idempotence") is False:
+        raise ConfigError(
+            f"--processing-guarantee exactly-once needs idempotent transactional producers "
+            f"with acks=all (given: acks={acks!r}, enable_idempotence="
+            f"{producer_kw.get('enable_idempotence')!r}): drop those Kafka options"
+        )
+    return PartitionProducers(
+        producer_kw,
+        group_id=s.group_id,
+        output_topic=s.output_topic,
+        dlq_topic=s.dlq_topic,
+        dlq_max_value_bytes=s.dlq_max_value_bytes,
+        state_topics=s.state_topics(),
+        transaction_timeout_ms=s.transaction_timeout_ms,
+        timeout_s=s.drain_timeout,
+        metrics=metrics,
+        factory=factory,
+    )
 
-    async def _consumer_position(self, tp: TopicPartition, fallback: int) -> int:
-        """The consumer's next fetch offset of ``tp``, or ``fallback`` when it has none at
-        once (a partition being revoked or reset right now: the next tick tells)."""
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the commit
-        # loop's cancellation when the position arrives at the same moment (it runs the
-        # coroutine as a task of its own), and the loop would then outlive close(). Awaited
-        # directly, a known position returns without suspending at all.
-        try:
-            async with asyncio.timeout(POSITION_TIMEOUT_S):
-                return int(await self.consumer.position(tp))
-        except Exception:  # a gauge refresh must never fail the commit loop
-            return fallback
+
+def build_recovery(
+    settings: Settings,
+    consumer_kw: Mapping[str, Any],
+    pipeline: Pipeline,
+    codec: StateRecordCodec,
+    metrics: Metrics,
+) -> Recovery:
+    """The recovery of newly assigned partitions from their state topics (durable state)."""
+    return Recovery(
+        consumer_kw=consumer_kw,
+        state_topics=settings.state_topics(),
+        pipeline=pipeline,
+        codec=codec,
+        reset_on_mismatch=settings.on_state_mismatch == "reset",
+        metrics=metrics,
+    )

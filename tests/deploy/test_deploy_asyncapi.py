@@ -348,7 +348,7 @@ def test_dead_letter_headers_are_the_ones_the_writer_sends(contract: AsyncApiCon
 def test_the_tombstone_header_is_the_one_the_checkpoint_writes(
     contract: AsyncApiContract,
 ) -> None:
-    from processor.kafka.checkpoint.cycle import TOMBSTONE_OFFSET_HEADER
+    from processor.kafka.checkpoint.states import TOMBSTONE_OFFSET_HEADER
 
     headers = contract.resolve(contract.message("stateTombstone")["headers"])
     assert list(headers["properties"]) == [TOMBSTONE_OFFSET_HEADER]
@@ -474,7 +474,7 @@ def test_replay_outputs_and_dead_letters_validate_against_the_referenced_schemas
 
 
 def test_state_records_and_tombstones_match_the_state_channel(contract: AsyncApiContract) -> None:
-    from processor.kafka.checkpoint.cycle import state_batch
+    from processor.kafka.checkpoint.states import state_batch
     from processor.kafka.durable.record import StateRecordCodec
     from processor.model.facts import StateSpec
     from processor.state.cache import StreamState

@@ -4,21 +4,22 @@ One cycle (run every commit interval by the
 :class:`~processor.kafka.checkpoint.commit.CommitLoop`, on revocation and at the end of a drain):
 
 1. **Barrier**, in one synchronous step of the event loop: the ledger's last ticket ``k``
-   and its dispatched offsets, and a call queued on the engine thread that takes the changed
-   streams' states (:meth:`PartitionIndex.take_changes`). The engine thread runs calls in
-   submission order and batch ``k`` was submitted before, ``k + 1`` after, so the states are
-   exactly those after batch ``k`` although two batches may be queued ahead.
+   and its dispatched offsets, and the changed streams' states taken on the engine thread
+   (:meth:`~processor.engine.pipeline.Pipeline.take_changes`). The engine thread runs its
+   operations in submission order and batch ``k`` was submitted before, ``k + 1`` after, so
+   the states are exactly those after batch ``k`` although two batches may be queued ahead.
 2. Wait until every ticket up to ``k`` is acknowledged: a state must never be written before
-   the outputs of the records it covers, or a crash could leave a restored ``seq`` that skips
-   records whose outputs were lost.
+   the outputs of the records it covers, or a crash could leave a recovered state that
+   skips records whose outputs were lost.
 3. Produce the state records (key = stream id, partition = the input partition, a tombstone
    for an ended stream) and await every acknowledgement.
 4. Commit exactly the barrier's offsets (never an offset acknowledged after the barrier: its
    records' states are not in this checkpoint).
 
 A crash at any point leaves either the previous checkpoint's offsets with states at or ahead
-of them -- the re-delivered records whose ``seq`` is not above the restored one are skipped,
-their outputs already exist -- or this one's. Exactly-once
+of them -- each recovered state carries the input offset of its checkpoint, and the
+re-delivered records of its stream below it are skipped, their outputs already exist -- or
+this one's. Exactly-once
 (:class:`TransactionalCheckpoint`) runs steps 3 and 4 in one transaction per input partition,
 with the interval's outputs and dead letters, at a barrier the dispatcher places between two
 emissions.
@@ -26,158 +27,89 @@ emissions.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline
+from processor.engine.sources import Changes
+from processor.errors import LstmStreamError
+from processor.kafka.checkpoint.barrier import Barrier
 from processor.kafka.checkpoint.ledger import OffsetLedger
-from processor.kafka.checkpoint.transactions import PartitionProducers
-from processor.kafka.durable.record import StateRecordCodec
-from processor.kafka.group.streams import Changes, PartitionIndex
-from processor.kafka.io.output import NO_HEADERS, Headers, OutputWriter
-from processor.kafka.stages.ack import Acker, ProduceError
+from processor.kafka.checkpoint.states import StateWriter, count_states, state_batch
+from processor.kafka.checkpoint.transactions import PartitionProducers, TxnResult
 from processor.obs.metrics import Metrics
 from processor.state.cache import StreamState
 
 __all__ = [
-    "Barrier",
     "Checkpoint",
-    "StateWriter",
+    "CheckpointCycle",
+    "CheckpointParts",
+    "StateProduceError",
     "TransactionalCheckpoint",
-    "count_states",
-    "state_batch",
 ]
 
 log = logging.getLogger(__name__)
 
 
-#: Header of a tombstone: the next input offset of the checkpoint that wrote it (a state
-#: record's value carries it in ``src``). Records of the ended stream below it were applied.
-TOMBSTONE_OFFSET_HEADER: Final = "lstm-stream.state.next-offset"
+class StateProduceError(LstmStreamError):
+    """Producing a checkpoint's state records failed after the client's retries."""
 
 
-def state_batch(
-    pairs: list[tuple[str, bytes | None]], next_offset: int
-) -> tuple[list[tuple[bytes, bytes | None, Headers]], int]:
-    """One partition's ``(stream, value)`` state records as ``(key, value, headers)`` to
-    produce, and their size in bytes (keys and values); a tombstone (value None) carries
-    ``next_offset`` (its checkpoint's next input offset) in :data:`TOMBSTONE_OFFSET_HEADER`."""
-    out: list[tuple[bytes, bytes | None, Headers]] = []
-    size = 0
-    ended: Headers = [(TOMBSTONE_OFFSET_HEADER, b"%d" % next_offset)]
-    for stream, value in pairs:
-        key = stream.encode("utf-8")
-        if value is None:
-            size += len(key)
-            out.append((key, None, ended))
-        else:
-            size += len(key) + len(value)
-            out.append((key, value, NO_HEADERS))
-    return out, size
+class AckProgress(Protocol):
+    """What a checkpoint needs of the ack stage
+    (:class:`~processor.kafka.stages.ack.Acker`)."""
+
+    async def wait_completed(self, seq: int, timeout: float) -> bool: ...
 
 
-class StateWriter:
-    """Produces state records to the state topic of each input topic, to the partition of
-    the input record (set explicitly: input producers may hash keys differently)."""
+class StateEncoding(Protocol):
+    """What a checkpoint needs of the state record codec
+    (:class:`~processor.kafka.durable.record.StateRecordCodec`)."""
 
-    def __init__(self, producer: AIOKafkaProducer, state_topics: Mapping[str, str]) -> None:
-        self._writers = {t: OutputWriter(producer, s) for t, s in state_topics.items()}
-
-    async def write(
-        self,
-        records: Mapping[Hashable, list[tuple[str, bytes | None]]],
-        next_offsets: Mapping[Hashable, int],
-    ) -> tuple[list[asyncio.Future[Any]], int]:
-        """Queue the records of :class:`Changes` (input partition -> (stream, value)) as
-        :func:`state_batch` makes them (``next_offsets[partition]`` for tombstones). Returns
-        the send futures and the bytes queued."""
-        futures: list[asyncio.Future[Any]] = []
-        size = 0
-        by_topic: dict[str, dict[int, list[tuple[bytes, bytes | None, Headers]]]] = {}
-        for tp, pairs in records.items():
-            assert isinstance(tp, TopicPartition)
-            batch, n = state_batch(pairs, next_offsets.get(tp, -1))
-            by_topic.setdefault(tp.topic, {}).setdefault(tp.partition, []).extend(batch)
-            size += n
-        for topic, by_partition in by_topic.items():
-            futures += await self._writers[topic].write_partitioned(by_partition)
-        return futures, size
+    def encode(self, state: StreamState, source: tuple[str, int, int]) -> bytes: ...
 
 
-def count_states(
-    metrics: Metrics, records: Iterable[list[tuple[str, bytes | None]]], size: int
-) -> None:
-    """Count written state records, tombstones and bytes."""
-    pairs = [v for batch in records for _, v in batch]
-    tombstones = sum(v is None for v in pairs)
-    metrics.state_records.inc(len(pairs) - tombstones)
-    metrics.state_tombstones.inc(tombstones)
-    metrics.state_bytes.inc(size)
-
-
-@dataclass(eq=False)
-class Barrier:
-    """A checkpoint's barrier (see the module docstring): the last ticket ``seq`` opened
-    before it, the dispatched offsets then, and the changed streams' states as they were
-    after batch ``seq`` (taken on the engine thread, in submission order)."""
-
-    seq: int
-    offsets: dict[Hashable, int]
-    changes: asyncio.Future[Changes]
-
-
-class Checkpoint:
-    """The cycle of the module docstring; call it as ``await checkpoint(partitions)``, or
-    :meth:`arm` a barrier at a point of the dispatch order and :meth:`finish` it later.
+@dataclass(frozen=True)
+class CheckpointParts:
+    """What every checkpoint cycle works with.
 
     Args:
         pipeline: the engine thread (the barrier's state snapshot runs there).
-        index: which streams changed, and their partitions.
         ledger: tickets and dispatched offsets.
         acker: waits for the acknowledgement of the tickets up to the barrier.
-        writer: produces the state records.
         codec: encodes a stream's state.
-        commit: commits exactly the given offsets (:meth:`CommitLoop.commit_offsets`).
-        assigned: the consumer's current assignment.
         owned: the partitions this member owns now.
         metrics: state records, bytes, tombstones, checkpoint duration.
         barrier_timeout_s: longest wait for the barrier's acknowledgements.
     """
 
-    def __init__(
-        self,
-        *,
-        pipeline: Pipeline,
-        index: PartitionIndex,
-        ledger: OffsetLedger,
-        acker: Acker,
-        writer: StateWriter | None,
-        codec: StateRecordCodec,
-        commit: Callable[[dict[Hashable, int]], Awaitable[bool]],
-        assigned: Callable[[], Collection[Hashable]],
-        owned: Callable[[], Collection[Hashable]],
-        metrics: Metrics,
-        barrier_timeout_s: float,
-    ) -> None:
-        self._pipeline = pipeline
-        self._index = index
-        self._ledger = ledger
-        self._acker = acker
-        self._writer = writer
-        self._codec = codec
-        self._commit = commit
-        self._assigned = assigned
-        self._owned = owned
-        self._metrics = metrics
-        self._timeout = barrier_timeout_s
+    pipeline: Pipeline
+    ledger: OffsetLedger
+    acker: AckProgress
+    codec: StateEncoding
+    owned: Callable[[], Collection[Hashable]]
+    metrics: Metrics
+    barrier_timeout_s: float
+
+
+class CheckpointCycle(abc.ABC):
+    """The cycle of the module docstring; call it as ``await checkpoint(partitions)``, or
+    :meth:`arm` a barrier at a point of the dispatch order and :meth:`finish` it later.
+    Subclasses settle a finished barrier (:meth:`_settle`): write and commit."""
+
+    def __init__(self, parts: CheckpointParts) -> None:
+        self._parts = parts
+        self._pipeline = parts.pipeline
+        self._ledger = parts.ledger
+        self._metrics = parts.metrics
         # One cycle at a time: the periodic one and a revocation's must not interleave
         # (each takes the changed streams; offsets must be committed in barrier order).
         self._lock = asyncio.Lock()
@@ -188,8 +120,8 @@ class Checkpoint:
         checkpointed and committed. False when the barrier's batches were not acknowledged
         in time (nothing written; the taken streams are marked changed again, so the next
         cycle writes them) or the commit failed (the states are written; the next cycle
-        commits newer offsets). Raises :class:`ProduceError` when state records cannot be
-        produced."""
+        commits newer offsets). Raises :class:`StateProduceError` when state records
+        cannot be produced."""
         async with self._lock:
             return await self.finish(self.arm(), partitions)
 
@@ -199,17 +131,13 @@ class Checkpoint:
         thread right behind the batches submitted so far."""
         ledger = self._ledger
         offsets = ledger.dispatched()
-        codec = self._codec
-        index = self._index
+        codec = self._parts.codec
 
         def encode(state: StreamState, tp: Hashable) -> bytes:
             assert isinstance(tp, TopicPartition)
             return codec.encode(state, (tp.topic, tp.partition, offsets.get(tp, -1)))
 
-        def take(engine: Engine) -> Changes:
-            return index.take_changes(engine, encode)
-
-        changes = asyncio.wrap_future(self._pipeline.call(take))
+        changes = asyncio.wrap_future(self._pipeline.take_changes(encode))
         return Barrier(ledger.last_seq, offsets, changes)
 
     async def finish(
@@ -217,22 +145,56 @@ class Checkpoint:
     ) -> bool:
         """Wait for the barrier's batches to be acknowledged, then write and commit what it
         covers (see :meth:`__call__`); callers serialise their calls."""
+        parts = self._parts
         t0 = time.perf_counter()
         try:
-            acked = await self._acker.wait_completed(barrier.seq, self._timeout)
+            acked = await parts.acker.wait_completed(barrier.seq, parts.barrier_timeout_s)
             changes = await barrier.changes
             if not acked:
                 log.warning(
                     "checkpoint skipped: the batches before it were not acknowledged within "
                     "%.0f s (their streams are written at the next checkpoint)",
-                    self._timeout,
+                    parts.barrier_timeout_s,
                 )
                 await self._retake(changes)
                 return False
-            scope = set(self._owned()) | set(partitions or ())
+            scope = set(parts.owned()) | set(partitions or ())
             return await self._settle(barrier, changes, scope)
         finally:
             self._metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+
+    @abc.abstractmethod
+    async def _settle(self, barrier: Barrier, changes: Changes, scope: set[Hashable]) -> bool:
+        """Write ``changes`` and commit the barrier's offsets of ``scope``."""
+
+    async def _retake(self, changes: Changes) -> None:
+        owned = set(self._parts.owned())
+        await asyncio.wrap_future(self._pipeline.mark_changed(changes, owned))
+
+
+class Checkpoint(CheckpointCycle):
+    """The at-least-once cycle: the state records, acknowledged, then the offsets.
+
+    Args:
+        parts: see :class:`CheckpointParts`.
+        writer: produces the state records.
+        commit: commits exactly the given offsets
+            (:meth:`~processor.kafka.checkpoint.commit.OffsetCommitter.commit_offsets`).
+        assigned: the consumer's current assignment.
+    """
+
+    def __init__(
+        self,
+        parts: CheckpointParts,
+        *,
+        writer: StateWriter,
+        commit: Callable[[dict[Hashable, int]], Awaitable[bool]],
+        assigned: Callable[[], Collection[Hashable]],
+    ) -> None:
+        super().__init__(parts)
+        self._writer = writer
+        self._commit = commit
+        self._assigned = assigned
 
     def _committable(self, barrier: Barrier, scope: set[Hashable]) -> dict[Hashable, int]:
         """The barrier's offsets that may be committed: partitions in ``scope``, still
@@ -249,29 +211,22 @@ class Checkpoint:
         }
 
     async def _settle(self, barrier: Barrier, changes: Changes, scope: set[Hashable]) -> bool:
-        """At-least-once: the state records, acknowledged, then the offsets."""
         if changes.count:
             await self._write(changes, barrier.offsets)
         return await self._commit(self._committable(barrier, scope))
 
-    async def _write(self, changes: Changes, offsets: Mapping[Hashable, int]) -> None:
-        assert self._writer is not None
+    async def _write(self, changes: Changes, offsets: dict[Hashable, int]) -> None:
         futures, size = await self._writer.write(changes.records, offsets)
         try:
             await asyncio.gather(*futures)
         except KafkaError as exc:
             await self._retake(changes)
-            raise ProduceError(f"producing stream states failed: {exc!r}") from exc
+            raise StateProduceError(f"producing stream states failed: {exc!r}") from exc
         count_states(self._metrics, changes.records.values(), size)
         log.debug("checkpoint: %d states, %d bytes", changes.count, size)
 
-    async def _retake(self, changes: Changes) -> None:
-        index = self._index
-        owned = set(self._owned())
-        await asyncio.wrap_future(self._pipeline.call(lambda _: index.mark_changed(changes, owned)))
 
-
-class TransactionalCheckpoint(Checkpoint):
+class TransactionalCheckpoint(CheckpointCycle):
     """The exactly-once cycle: at a barrier armed by the dispatcher right after batch ``k``
     was submitted and finished right after it was emitted (so no output of a later batch is
     in any open transaction), every partition's transaction gets its state records and the
@@ -281,17 +236,17 @@ class TransactionalCheckpoint(Checkpoint):
     Every live transaction is ended, whatever the scope: a partition being revoked has its
     outputs in its open transaction, which must commit with its offsets or not at all.
     Partitions whose transaction did not commit are handed to ``on_lost`` (partition ->
-    result: aborted, timeout or fenced), which forgets their uncommitted state.
+    result: ABORTED, TIMEOUT or FENCED), which drops their uncommitted work.
     """
 
     def __init__(
         self,
+        parts: CheckpointParts,
         *,
         producers: PartitionProducers,
-        on_lost: Callable[[dict[TopicPartition, str]], Awaitable[None]],
-        **kwargs: Any,
+        on_lost: Callable[[dict[TopicPartition, TxnResult]], Awaitable[None]],
     ) -> None:
-        super().__init__(writer=None, commit=_no_commit, **kwargs)
+        super().__init__(parts)
         self._producers = producers
         self._on_lost = on_lost
 
@@ -305,18 +260,17 @@ class TransactionalCheckpoint(Checkpoint):
             for tp, off in barrier.offsets.items()
             if tp in live and ledger.committed(tp) != off
         }
-        batches: dict[TopicPartition, tuple[list[Any], int]] = {}
-        for tp in live:
-            pairs = changes.records.get(tp, [])
-            batches[tp] = state_batch(pairs, barrier.offsets.get(tp, -1))
+        batches = {
+            tp: state_batch(changes.records.get(tp, []), barrier.offsets.get(tp, -1)) for tp in live
+        }
         results = await asyncio.gather(
             *(self._producers.end(tp, batches[tp][0], offsets.get(tp)) for tp in live)
         )
         committed: dict[Hashable, int] = {}
-        lost: dict[TopicPartition, str] = {}
+        lost: dict[TopicPartition, TxnResult] = {}
         for tp, result in zip(live, results, strict=True):
-            if result in ("committed", "idle"):
-                if result == "committed":
+            if result.kept:
+                if result is TxnResult.COMMITTED:
                     count_states(self._metrics, [changes.records.get(tp, [])], batches[tp][1])
                 if tp in offsets:
                     committed[tp] = offsets[tp]
@@ -328,7 +282,3 @@ class TransactionalCheckpoint(Checkpoint):
         if lost:
             await self._on_lost(lost)
         return not lost
-
-
-async def _no_commit(offsets: dict[Hashable, int]) -> bool:
-    raise AssertionError("exactly-once commits offsets inside transactions")  # pragma: no cover

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -62,6 +63,7 @@ __all__ = [
     "PartitionProducer",
     "PartitionProducers",
     "TransactionError",
+    "TxnResult",
     "transactional_id",
 ]
 
@@ -85,6 +87,39 @@ _PERMANENT: Final = (
 #: Longest wait for a producer to stop when it is discarded (its unsent batches are dropped:
 #: their transaction is aborted by the next start of the id).
 _STOP_TIMEOUT_S: Final = 5.0
+
+
+class TxnResult(enum.StrEnum):
+    """How :meth:`PartitionProducers.end` ended a partition's interval.
+
+    A partition's producer goes: started --(sends)--> open transaction --end--> COMMITTED
+    (the producer stays live, the next send begins the next transaction); with nothing
+    open, nothing to write and no offset, --end--> IDLE (nothing happens). An open
+    transaction whose send or commit failed --end--> ABORTED (aborted, the producer
+    discarded); one whose end did not finish within the timeout --end--> TIMEOUT (the
+    producer discarded, the next start of its id aborts it); one whose producer was fenced
+    --end--> FENCED (the producer discarded: another start of its id took over). After
+    ABORTED, TIMEOUT or FENCED the partition is *lost*: its uncommitted work is dropped and
+    the group decides who recovers it. The values are the ``result`` label of the
+    transactions metric (:data:`processor.obs.metrics.TRANSACTION_RESULTS`; IDLE is never
+    counted)."""
+
+    # In the metric's label order.
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    FENCED = "fenced"
+    TIMEOUT = "timeout"
+    IDLE = "idle"
+
+    @property
+    def kept(self) -> bool:
+        """The partition's producer and work go on (committed or idle)."""
+        return self in (TxnResult.COMMITTED, TxnResult.IDLE)
+
+    @classmethod
+    def counted(cls) -> tuple[str, ...]:
+        """The label values of the transactions metric: every result but IDLE."""
+        return tuple(r.value for r in cls if r is not cls.IDLE)
 
 
 class TransactionError(LstmStreamError):
@@ -279,36 +314,36 @@ class PartitionProducers:
         tp: TopicPartition,
         states: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]],
         offset: int | None,
-    ) -> str:
+    ) -> TxnResult:
         """End ``tp``'s interval: produce its state records (``(key, value, headers)`` for
         the partition of the state topic numbered like ``tp``) and await them, add
         ``offset`` (the next input offset; None: unchanged) to the transaction, commit; all
         within ``timeout_s``.
 
-        Returns the result, one of :data:`processor.obs.metrics.TRANSACTION_RESULTS`, or
-        ``"idle"`` when there was nothing to commit. On any result other than committed or
-        idle the producer is discarded: the caller must forget the partition's uncommitted
-        state and restore it (aborted, timeout) or stop owning it (fenced). Raises
+        Returns the :class:`TxnResult` (IDLE when there was nothing to commit). On any
+        result other than COMMITTED or IDLE the producer is discarded: the caller must stop
+        owning the partition and forget its uncommitted state; its recovery goes through
+        the group. Raises
         :class:`TransactionError` (after aborting) when the failure cannot go away by
         trying again (a record the broker refuses, a missing authorisation...): redoing the
         interval would fail the same way forever.
         """
         pp = self._live.get(tp)
         if pp is None:
-            return "idle"
+            return TxnResult.IDLE
         if not pp.open and not states and offset is None and pp.failure is None:
-            return "idle"
+            return TxnResult.IDLE
         t0 = time.perf_counter()
-        result = "committed"
+        result = TxnResult.COMMITTED
         cause: BaseException | None = None
         async with pp.lock:
             try:
                 await asyncio.wait_for(self._commit(pp, states, offset), self.timeout_s)
             except FENCED as exc:
-                result = "fenced"
+                result = TxnResult.FENCED
                 log.debug("transaction of %s fenced: %r", tp, exc)
             except TimeoutError:
-                result = "timeout"
+                result = TxnResult.TIMEOUT
                 log.warning(
                     "the transaction of %s did not end within %.0f s: abandoned (its producer "
                     "is discarded; the next start of its id aborts it)",
@@ -316,12 +351,12 @@ class PartitionProducers:
                     self.timeout_s,
                 )
             except Exception as exc:
-                result, cause = "aborted", exc
+                result, cause = TxnResult.ABORTED, exc
                 log.warning("the transaction of %s failed (%r): aborted", tp, exc)
-        self._metrics.transactions.labels(result).inc()
+        self._metrics.transactions.labels(result.value).inc()
         self._metrics.transaction_seconds.observe(time.perf_counter() - t0)
-        if result != "committed":
-            if result == "aborted":
+        if result is not TxnResult.COMMITTED:
+            if result is TxnResult.ABORTED:
                 await self._abort(pp)
             await self.discard(tp, pp)
         if cause is not None and _permanent(cause):

@@ -1,16 +1,17 @@
-"""Restore on assignment: a partition's stream states, read back from its state topic
-partition into the cache before any of its records is processed.
+"""Recovery on assignment: a partition's streams re-created from its state topic partition
+before any of its records is processed.
 
 :class:`Recovery` reads the state partitions of newly assigned input partitions to their end
-(group-less consumer, ``read_committed``; the end rule is :func:`restore_partitions`'s: robust
-to a trailing transaction marker and to compaction's gaps), last record per stream wins, a
-tombstone deletes. Records are decoded and loaded on the engine thread
-(:meth:`PartitionIndex.load`), into the cache's host tiers: a partition with more streams
-than the device holds loses none. It returns, per input partition and restored stream, the
-next input offset of the checkpoint the stream's state (or tombstone) comes from: the
-stream's records below it were applied, so a re-delivery of them is skipped whatever its
-seq -- exact even when the newest checkpoint was only partly written before a crash, since
-each stream is judged by its own record.
+(the *restore read*: a group-less consumer, ``read_committed``; the end rule is
+:func:`~processor.kafka.durable.reader.restore_partitions`'s, robust to a trailing
+transaction marker and to compaction's gaps), last record per stream wins, a tombstone
+deletes. Each chunk is decoded (:meth:`Recovery.decode`) and *loaded* into the cache on the
+engine thread (:meth:`~processor.engine.pipeline.Pipeline.load_states`), into the cache's
+host tiers: a partition with more streams than the device holds loses none. It returns, per
+input partition and recovered stream, the next input offset of the checkpoint the stream's
+state (or tombstone) comes from: the stream's records below it were applied, so a
+re-delivery of them is skipped whatever its seq -- exact even when the newest checkpoint was
+only partly written before a crash, since each stream is judged by its own record.
 
 A state record of a model with other state names or shapes stops the processor
 (``--on-state-mismatch refuse``, :class:`StateMismatchError`) or is skipped, its stream
@@ -30,17 +31,16 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline
-from processor.kafka.checkpoint.cycle import TOMBSTONE_OFFSET_HEADER
+from processor.engine.sources import Loaded
+from processor.kafka.checkpoint.states import TOMBSTONE_OFFSET_HEADER
 from processor.kafka.durable.reader import restore_consumer_kwargs, restore_partitions
 from processor.kafka.durable.record import StateMismatchError, StateRecordCodec
-from processor.kafka.group.streams import PartitionIndex
 from processor.obs.metrics import Metrics
 
 __all__ = ["Recovery"]
 
-_LOADS_AHEAD = 3  # restored chunks queued on the engine thread while more are fetched
+_LOADS_AHEAD = 3  # chunks queued on the engine thread for loading while more are fetched
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ class Recovery:
     """See the module docstring.
 
     Args:
-        consumer_kw: the group consumer's keyword arguments (the restore consumer's are
-            derived from them: same cluster and security, no group).
+        consumer_kw: the group consumer's keyword arguments (the restore read's consumer's
+            are derived from them: same cluster and security, no group).
         state_topics: input topic -> its state topic.
-        pipeline: the engine thread.
-        index: loads the states and records their partitions.
+        pipeline: loads the states on the engine thread (and notes their partitions).
         codec: decodes state records.
         reset_on_mismatch: skip records of another model instead of refusing them.
-        metrics: restore duration, records, partitions restoring, skipped records.
+        metrics: the ``restore_*`` metrics (duration, records, partitions being recovered,
+            skipped records).
     """
 
     def __init__(
@@ -65,7 +65,6 @@ class Recovery:
         consumer_kw: Mapping[str, Any],
         state_topics: Mapping[str, str],
         pipeline: Pipeline,
-        index: PartitionIndex,
         codec: StateRecordCodec,
         reset_on_mismatch: bool,
         metrics: Metrics,
@@ -73,7 +72,6 @@ class Recovery:
         self._consumer_kw = restore_consumer_kwargs(consumer_kw)
         self._state_topics = dict(state_topics)
         self._pipeline = pipeline
-        self._index = index
         # One codec per state topic, so that its errors name the topic.
         self._codecs = {
             topic: StateRecordCodec(
@@ -84,17 +82,17 @@ class Recovery:
         self._reset = reset_on_mismatch
         self._metrics = metrics
 
-    async def restore(
+    async def recover(
         self, partitions: Collection[TopicPartition]
     ) -> dict[TopicPartition, dict[str, int]]:
         """Load the states of ``partitions`` (input partitions); returns, per partition, per
-        restored stream (tombstoned ones too), the next input offset of the checkpoint its
+        recovered stream (tombstoned ones too), the next input offset of the checkpoint its
         state comes from: the stream's records below it were applied before that checkpoint
         (:meth:`~processor.kafka.stages.fetch.Fetcher.replay_until` skips them when re-delivered).
 
         Raises :class:`StateMismatchError` (refuse mode), the restore reader's errors
         (:class:`~processor.kafka.durable.reader.RestoreError` when a partition makes no progress),
-        or Kafka errors; cancellable (a revocation mid-restore)."""
+        or Kafka errors; cancellable (a revocation mid-recovery)."""
         if not partitions:
             return {}
         t0 = time.perf_counter()
@@ -109,31 +107,32 @@ class Recovery:
             await consumer.start()
 
             # Chunks are decoded and loaded on the engine thread while the next ones are
-            # fetched: up to _LOADS_AHEAD calls queued there (its FIFO keeps their order, so
+            # fetched: up to _LOADS_AHEAD loads queued there (its FIFO keeps their order, so
             # a later record of a stream still wins).
-            loading: deque[asyncio.Future[tuple[TopicPartition, dict[str, int]]]] = deque()
+            loading: deque[tuple[TopicPartition, asyncio.Future[Loaded]]] = deque()
 
             async def settle(keep: int) -> None:
                 while len(loading) > keep:
-                    tp, chunk = await loading.popleft()
-                    applied[tp].update(chunk)
+                    tp, load = loading.popleft()
+                    applied[tp].update((await load).positions)
 
             async def apply(
                 state_tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
             ) -> None:
                 tp = by_state[state_tp]
 
-                def load(engine: Engine) -> tuple[TopicPartition, dict[str, int]]:
-                    return tp, self._load(engine, tp, records)
+                def decode() -> Loaded:
+                    return self.decode(tp, records)
 
-                loading.append(asyncio.wrap_future(self._pipeline.call(load)))
+                load = asyncio.wrap_future(self._pipeline.load_states(tp, decode))
+                loading.append((tp, load))
                 await settle(_LOADS_AHEAD)
 
             try:
                 stats = await restore_partitions(consumer, list(by_state), apply)
                 await settle(0)
             finally:
-                for pending in loading:  # a failure or a cancellation: do not leave them
+                for _, pending in loading:  # a failure or a cancellation: do not leave them
                     pending.cancel()
         finally:
             metrics.restoring_partitions.dec(len(partitions))
@@ -144,7 +143,7 @@ class Recovery:
         metrics.restore_records.inc(records)
         metrics.restored_partitions.inc(len(partitions))
         log.info(
-            "restored %d partitions from their state topics: %d records (%d tombstones, "
+            "recovered %d partitions from their state topics: %d records (%d tombstones, "
             "%.1f MB) in %.2f s",
             len(partitions),
             records,
@@ -154,12 +153,13 @@ class Recovery:
         )
         return applied
 
-    def _load(
-        self, engine: Engine, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
-    ) -> dict[str, int]:
-        """Decode one chunk of a state partition (engine thread) and load it; returns, per
-        stream of the chunk, the next input offset of the checkpoint its last record comes
-        from (records of the stream below it were applied; -1: none known)."""
+    def decode(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> Loaded:
+        """Decode one chunk of the state partition of input partition ``tp`` (on the engine
+        thread, where it is then loaded): the states to load, the ended streams, and as
+        ``positions``, per stream of the chunk, the next input offset of the checkpoint its
+        last record comes from (records of the stream below it were applied; -1: none
+        known). Raises :class:`StateMismatchError` for a record of another model in refuse
+        mode."""
         codec = self._codecs[tp.topic]
         keyed = [r for r in records if r.key is not None]  # others: not written by us
         values = [r.value for r in keyed if r.value is not None]
@@ -214,18 +214,16 @@ class Recovery:
             )
         live = [(s, j) for s, (kind, j) in last.items() if kind == _STATE]
         rows = np.array([j for _, j in live], np.intp)
-        self._index.load(
-            engine,
-            tp,
+        return Loaded(
             [s for s, _ in live],
             decoded.seqs[rows],
             [a[rows] for a in decoded.arrays],
             [s for s, (kind, _) in last.items() if kind == _ENDED],
+            applied,
         )
-        return applied
 
 
-_STATE, _ENDED = 0, 1  # what a stream's last record in a restored chunk is
+_STATE, _ENDED = 0, 1  # what a stream's last record in a chunk read back is
 
 
 def _tombstone_offset(headers: Any) -> int:

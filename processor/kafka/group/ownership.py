@@ -5,8 +5,9 @@ assigns the new set, often mostly the same partitions. Forgetting every stream's
 each rebalance would restart all streams whenever a member joins, so the runtime keeps the
 state of a partition that was revoked *cleanly* (its processed offsets committed, nothing of
 it in flight) and comes straight back in the next assignment: nobody else can have processed
-it in between. Every other partition's streams are forgotten, and restored from the state
-topic when there is one (the partition is not owned until then).
+it in between. Every other partition's streams are forgotten and, when there is a state
+topic, recovered from it. Meanwhile the partition is *held back*: assigned but not owned,
+its records kept out of the pipeline, until it is *released*.
 
 Pure logic, used from the event loop only.
 """
@@ -24,23 +25,24 @@ K = TypeVar("K", bound=Hashable)
 
 @dataclass
 class Ownership(Generic[K]):
-    """Owned partitions, those still being restored, and those revoked cleanly (with the
-    offset committed at their revocation) and not yet reassigned."""
+    """Owned partitions, those held back (assigned, their ownership still being settled),
+    and those revoked cleanly (with the offset committed at their revocation) and not yet
+    reassigned."""
 
     owned: set[K] = field(default_factory=set)
-    restoring: set[K] = field(default_factory=set)
+    held: set[K] = field(default_factory=set)
     clean: dict[K, int | None] = field(default_factory=dict)
     assignments: int = 0
 
     def owns(self, tp: K) -> bool:
         """Records of ``tp`` may enter the pipeline (checked when they are fetched): it is
-        assigned and its streams' states are restored."""
-        return tp in self.owned and tp not in self.restoring
+        assigned and not held back."""
+        return tp in self.owned and tp not in self.held
 
     def revoke(self, partitions: Collection[K]) -> None:
         """Stop owning ``partitions`` now (their fetched records are dropped from here on)."""
         self.owned.difference_update(partitions)
-        self.restoring.difference_update(partitions)
+        self.held.difference_update(partitions)
 
     def mark_clean(self, offsets: Mapping[K, int | None]) -> None:
         """The partitions' processed offsets were committed (``offsets[tp]``: the offset
@@ -57,15 +59,16 @@ class Ownership(Generic[K]):
         rebalance only."""
         keep = {tp: off for tp, off in self.clean.items() if tp in partitions}
         self.owned = set(partitions)
-        self.restoring = set()
+        self.held = set()
         self.clean = {}
         self.assignments += 1
         return keep
 
-    def restore(self, partitions: Collection[K]) -> None:
-        """``partitions`` (assigned) are being restored: not owned until :meth:`restored`."""
-        self.restoring.update(tp for tp in partitions if tp in self.owned)
+    def hold_back(self, partitions: Collection[K]) -> None:
+        """Hold ``partitions`` (assigned ones) back: not owned until :meth:`release` (their
+        cached streams are being kept or recovered, their positions set)."""
+        self.held.update(tp for tp in partitions if tp in self.owned)
 
-    def restored(self, partitions: Collection[K]) -> None:
-        """The restore of ``partitions`` finished: their records may enter the pipeline."""
-        self.restoring.difference_update(partitions)
+    def release(self, partitions: Collection[K]) -> None:
+        """``partitions`` are settled: their records may enter the pipeline."""
+        self.held.difference_update(partitions)

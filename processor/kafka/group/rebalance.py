@@ -1,4 +1,5 @@
-"""The consumer-group rebalance listener: a thin adapter from aiokafka to the runtime.
+"""The consumer-group rebalance listener: a thin adapter from aiokafka to the group handler
+(:class:`~processor.kafka.group.handler.GroupHandler`).
 
 aiokafka awaits the listener's coroutines inside its group coordinator and *swallows*
 (logs) any exception they raise, after which the group goes on as if all was well. This
@@ -13,8 +14,8 @@ stops the consumer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiokafka.abc import ConsumerRebalanceListener
 
@@ -26,43 +27,44 @@ log = logging.getLogger(__name__)
 
 
 class RebalanceHandler(Protocol):
-    """What the runtime implements (see :class:`processor.kafka.runtime.Processor`)."""
+    """What the group handler implements."""
 
-    async def on_revoked(self, partitions: set[Hashable]) -> None:
+    async def on_revoked(self, partitions: set[Any]) -> None:
         """Partitions are being taken away: finish their in-flight work and commit."""
         ...
 
-    async def on_assigned(self, partitions: set[Hashable]) -> None:
+    async def on_assigned(self, partitions: set[Any]) -> None:
         """The new assignment (eager protocol: the full set, often the same as before)."""
-        ...
-
-    def on_listener_error(self, exc: BaseException) -> None:
-        """A callback above raised: the runtime must not continue silently."""
         ...
 
 
 class RebalanceListener(ConsumerRebalanceListener):
-    """Forwards aiokafka's callbacks to a :class:`RebalanceHandler`, never raising."""
+    """Forwards aiokafka's callbacks to a :class:`RebalanceHandler`, never raising: an
+    exception of the handler goes to ``on_error`` (the runtime must not continue
+    silently)."""
 
-    def __init__(self, handler: RebalanceHandler) -> None:
+    def __init__(
+        self, handler: RebalanceHandler, on_error: Callable[[BaseException], None]
+    ) -> None:
         self._handler = handler
+        self._on_error = on_error
 
-    async def on_partitions_revoked(self, revoked: set[Hashable]) -> None:
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         try:
             await self._handler.on_revoked(set(revoked))
         except LstmStreamError as exc:  # says what went wrong; the runtime reports it once
             log.debug("handling the revocation of %s failed: %s", sorted(map(str, revoked)), exc)
-            self._handler.on_listener_error(exc)
+            self._on_error(exc)
         except Exception as exc:
             log.exception("handling the revocation of %s failed", sorted(map(str, revoked)))
-            self._handler.on_listener_error(exc)
+            self._on_error(exc)
 
-    async def on_partitions_assigned(self, assigned: set[Hashable]) -> None:
+    async def on_partitions_assigned(self, assigned: set[Any]) -> None:
         try:
             await self._handler.on_assigned(set(assigned))
         except LstmStreamError as exc:  # says what went wrong; the runtime reports it once
             log.debug("handling the assignment of %s failed: %s", sorted(map(str, assigned)), exc)
-            self._handler.on_listener_error(exc)
+            self._on_error(exc)
         except Exception as exc:
             log.exception("handling the assignment of %s failed", sorted(map(str, assigned)))
-            self._handler.on_listener_error(exc)
+            self._on_error(exc)

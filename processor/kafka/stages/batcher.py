@@ -13,12 +13,13 @@ an explicit ``now``.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Batcher", "FlowControl", "Queued"]
+__all__ = ["Batcher", "FlowChange", "FlowControl", "Queued"]
 
 
 class Queued(Protocol):
@@ -134,7 +135,14 @@ class Batcher(Generic[T]):
         return dropped
 
 
-Decision = Literal["pause", "resume"] | None
+class FlowChange(enum.StrEnum):
+    """A transition of :class:`FlowControl` (:meth:`FlowControl.decide`), which the fetch
+    stage applies to the consumer. Running --PAUSE--> paused (at or above the high-water
+    mark); paused --RESUME--> running (at or below the low-water mark); no other transition
+    (``decide`` returns None in between: hysteresis)."""
+
+    PAUSE = "pause"  #: pause every owned partition
+    RESUME = "resume"  #: resume the owned partitions
 
 
 @dataclass
@@ -174,14 +182,14 @@ class FlowControl:
         asks for at most this many so the bound is never overshot."""
         return max(0, self.high - self.in_flight)
 
-    def decide(self) -> Decision:
-        """The transition to apply now, if any, and record it: ``"pause"`` when at or above
-        the high-water mark and not paused, ``"resume"`` when paused and at or below the
-        low-water mark, else ``None``."""
+    def decide(self) -> FlowChange | None:
+        """The transition to apply now, if any, and record it (see :class:`FlowChange`):
+        PAUSE when at or above the high-water mark and not paused, RESUME when paused and
+        at or below the low-water mark, else None."""
         if not self.paused and self.in_flight >= self.high:
             self.paused = True
-            return "pause"
+            return FlowChange.PAUSE
         if self.paused and self.in_flight <= self.low:
             self.paused = False
-            return "resume"
+            return FlowChange.RESUME
         return None

@@ -20,36 +20,32 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable
 
 from aiokafka import TopicPartition
 
-from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline, Stepped
-from processor.kafka.checkpoint.cycle import Barrier, Checkpoint
+from processor.kafka.checkpoint.barrier import Armed, Request
+from processor.kafka.checkpoint.cycle import CheckpointCycle
 from processor.kafka.checkpoint.ledger import OffsetLedger
-from processor.kafka.group.streams import PartitionIndex
 from processor.kafka.stages.batcher import Batcher
 from processor.kafka.stages.items import Batch, Emitted, Item
-from processor.records import Record
 
-__all__ = ["Armed", "Dispatcher"]
-
-#: An armed checkpoint barrier and the requests it answers (their revoked partitions and
-#: their callers' futures).
-Armed = tuple[Barrier, list[tuple[Collection[Hashable], asyncio.Future[bool]]]]
+__all__ = ["Dispatcher"]
 
 
 class Dispatcher:
     """See the module docstring.
 
     Args:
-        pipeline: the engine (its thread) and stale-record policy.
+        pipeline: the engine (its thread) and stale-record policy; each step notes its
+            records' partitions in the pipeline's source index.
         batcher: where the fetch stage puts decoded items.
         ledger: opens a ticket per batch.
-        index: stream -> partition, updated on the engine thread after each step.
         emit: the emit stage (batch, engine result) -> Emitted.
         ack: the ack stage's queue.
+        wakeup: set by the fetch stage when it added items (also set here by a flush or a
+            checkpoint request).
         pipeline_depth: batches submitted to the engine thread ahead of their emission.
         on_taken: called whenever a batch is cut (lets the fetch stage go on).
         checkpoint: the barrier-placed checkpoint (see the module docstring), or None.
@@ -60,34 +56,29 @@ class Dispatcher:
         pipeline: Pipeline,
         batcher: Batcher[Item],
         ledger: OffsetLedger,
-        index: PartitionIndex,
         emit: Callable[[Batch, Stepped | None], Awaitable[Emitted]],
         ack: Callable[[Emitted], None],
+        wakeup: asyncio.Event,
         *,
         pipeline_depth: int,
         on_taken: Callable[[], None] = lambda: None,
-        checkpoint: Checkpoint | None = None,
+        checkpoint: CheckpointCycle | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._batcher = batcher
         self._ledger = ledger
-        self._index = index
         self._emit = emit
         self._ack = ack
         self._depth = pipeline_depth
         self._on_taken = on_taken
-        self._wakeup = asyncio.Event()  # new items, a flush or a checkpoint request
+        self._wakeup = wakeup  # new items, a flush or a checkpoint request
         self._flushing = False
         self._checkpoint = checkpoint
-        # Checkpoint requests not yet armed: (partitions being revoked, the caller's future).
-        self._requests: list[tuple[Collection[Hashable], asyncio.Future[bool]]] = []
+        # Checkpoint requests not yet armed.
+        self._requests: list[Request] = []
         self._armed: Armed | None = None  # the barrier riding on a submitted batch
         self._running = False
         self._serving = asyncio.Lock()
-
-    def notify(self) -> None:
-        """New items are in the batcher."""
-        self._wakeup.set()
 
     def flush(self) -> None:
         """Process everything queued without waiting for deadlines, then let :meth:`run`
@@ -102,7 +93,7 @@ class Dispatcher:
         barrier."""
         assert self._checkpoint is not None
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._requests.append((tuple(partitions or ()), fut))
+        self._requests.append(Request(tuple(partitions or ()), fut))
         if self._running:
             self._wakeup.set()
         else:
@@ -146,7 +137,7 @@ class Dispatcher:
     def _arm(self) -> Armed:
         assert self._checkpoint is not None
         requests, self._requests = self._requests, []
-        armed = self._checkpoint.arm(), requests
+        armed = Armed(self._checkpoint.arm(), requests)
         self._armed = armed
         return armed
 
@@ -159,30 +150,30 @@ class Dispatcher:
                 if not self._requests:
                     return  # answered by a barrier that finished while this one waited
                 armed = self._arm()
-            barrier, requests = armed
-            scope = {tp for parts, _ in requests for tp in parts}
+            requests = armed.requests
+            scope = {tp for request in requests for tp in request.partitions}
             try:
-                ok = await self._checkpoint.finish(barrier, scope)
+                ok = await self._checkpoint.finish(armed.barrier, scope)
             except BaseException as exc:
-                for _, fut in requests:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                for request in requests:
+                    if not request.answer.done():
+                        request.answer.set_exception(exc)
                 raise
             finally:
                 self._armed = None
-        for _, fut in requests:
-            if not fut.done():
-                fut.set_result(ok)
+        for request in requests:
+            if not request.answer.done():
+                request.answer.set_result(ok)
 
     def _fail_requests(self) -> None:
         """The dispatcher failed: answer every request, armed or not, with False."""
         requests, self._requests = self._requests, []
         if self._armed is not None:
-            requests += self._armed[1]
+            requests += self._armed.requests
             self._armed = None
-        for _, fut in requests:
-            if not fut.done():
-                fut.set_result(False)
+        for request in requests:
+            if not request.answer.done():
+                request.answer.set_result(False)
 
     def _ready(self, now: float) -> bool:
         return self._batcher.due(now) or (self._flushing and len(self._batcher) > 0)
@@ -211,19 +202,15 @@ class Dispatcher:
 
     def _submit(self, items: list[Item]) -> Batch:
         ticket = self._ledger.open(items)
-        # A re-delivered record was applied before its stream's restored checkpoint: its
-        # output exists and its effect is in the state; only its offset goes on.
+        # A re-delivered record was applied before the checkpoint its stream's state was
+        # recovered from: its output exists and its effect is in the state; only its offset
+        # goes on.
         good = [it for it in items if it.record is not None and not it.redelivered]
         future: asyncio.Future[Stepped] | None = None
         if good:
             records = [it.record for it in good if it.record is not None]
             partitions: list[TopicPartition] = [it.tp for it in good]
-            index = self._index
-
-            def note(engine: Engine, recs: Sequence[Record]) -> None:
-                index.note(engine, recs, partitions)
-
-            future = asyncio.wrap_future(self._pipeline.step(records, note))
+            future = asyncio.wrap_future(self._pipeline.step(records, partitions))
         batch = Batch(items, good, ticket, future)
         if self._requests and self._armed is None:
             batch.barrier = self._arm()  # right behind this batch on the engine thread

@@ -4,7 +4,8 @@ The ownership check happens here, where fetched records are handed out (as aioka
 ``Fetcher`` drops records fetched before a rebalance): a record of a partition this member
 no longer owns never enters the pipeline. Flow control lives here too: at the high-water
 mark of records in flight every owned partition is paused, at the low-water mark fetching
-resumes (the ack stage releases records and calls :meth:`Fetcher.apply_flow`).
+resumes (the ack stage and a dropped partition release records through
+:meth:`Fetcher.release`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from aiokafka.structs import ConsumerRecord
 
 from processor.codec.reasons import MISSING_KEY, UNDECODABLE
 from processor.errors import BadRecord
-from processor.kafka.group.ownership import Ownership
-from processor.kafka.stages.batcher import Batcher, FlowControl
+from processor.kafka.stages.batcher import Batcher, FlowChange, FlowControl
 from processor.kafka.stages.items import BadInput, Item
 from processor.obs.metrics import Metrics
 from processor.records import Record
 
-__all__ = ["FETCH_TIMEOUT_MS", "Consumer", "Fetcher"]
+__all__ = ["FETCH_TIMEOUT_MS", "Consumer", "Fetcher", "Owner"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,13 @@ class Consumer(Protocol):
     ) -> Records: ...
 
 
+class Owner(Protocol):
+    """Which partitions' records may enter the pipeline now
+    (:class:`~processor.kafka.group.ownership.Ownership`)."""
+
+    def owns(self, tp: TopicPartition) -> bool: ...
+
+
 class Fetcher:
     """The fetch loop (:meth:`run`) and flow control.
 
@@ -71,8 +78,9 @@ class Fetcher:
         flow: the in-flight bound (acquired here, released by the ack stage).
         ownership: which partitions this member owns now.
         metrics: records_in, in_flight, paused_partitions.
+        fetched: set after items were added to the batcher (the dispatcher waits on it).
         max_batch: the engine's batch size (and the most records asked for at once).
-        on_fetched: called after items were added to the batcher (wakes the dispatcher).
+        pipeline_depth: batches the dispatcher keeps queued on the engine thread.
     """
 
     def __init__(
@@ -81,12 +89,12 @@ class Fetcher:
         decode: Callable[[list[bytes], list[bytes | None]], list[Record | BadRecord]],
         batcher: Batcher[Item],
         flow: FlowControl,
-        ownership: Ownership[TopicPartition],
+        ownership: Owner,
         metrics: Metrics,
+        fetched: asyncio.Event,
         *,
         max_batch: int,
         pipeline_depth: int,
-        on_fetched: Callable[[], None] = lambda: None,
     ) -> None:
         self._consumer = consumer
         self._decode = decode
@@ -98,13 +106,13 @@ class Fetcher:
         # Decoded records kept ready for the dispatcher: enough for the batches it keeps
         # queued on the engine thread plus the one it cuts next.
         self._ready_target = (pipeline_depth + 1) * max_batch
-        self.on_fetched = on_fetched  # set by the runtime once the dispatcher exists
+        self._fetched = fetched
         self._taken = asyncio.Event()  # the dispatcher took a batch: fetching may go on
         self._turn = 0  # rotates the partition order of fetch()
         self._first_offset: dict[TopicPartition, int] = {}
         self._fetched_to: dict[TopicPartition, int] = {}
         # partition -> (highest offset of the map, stream -> offset below which its records
-        # were applied before the checkpoint the partition was restored from)
+        # were applied before the checkpoint its state was recovered from)
         self._replay: dict[TopicPartition, tuple[int, dict[str, int]]] = {}
         self._stopping = False
 
@@ -135,7 +143,7 @@ class Fetcher:
             self._replay.pop(tp, None)
 
     def replay_until(self, tp: TopicPartition, applied: dict[str, int]) -> None:
-        """``tp`` was restored: a record of stream ``s`` at an offset below ``applied[s]``
+        """``tp`` was recovered: a record of stream ``s`` at an offset below ``applied[s]``
         was applied before the checkpoint its state comes from, so it is marked
         re-delivered (not stepped again; counted as a duplicate). Kept until the partition's
         records pass the highest of those offsets."""
@@ -191,7 +199,7 @@ class Fetcher:
         if added:
             self._flow.acquire(added)
             self.apply_flow()
-            self.on_fetched()
+            self._fetched.set()
         return added
 
     async def fetch(self, limit: int) -> Records:
@@ -267,11 +275,17 @@ class Fetcher:
         if items and items[-1].offset + 1 >= highest:
             del self._replay[tp]
 
+    def release(self, n: int) -> None:
+        """``n`` records left the pipeline (acknowledged, or dropped with their partition):
+        release them from the in-flight bound and resume fetching at the low-water mark."""
+        self._flow.release(n)
+        self.apply_flow()
+
     def apply_flow(self) -> None:
         """Pause every owned partition at the high-water mark, resume at the low one."""
         consumer = self._consumer
         decision = self._flow.decide()
-        if decision == "pause":
+        if decision is FlowChange.PAUSE:
             owned = [tp for tp in consumer.assignment() if self._ownership.owns(tp)]
             consumer.pause(*owned)
             self._metrics.backpressure_pauses.inc()
@@ -280,8 +294,8 @@ class Fetcher:
                 len(owned),
                 self._flow.in_flight,
             )
-        elif decision == "resume":
-            # Only owned ones: a partition being restored stays paused until it is started.
+        elif decision is FlowChange.RESUME:
+            # Only owned ones: a partition held back stays paused until it is released.
             consumer.resume(*[tp for tp in consumer.paused() if self._ownership.owns(tp)])
             log.debug("backpressure: resumed (%d in flight)", self._flow.in_flight)
         self._metrics.in_flight.set(self._flow.in_flight)

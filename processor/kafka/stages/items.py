@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import TopicPartition
 
 from processor.engine.pipeline import Stepped
+from processor.kafka.checkpoint.barrier import Armed
 from processor.kafka.checkpoint.ledger import Ticket
 from processor.records import Record
-
-if TYPE_CHECKING:
-    from processor.kafka.stages.dispatch import Armed
 
 __all__ = ["BadInput", "Batch", "Emitted", "Item"]
 
@@ -42,7 +40,7 @@ class Item:
     event_ms: int | None  # ts field, else the Kafka timestamp (for end-to-end latency)
     record: Record | None
     bad: BadInput | None = None
-    # Applied before the checkpoint its stream was restored from: not stepped again.
+    # Applied before the checkpoint its stream's state was recovered from: not stepped again.
     redelivered: bool = False
 
 

@@ -10,12 +10,13 @@ without a row fails here; a row whose option is gone fails too.
 takes the engine options as flags (its results must follow from its command line alone).
 
 A second table (``RUNTIME_ROWS``) follows every ``run`` option one step further, through
-the real command line (``processor.cli.main(["run", ...])``, the environment, a TOML file)
-into a started :class:`processor.kafka.runtime.Processor`: the Batcher, the FlowControl,
-the Pipeline's decoder, the Kafka clients, topic preparation, the writers, the commit loop,
-the metrics server, the EngineOptions the engine is built from and the root log level. Only
-the network is replaced (clients, admin, topic preparation and metrics server record what
-they were given) and the engine is a stand-in, so a start costs milliseconds.
+the real command line (the parser and ``main`` of ``lstm-stream run``, which serves the
+settings with the real signal handling), the environment or a TOML file into a started
+:class:`processor.kafka.runtime.Processor`: the Batcher, the FlowControl, the Pipeline's
+decoder, the Kafka clients, topic preparation, the writers, the commit loop, the metrics
+server, the EngineOptions the engine is built from and the root log level. Only the network
+is replaced (clients, admin, topic preparation and metrics server record what they were
+given) and the engine is a stand-in, so a start costs milliseconds.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,13 +42,13 @@ from prometheus_client import CollectorRegistry
 import processor  # noqa: F401  (TF/Keras environment defaults before keras)
 from processor import cli, replay
 from processor.codec.reasons import OVERSIZE
-from processor.config.declare import Option, options_of
+from processor.config.declare import Option, Shape, options_of
 from processor.config.engine_options import EngineOptions
-from processor.engine import build as build_module
-from processor.engine import pipeline as pipeline_module
 from processor.engine.build import build_engine
+from processor.engine.device import resolve_device
 from processor.engine.engine import Engine
-from processor.kafka import runtime
+from processor.engine.pipeline import gc_tuned
+from processor.kafka import command, runtime
 from processor.kafka.io.clients import REBALANCE_MARGIN_MS, client_kwargs
 from processor.kafka.settings import (
     Settings,
@@ -87,7 +88,19 @@ class Reached:
     @cached_property
     def engine(self) -> Engine:
         model = None if self.load_from_file else self.memory_model
-        return build_engine(self.engine_options, model)
+
+        def resolve(device: str | None) -> str:
+            self.devices.append(str(device))
+            return resolve_device(device)
+
+        # Thread pools are recorded, not sized: TensorFlow's are fixed once it has run, and
+        # the rows only need to see the request.
+        return build_engine(
+            self.engine_options,
+            model,
+            configure=lambda intra, inter: self.threads.append((intra, inter)),
+            resolve=resolve,
+        )
 
     @property
     def run(self) -> Settings:
@@ -216,21 +229,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 
 @pytest.fixture
-def spies(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[str], list[Any]]]:
-    """Record build_engine's device lookups (still performed) and thread-pool sizing (not
-    performed: TensorFlow's pools are fixed once it has run, and the test only needs to see
-    the request)."""
-    devices: list[str] = []
-    threads: list[Any] = []
-    real = build_module.resolve_device
-
-    def resolve(device: str | None) -> str:
-        devices.append(str(device))
-        return real(device)
-
-    monkeypatch.setattr(build_module, "resolve_device", resolve)
-    monkeypatch.setattr(build_module, "configure_threads", lambda *a: threads.append(a))
-    yield devices, threads
+def spies() -> tuple[list[str], list[Any]]:
+    """The lists that record build_engine's device lookups and thread-pool requests."""
+    return [], []
 
 
 def _text(row: Row, models: Models) -> str:
@@ -240,13 +241,13 @@ def _text(row: Row, models: Models) -> str:
 def _flag_args(opt: Option, text: str) -> list[str]:
     if opt.type is bool:
         return [opt.flag]
-    if opt.shape == "list":
+    if opt.shape == Shape.LIST:
         return [arg for item in text.split(",") for arg in (opt.flag, item)]
     return [opt.flag, text]
 
 
 def _env(opt: Option, text: str) -> dict[str, str]:
-    if opt.shape == "map":
+    if opt.shape == Shape.MAP:
         key, _, value = text.partition("=")
         return {opt.env + key.upper().replace(".", "__"): value}
     return {opt.env: text}
@@ -256,13 +257,13 @@ def _toml(opt: Option, text: str) -> str:
     def literal(value: str) -> str:
         if opt.type is bool:
             return value
-        if opt.shape == "list":
+        if opt.shape == Shape.LIST:
             return json.dumps(value.split(","))
         if opt.type in (int, float):
             return value
         return json.dumps(value)  # a JSON string is a TOML basic string
 
-    if opt.shape == "map":
+    if opt.shape == Shape.MAP:
         key, _, value = text.partition("=")
         prefix, _, leaf = key.rpartition(".")
         table = f"{opt.toml_key}.{prefix}" if prefix else opt.toml_key
@@ -368,6 +369,9 @@ class Started:
     built: dict[str, dict[str, Any]] = field(default_factory=dict)
     server: dict[str, Any] | None = None
     root_level: int = logging.NOTSET
+    #: How ``run``'s main serves the settings: the real signal handling around the Processor
+    #: that starts and closes (set by the ``started`` fixture).
+    serve: Callable[[Settings], Coroutine[Any, Any, int]] | None = None
 
     @property
     def proc(self) -> runtime.Processor:
@@ -579,20 +583,32 @@ class _Recorder:
         pass
 
 
-@pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
-    """Make ``lstm-stream run`` start its real Processor without a network: the clients,
-    admin, topic preparation and metrics server record their arguments, the engine builder
-    records its EngineOptions, the writers and the commit loop are the real classes with
-    their arguments recorded, and ``run`` returns right after the start. The root logger's
-    level is restored afterwards (``--log-level`` sets it)."""
-    seen = Started()
-    real_processor = runtime.Processor
+@pytest.fixture(scope="module")
+def tuned_gc() -> Iterator[None]:
+    """The hot path's collector policy applied once for the module's starts: each started
+    Processor applies it too, and the policy composes (reference-counted), so a start costs
+    no full collection and freeze (a second each in a process that has imported
+    TensorFlow); the policy is no option's business."""
+    gc_tuned(True)
+    try:
+        yield
+    finally:
+        gc_tuned(False)
 
-    class StartOnly(real_processor):  # type: ignore[misc, valid-type]
-        def __init__(self, settings: Settings, **kwargs: Any) -> None:
-            kwargs.setdefault("registry", CollectorRegistry())  # not the process-wide one
-            super().__init__(settings, **kwargs)
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch, tuned_gc: None) -> Iterator[Started]:
+    """Make ``lstm-stream run`` start its real Processor without a network: the clients,
+    admin, topic preparation and metrics server record their arguments, the Processor's
+    engine factory records its EngineOptions, the writers and the commit loop are the real
+    classes with their arguments recorded, and ``run`` returns right after the start. The
+    root logger's level is restored afterwards (``--log-level`` sets it)."""
+    seen = Started()
+
+    class StartOnly(runtime.Processor):
+        def __init__(self, settings: Settings) -> None:
+            # A registry of its own (not the process-wide one), the recording engine builder.
+            super().__init__(settings, registry=CollectorRegistry(), engine_factory=build)
             seen.processor = self
 
         async def run(self, stop_event: asyncio.Event | None = None) -> Any:
@@ -665,17 +681,13 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
         for module in users:
             monkeypatch.setattr(module, name, value(getattr(module, name)))
 
-    monkeypatch.setattr(runtime, "Processor", StartOnly)
-    # The hot path's collector policy (a full collection, then freeze) is no option's
-    # business and costs a second per start in a process that has imported TensorFlow.
-    monkeypatch.setattr(pipeline_module, "gc_tuned", lambda enable: None)
+    seen.serve = lambda settings: command.run_until_signalled(settings, StartOnly)
     replace("AIOKafkaConsumer", lambda _: Consumer)
     replace("AIOKafkaProducer", lambda _: Producer)
     replace("AIOKafkaAdminClient", lambda _: Admin)
     replace("prepare_topics", lambda _: prepare_topics)
     replace("prepare_state_topics", lambda _: prepare_state_topics)
     replace("MetricsServer", lambda _: Server)
-    replace("build_engine", lambda _: build)
     for name in (
         "OutputWriter",
         "DeadLetterWriter",
@@ -717,7 +729,9 @@ def _start_run(
         path = tmp / "run.toml"
         path.write_text(_toml(opt, row.text))
         argv += ["--config", str(path)]
-    assert cli.main(["run", *argv]) == 0
+    parser, _ = cli.command_parser("run")
+    assert seen.serve is not None
+    assert command.main(parser.parse_args(argv), serve=seen.serve) == 0
     seen.root_level = logging.getLogger().level
     return seen
 

@@ -9,7 +9,7 @@ import pytest
 
 from processor.kafka.checkpoint.ledger import OffsetLedger
 from processor.kafka.group.ownership import Ownership
-from processor.kafka.stages.batcher import Batcher, FlowControl
+from processor.kafka.stages.batcher import Batcher, FlowChange, FlowControl
 
 
 @dataclass
@@ -113,12 +113,12 @@ def test_flow_control_pauses_at_high_and_resumes_at_low_with_hysteresis() -> Non
     f.acquire(9)
     assert f.decide() is None and f.headroom == 1
     f.acquire(1)
-    assert f.decide() == "pause" and f.paused and f.headroom == 0
+    assert f.decide() is FlowChange.PAUSE and f.paused and f.headroom == 0
     assert f.decide() is None  # decided once
     f.release(5)  # 5 in flight: below high but above low -> still paused
     assert f.decide() is None and f.paused
     f.release(1)
-    assert f.decide() == "resume" and not f.paused
+    assert f.decide() is FlowChange.RESUME and not f.paused
     assert f.decide() is None
 
 
@@ -182,14 +182,14 @@ def test_ownership_keeps_state_only_for_cleanly_revoked_partitions_that_come_bac
     assert own.assign({"p0"}) == {}  # cleanliness holds for one rebalance only
 
 
-def test_a_partition_being_restored_is_assigned_but_not_owned() -> None:
+def test_a_partition_held_back_is_assigned_but_not_owned() -> None:
     own: Ownership[str] = Ownership()
     own.assign({"p0", "p1"})
-    own.restore({"p1", "p9"})  # p9 is not assigned: ignored
+    own.hold_back({"p1", "p9"})  # p9 is not assigned: ignored
     assert own.owns("p0") and not own.owns("p1") and not own.owns("p9")
-    own.restored({"p1"})
+    own.release({"p1"})
     assert own.owns("p1")
-    own.restore({"p0"})
-    own.revoke({"p0"})  # revoked mid-restore
+    own.hold_back({"p0"})
+    own.revoke({"p0"})  # revoked while held back
     own.assign({"p0"})
     assert own.owns("p0")

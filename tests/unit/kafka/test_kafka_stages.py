@@ -7,7 +7,6 @@ fetch boundary, emit contents, ack ordering, revocation and drain."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,221 +15,41 @@ from typing import Any
 import msgpack
 import numpy as np
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
+from kafka_fakes import (
+    IN,
+    STATE,
+    TP0,
+    TP1,
+    FakeConsumer,
+    FakeProducer,
+    Harness,
+    input_value,
+    until,
+)
 from prometheus_client import CollectorRegistry
 
-from processor.codec import decode_output, encode_input
+from processor.codec import encode_input
 from processor.codec.reasons import MISSING_FIELD, MISSING_KEY, UNDECODABLE
-from processor.config.engine_options import EngineOptions
-from processor.engine.build import build_engine
 from processor.engine.pipeline import CacheSnapshot, Stepped
+from processor.engine.sources import Loaded
 from processor.kafka.checkpoint.ledger import OffsetLedger
 from processor.kafka.group.ownership import Ownership
-from processor.kafka.runtime import Processor
-from processor.kafka.settings import Settings
 from processor.kafka.stages.ack import Acker
 from processor.kafka.stages.batcher import Batcher, FlowControl
 from processor.kafka.stages.emit import Emitter
 from processor.kafka.stages.fetch import Fetcher
 from processor.kafka.stages.items import BadInput, Batch, Item
-from processor.model.protocol import KerasStepModel
 from processor.obs.metrics import Metrics
 from processor.records import Output, Record
+from processor.state.stats import CacheStats
 
-IN = "in"
-TP0, TP1 = TopicPartition(IN, 0), TopicPartition(IN, 1)
-
-# ---- fakes --------------------------------------------------------------------------------
-
-
-def _record(tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> Any:
-    return ConsumerRecord(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=offset,
-        timestamp=1_000 + offset,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
-        headers=[],
-    )
-
-
-class FakeConsumer:
-    """A log of records per partition, handed out by ``getmany`` from each partition's
-    position in offset order; ``seek`` moves a position; pause, resume and commits are
-    recorded. ``committed_delay`` makes ``committed()`` take that long, like a round trip
-    to the group coordinator."""
-
-    def __init__(self, partitions: tuple[TopicPartition, ...] = (TP0, TP1)) -> None:
-        self.log: dict[TopicPartition, list[Any]] = {tp: [] for tp in partitions}
-        self.read_to = dict.fromkeys(partitions, 0)  # next offset getmany hands out
-        self.held: set[TopicPartition] = set()  # partitions getmany hands nothing of (yet)
-        self._paused: set[TopicPartition] = set()
-        self.pauses: list[set[TopicPartition]] = []
-        self.offsets: dict[TopicPartition, int] = {}  # the group's committed offsets
-        self.commits: list[dict[TopicPartition, int]] = []
-        self.committed_delay = 0.0
-        self.arrived = asyncio.Event()
-
-    @property
-    def next_offset(self) -> dict[TopicPartition, int]:
-        return {tp: len(records) for tp, records in self.log.items()}
-
-    @property
-    def buffered(self) -> dict[TopicPartition, list[Any]]:
-        """Records not yet handed out, per partition."""
-        return {
-            tp: [r for r in records[self.read_to[tp] :] if r is not None]
-            for tp, records in self.log.items()
-        }
-
-    def add(self, tp: TopicPartition, key: bytes | None, value: bytes | None) -> int:
-        offset = len(self.log[tp])
-        self.log[tp].append(_record(tp, offset, key, value))
-        self.arrived.set()
-        return offset
-
-    def add_marker(self, tp: TopicPartition) -> int:
-        """A transaction's commit marker: it takes an offset (and moves the high watermark)
-        but is never handed out; reading past it moves the position, as aiokafka does."""
-        offset = len(self.log[tp])
-        self.log[tp].append(None)
-        return offset
-
-    async def position(self, tp: TopicPartition) -> int:
-        return self.read_to[tp]
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.log)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(self._paused)
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self._paused |= set(tps)
-        self.pauses.append(set(tps))
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self._paused -= set(tps)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.read_to[tp] = offset
-
-    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return dict.fromkeys(tps, 0)
-
-    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: len(self.log[tp]) for tp in tps}
-
-    async def getmany(
-        self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[Any]]:
-        left = max_records if max_records is not None else 1 << 30
-        out: dict[TopicPartition, list[Any]] = {}
-        for tp in tps or sorted(self.log):
-            if tp in self._paused or tp in self.held or left <= 0:
-                continue
-            end = self.read_to[tp]
-            got = []
-            while end < len(self.log[tp]) and len(got) < left:
-                if self.log[tp][end] is not None:  # a marker is skipped, not handed out
-                    got.append(self.log[tp][end])
-                end += 1
-            self.read_to[tp] = end
-            left -= len(got)
-            if got:
-                out[tp] = got
-        if not out and timeout_ms:
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), timeout_ms / 1000)
-        return out
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.offsets.update(offsets)
-        self.commits.append(dict(offsets))
-
-    async def committed(self, tp: TopicPartition) -> int | None:
-        await asyncio.sleep(self.committed_delay)
-        return self.offsets.get(tp)
-
-    def highwater(self, tp: TopicPartition) -> int:
-        return len(self.log[tp])
-
-    async def stop(self) -> None:
-        pass
-
-
-class FakeBatch:
-    def __init__(self) -> None:
-        self.records: list[tuple[bytes, bytes | None, list[Any]]] = []
-
-    def append(
-        self, *, key: bytes, value: bytes | None, timestamp: int | None, headers: Any = None
-    ) -> object:
-        # aiokafka's C batch builder takes headers as a list only.
-        assert headers is None or type(headers) is list, f"headers {type(headers)}"
-        self.records.append((key, value, list(headers or ())))
-        return object()
-
-    def close(self) -> None:
-        pass
-
-
-class FakeProducer:
-    """Keeps every sent record per topic. Sends resolve at once unless ``hold`` is set:
-    then their futures wait until :meth:`release` (acknowledgement order is the test's)."""
-
-    def __init__(self, partitions: int = 2) -> None:
-        self.sent: dict[str, list[tuple[int | None, bytes | None, bytes | None, list[Any]]]] = {}
-        self._partitions = partitions
-        self.hold = False
-        self.held: list[asyncio.Future[Any]] = []
-
-    async def partitions_for(self, topic: str) -> set[int]:
-        return set(range(self._partitions))
-
-    def create_batch(self) -> FakeBatch:
-        return FakeBatch()
-
-    def _future(self) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.hold:
-            self.held.append(fut)
-        else:
-            fut.set_result(None)
-        return fut
-
-    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
-        for key, value, headers in batch.records:
-            self.sent.setdefault(topic, []).append((partition, key, value, headers))
-        return self._future()
-
-    async def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
-    ) -> Any:
-        self.sent.setdefault(topic, []).append((None, key, value, list(headers or [])))
-        return self._future()
-
-    def release(self, index: int) -> None:
-        self.held[index].set_result(None)
-
-    async def stop(self) -> None:
-        pass
+# ---- stages on their own ------------------------------------------------------------------
 
 
 def _decoder() -> Callable[[list[bytes], list[bytes | None]], list[Any]]:
     from processor.codec import RecordDecoder
 
     return RecordDecoder((2,), np.dtype("float32")).decode_many
-
-
-def _value(stream: str, seq: int, x: float = 0.5) -> bytes:
-    return encode_input(stream, seq, np.full(2, x, np.float32))
 
 
 @dataclass
@@ -255,6 +74,7 @@ def _fetch_stage(consumer: FakeConsumer, *, high: int = 1000, max_batch: int = 6
         flow,
         ownership,
         Metrics(CollectorRegistry()),
+        asyncio.Event(),
         max_batch=max_batch,
         pipeline_depth=2,
     )
@@ -269,7 +89,7 @@ def test_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() 
     consumer = FakeConsumer(tps)
     for tp, n in zip(tps, (100, 100, 3, 0, 50), strict=True):
         for i in range(n):
-            consumer.add(tp, b"k", _value("k", i))
+            consumer.add(tp, b"k", input_value("k", i))
     consumer.pause(tps[4])
     fetcher = _fetch_stage(consumer).fetcher
     got = asyncio.run(fetcher.fetch(64))
@@ -281,7 +101,7 @@ def test_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() 
     few = FakeConsumer(tps[:3])
     for tp in tps[:3]:
         for i in range(5):
-            few.add(tp, b"k", _value("k", i))
+            few.add(tp, b"k", input_value("k", i))
     fetch_few = _fetch_stage(few).fetcher
     served: set[int] = set()
     for _ in range(3):
@@ -294,8 +114,8 @@ def test_fetch_takes_a_share_of_every_partition_and_never_more_than_the_limit() 
 def test_fetch_drops_records_of_a_partition_revoked_while_they_were_fetched() -> None:
     consumer = FakeConsumer()
     for i in range(4):
-        consumer.add(TP0, b"a", _value("a", i))
-        consumer.add(TP1, b"b", _value("b", i))
+        consumer.add(TP0, b"a", input_value("a", i))
+        consumer.add(TP1, b"b", input_value("b", i))
     parts = _fetch_stage(consumer)
     fetcher, batcher, flow, ownership = parts.fetcher, parts.batcher, parts.flow, parts.ownership
     batches = asyncio.run(fetcher.fetch(100))
@@ -309,25 +129,25 @@ def test_fetch_drops_records_of_a_partition_revoked_while_they_were_fetched() ->
 
 def test_fetch_turns_bad_records_into_dead_letter_items_and_keeps_the_good_ones() -> None:
     consumer = FakeConsumer((TP0,))
-    consumer.add(TP0, b"a", _value("a", 0))
-    consumer.add(TP0, None, _value("a", 1))  # no key
+    consumer.add(TP0, b"a", input_value("a", 0))
+    consumer.add(TP0, None, input_value("a", 1))  # no key
     consumer.add(TP0, b"a", None)  # tombstone
     consumer.add(TP0, b"a", b"\xc1")  # not msgpack
-    consumer.add(TP0, b"a", _value("a", 1))
+    consumer.add(TP0, b"a", input_value("a", 1))
     fetcher = _fetch_stage(consumer).fetcher
     items = fetcher.to_items(TP0, asyncio.run(fetcher.fetch(10))[TP0], time.monotonic())
     assert [it.offset for it in items] == [0, 1, 2, 3, 4]
     assert [it.record.seq if it.record else None for it in items] == [0, None, None, None, 1]
     reasons = [it.bad.reason if it.bad else None for it in items]
     assert reasons == [None, MISSING_KEY, UNDECODABLE, UNDECODABLE, None]
-    assert items[1].bad is not None and items[1].bad.value == _value("a", 1)  # kept verbatim
+    assert items[1].bad is not None and items[1].bad.value == input_value("a", 1)  # kept verbatim
 
 
 def test_flow_control_pauses_owned_partitions_at_the_high_water_mark_and_resumes() -> None:
     consumer = FakeConsumer()
     for i in range(6):
-        consumer.add(TP0, b"a", _value("a", i))
-        consumer.add(TP1, b"b", _value("b", i))
+        consumer.add(TP0, b"a", input_value("a", i))
+        consumer.add(TP1, b"b", input_value("b", i))
     parts = _fetch_stage(consumer, high=8)
     fetcher, flow = parts.fetcher, parts.flow
     fetcher.admit(asyncio.run(fetcher.fetch(flow.headroom)))
@@ -347,7 +167,13 @@ def test_flow_control_pauses_owned_partitions_at_the_high_water_mark_and_resumes
 
 def _stepped(outputs: list[Output], skipped: list[Record] | None = None) -> Stepped:
     return Stepped(
-        outputs, skipped or [], [], len(skipped or []), 0, 0.001, CacheSnapshot(1, 8, 0, {})
+        outputs,
+        skipped or [],
+        [],
+        len(skipped or []),
+        0,
+        0.001,
+        CacheSnapshot(1, 8, 0, CacheStats()),
     )
 
 
@@ -429,52 +255,6 @@ def test_ack_completes_tickets_in_dispatch_order_whatever_order_the_broker_acks(
 # ---- the whole processor over fakes -------------------------------------------------------
 
 
-class Harness:
-    """A Processor started on fakes with a tiny real model (2 features, LSTM of 4)."""
-
-    def __init__(self, make_model: Any, **settings: Any) -> None:
-        model = make_model(cells=("lstm",), features=2, units=4)
-        step_model = KerasStepModel(model.model)
-        opts = EngineOptions(model="unused.keras", max_batch=8, cache_capacity=64, threads=0)
-        s = Settings(
-            input_topics=(IN,),
-            output_topic="out",
-            engine=opts,
-            max_delay_ms=settings.pop("max_delay_ms", 1.0),
-            queue_max_records=settings.pop("queue_max_records", 64),
-            commit_interval_ms=settings.pop("commit_interval_ms", 50),
-            drain_timeout=10.0,
-            **settings,
-        )
-        self.consumer = FakeConsumer()
-        self.producer = FakeProducer()
-        self.proc = Processor(
-            s,
-            registry=CollectorRegistry(),
-            engine_factory=lambda o: build_engine(o, step_model),
-            metrics_server=False,
-        )
-
-    async def start(self) -> None:
-        await self.proc.start_with(self.consumer, self.producer)  # type: ignore[arg-type]
-        await self.proc.on_assigned({TP0, TP1})
-
-    def outputs(self) -> list[tuple[str, int]]:
-        out = []
-        for _, key, value, _ in self.producer.sent.get("out", []):
-            rec = decode_output(value)
-            assert key == rec["stream"].encode()
-            out.append((rec["stream"], rec["seq"]))
-        return out
-
-
-async def _until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def test_processor_over_fakes_answers_every_record_in_order_and_commits_on_drain(
     make_model: Any,
 ) -> None:
@@ -483,9 +263,9 @@ def test_processor_over_fakes_answers_every_record_in_order_and_commits_on_drain
         await h.start()
         for seq in range(30):
             for tp, stream in ((TP0, "s0"), (TP1, "s1"), (TP0, "s2")):
-                h.consumer.add(tp, stream.encode(), _value(stream, seq, seq / 30))
+                h.consumer.add(tp, stream.encode(), input_value(stream, seq, seq / 30))
         h.consumer.add(TP1, b"s1", b"\xc1")  # one bad record, offset 30 of TP1
-        await _until(lambda: len(h.outputs()) == 90, "90 outputs")
+        await until(lambda: len(h.outputs()) == 90, "90 outputs")
         await h.proc.drain()
         stats = h.proc.stats
         await h.proc.close()
@@ -507,9 +287,9 @@ def test_revocation_drops_queued_records_finishes_in_flight_ones_and_commits_the
         h = Harness(make_model, max_delay_ms=60_000)
         await h.start()
         for seq in range(3):
-            h.consumer.add(TP1, b"q", _value("q", seq))
-        await _until(lambda: len(h.proc.batcher) == 3, "3 queued records")
-        await h.proc.on_revoked({TP0, TP1})
+            h.consumer.add(TP1, b"q", input_value("q", seq))
+        await until(lambda: len(h.proc.batcher) == 3, "3 queued records")
+        await h.proc.group.on_revoked({TP0, TP1})
         assert len(h.proc.batcher) == 0
         assert h.proc.stats.dropped_on_revoke == 3
         assert h.outputs() == []  # dropped, not processed: the next owner reads them
@@ -531,19 +311,19 @@ def test_the_lag_of_a_partition_read_up_to_a_commit_marker_is_zero(make_model: A
         h = Harness(make_model)
         await h.start()
         for seq in range(3):
-            h.consumer.add(TP0, b"s", _value("s", seq))
+            h.consumer.add(TP0, b"s", input_value("s", seq))
         h.consumer.add_marker(TP0)
         lag = h.proc.metrics.consumer_lag
-        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
-        await _until(lambda: h.consumer.offsets.get(TP0) == 3, "offset 3 of TP0 committed")
-        await _until(lambda: lag.labels(IN, "0")._value.get() == 0, "lag 0 on TP0")
+        await until(lambda: len(h.outputs()) == 3, "3 outputs")
+        await until(lambda: h.consumer.offsets.get(TP0) == 3, "offset 3 of TP0 committed")
+        await until(lambda: lag.labels(IN, "0")._value.get() == 0, "lag 0 on TP0")
         assert h.consumer.highwater(TP0) == 4  # the marker took an offset
-        h.consumer.add(TP1, b"t", _value("t", 0))
-        await _until(lambda: len(h.outputs()) == 4, "4 outputs")
+        h.consumer.add(TP1, b"t", input_value("t", 0))
+        await until(lambda: len(h.outputs()) == 4, "4 outputs")
         h.consumer.held.add(TP1)  # two more records the consumer has not read yet
-        h.consumer.add(TP1, b"t", _value("t", 1))
-        h.consumer.add(TP1, b"t", _value("t", 2))
-        await _until(lambda: lag.labels(IN, "1")._value.get() == 2, "lag 2 on TP1")
+        h.consumer.add(TP1, b"t", input_value("t", 1))
+        h.consumer.add(TP1, b"t", input_value("t", 2))
+        await until(lambda: lag.labels(IN, "1")._value.get() == 2, "lag 2 on TP1")
         h.consumer.held.clear()
         await h.proc.drain()
         await h.proc.close()
@@ -556,12 +336,12 @@ def test_stale_records_are_skipped_and_counted_by_kind(make_model: Any) -> None:
         h = Harness(make_model)
         await h.start()
         for seq in (0, 1, 2):
-            h.consumer.add(TP0, b"s", _value("s", seq))
-        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
-        h.consumer.add(TP0, b"s", _value("s", 2))  # a re-delivery
-        h.consumer.add(TP0, b"s", _value("s", 0))  # out of order
-        h.consumer.add(TP0, b"s", _value("s", 3))
-        await _until(lambda: len(h.outputs()) == 4, "4 outputs")
+            h.consumer.add(TP0, b"s", input_value("s", seq))
+        await until(lambda: len(h.outputs()) == 3, "3 outputs")
+        h.consumer.add(TP0, b"s", input_value("s", 2))  # a re-delivery
+        h.consumer.add(TP0, b"s", input_value("s", 0))  # out of order
+        h.consumer.add(TP0, b"s", input_value("s", 3))
+        await until(lambda: len(h.outputs()) == 4, "4 outputs")
         await h.proc.drain()
         stats = h.proc.stats
         await h.proc.close()
@@ -578,8 +358,8 @@ def test_a_bad_record_goes_to_the_dead_letter_topic_with_its_reason_and_is_commi
         h = Harness(make_model)
         await h.start()
         h.consumer.add(TP0, b"x", msgpack.packb({"stream": "x"}))  # no seq, no x
-        h.consumer.add(TP0, b"x", _value("x", 0))
-        await _until(lambda: len(h.outputs()) == 1, "the good record's output")
+        h.consumer.add(TP0, b"x", input_value("x", 0))
+        await until(lambda: len(h.outputs()) == 1, "the good record's output")
         await h.proc.drain()
         await h.proc.close()
         headers = dict(h.producer.sent["out-dlq"][0][3])
@@ -591,8 +371,6 @@ def test_a_bad_record_goes_to_the_dead_letter_topic_with_its_reason_and_is_commi
 
 
 # ---- durable state: checkpoints ----------------------------------------------------------
-
-STATE = "lstm-stream-in-state"  # the default state topic of group lstm-stream, topic "in"
 
 
 def _states(h: Harness) -> dict[str, tuple[int | None, int | None]]:
@@ -614,17 +392,16 @@ def test_a_checkpoint_writes_the_states_at_its_barrier_after_their_outputs_are_a
         await h.start()
         h.producer.hold = True  # outputs are sent but not acknowledged until released
         for seq in range(3):
-            h.consumer.add(TP0, b"a", _value("a", seq))
-            h.consumer.add(TP1, b"b", _value("b", seq))
-        await _until(lambda: len(h.outputs()) == 6, "6 outputs sent")
-        stages = h.proc._stages
-        assert stages is not None
+            h.consumer.add(TP0, b"a", input_value("a", seq))
+            h.consumer.add(TP1, b"b", input_value("b", seq))
+        await until(lambda: len(h.outputs()) == 6, "6 outputs sent")
+        stages = h.proc.stages
         checkpoint = asyncio.create_task(stages.committer.commit_now())
         await asyncio.sleep(0)  # the barrier is taken synchronously at the first step
         # Records after the barrier: processed, but neither their states nor their offsets
         # belong to this checkpoint.
-        h.consumer.add(TP0, b"a", _value("a", 3))
-        await _until(lambda: len(h.outputs()) == 7, "the 7th output sent")
+        h.consumer.add(TP0, b"a", input_value("a", 3))
+        await until(lambda: len(h.outputs()) == 7, "the 7th output sent")
         for _ in range(50):  # every task gets its turns; none of the acks can arrive
             await asyncio.sleep(0)
         assert STATE not in h.producer.sent, "a state was written before its outputs' acks"
@@ -655,16 +432,15 @@ def test_only_streams_changed_since_the_last_checkpoint_are_written_and_ended_on
     async def go() -> None:
         h = Harness(make_model, commit_interval_ms=600_000)
         await h.start()
-        stages = h.proc._stages
-        assert stages is not None
+        stages = h.proc.stages
         for stream in ("a", "b", "c"):
-            h.consumer.add(TP0, stream.encode(), _value(stream, 0))
-        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
+            h.consumer.add(TP0, stream.encode(), input_value(stream, 0))
+        await until(lambda: len(h.outputs()) == 3, "3 outputs")
         assert await stages.committer.commit_now()
         assert len(h.producer.sent[STATE]) == 3
-        h.consumer.add(TP0, b"b", _value("b", 1))
+        h.consumer.add(TP0, b"b", input_value("b", 1))
         h.consumer.add(TP0, b"c", encode_input("c", 1, np.zeros(2, np.float32), end=True))
-        await _until(lambda: len(h.outputs()) == 5, "5 outputs")
+        await until(lambda: len(h.outputs()) == 5, "5 outputs")
         assert await stages.committer.commit_now()
         written = h.producer.sent[STATE][3:]
         assert sorted((k, v is None) for _, k, v, _ in written) == [(b"b", False), (b"c", True)]
@@ -683,21 +459,18 @@ def test_records_below_a_restored_checkpoint_are_skipped_as_duplicates_without_a
     async def go() -> None:
         h = Harness(make_model, commit_interval_ms=600_000)
         await h.start()
-        stages = h.proc._stages
-        assert stages is not None
-        # The state of stream s after its seq 4, as a restore from offset 5 loads it.
+        stages = h.proc.stages
+        # The state of stream s after its seq 4, as a recovery from offset 5 loads it.
         spec = h.proc.pipeline.engine.model.state_spec
         zeros = [np.zeros((1, *x.shape), np.float32) for x in spec]
-        index = h.proc._index
-        await asyncio.wrap_future(
-            h.proc.pipeline.call(lambda e: index.load(e, TP0, ["s"], np.array([4]), zeros, []))
-        )
+        loaded = Loaded(["s"], np.array([4]), zeros)
+        await asyncio.wrap_future(h.proc.pipeline.load_states(TP0, lambda: loaded))
         # s's state came from a checkpoint at offset 5 of TP0, t's (ended) from offset 3.
         stages.fetcher.replay_until(TP0, {"s": 5, "t": 3})
         for seq in range(7):  # s's seqs 0..4 re-delivered at once, 5 and 6 new
-            h.consumer.add(TP0, b"s", _value("s", seq))
-        h.consumer.add(TP0, b"t", _value("t", 0))  # offset 7: a new life of t, seq from 0
-        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
+            h.consumer.add(TP0, b"s", input_value("s", seq))
+        h.consumer.add(TP0, b"t", input_value("t", 0))  # offset 7: a new life of t, seq from 0
+        await until(lambda: len(h.outputs()) == 3, "3 outputs")
         await h.proc.drain()
         stats = h.proc.stats
         await h.proc.close()
@@ -719,18 +492,18 @@ def test_records_arriving_while_an_assignment_is_settled_are_processed_once(
         h = Harness(make_model, commit_interval_ms=600_000)
         await h.start()
         for seq in range(3):
-            h.consumer.add(TP0, b"a", _value("a", seq))
-        await _until(lambda: len(h.outputs()) == 3, "3 outputs")
-        await h.proc.on_revoked({TP0, TP1})  # clean: checkpointed and committed at 3
+            h.consumer.add(TP0, b"a", input_value("a", seq))
+        await until(lambda: len(h.outputs()) == 3, "3 outputs")
+        await h.proc.group.on_revoked({TP0, TP1})  # clean: checkpointed and committed at 3
         assert h.consumer.offsets == {TP0: 3}
         for seq in range(3, 6):
-            h.consumer.add(TP0, b"a", _value("a", seq))
+            h.consumer.add(TP0, b"a", input_value("a", seq))
         h.consumer.committed_delay = 0.2  # the fetch loop runs meanwhile
-        assigned = asyncio.create_task(h.proc.on_assigned({TP0, TP1}))
-        await _until(lambda: h.consumer.read_to[TP0] == 6 or assigned.done(), "a fetch")
+        assigned = asyncio.create_task(h.proc.group.on_assigned({TP0, TP1}))
+        await until(lambda: h.consumer.read_to[TP0] == 6 or assigned.done(), "a fetch")
         await assigned
-        h.consumer.add(TP0, b"a", _value("a", 6))
-        await _until(lambda: len(h.outputs()) == 7, "7 outputs")
+        h.consumer.add(TP0, b"a", input_value("a", 6))
+        await until(lambda: len(h.outputs()) == 7, "7 outputs")
         await h.proc.drain()
         await h.proc.close()
         assert [seq for s, seq in h.outputs() if s == "a"] == list(range(7))
@@ -742,13 +515,13 @@ def test_records_arriving_while_an_assignment_is_settled_are_processed_once(
 def test_backpressure_never_resumes_a_partition_that_is_not_owned() -> None:
     consumer = FakeConsumer()
     for i in range(6):
-        consumer.add(TP0, b"a", _value("a", i))
+        consumer.add(TP0, b"a", input_value("a", i))
     parts = _fetch_stage(consumer, high=4)
     fetcher, flow, ownership = parts.fetcher, parts.flow, parts.ownership
-    ownership.restore({TP1})  # being restored: paused by the runtime
+    ownership.hold_back({TP1})  # held back: paused by the group handler
     consumer.pause(TP1)
     fetcher.admit(asyncio.run(fetcher.fetch(flow.headroom)))
     assert consumer.paused() == {TP0, TP1}  # the high-water mark
     flow.release(4)
     fetcher.apply_flow()
-    assert consumer.paused() == {TP1}  # TP0 resumes, TP1 waits for its restore
+    assert consumer.paused() == {TP1}  # TP0 resumes, TP1 waits for its release

@@ -1,5 +1,5 @@
-"""Restoring a state partition's records into the cache without a broker: batch decoding of
-state records, loading them as arrays, and what the restore reports per stream (the
+"""Recovering a state partition's records into the cache without a broker: batch decoding
+of state records, loading them as arrays, and what the recovery reports per stream (the
 checkpoint offset below which a stream's re-delivered records are skipped)."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from processor.kafka.checkpoint.cycle import TOMBSTONE_OFFSET_HEADER
+from processor.engine.pipeline import Pipeline, StalePolicy
+from processor.engine.sources import SourceIndex
+from processor.kafka.checkpoint.states import TOMBSTONE_OFFSET_HEADER
 from processor.kafka.durable.record import (
     BadStateRecordError,
     StateMismatchError,
     StateRecordCodec,
 )
 from processor.kafka.durable.recovery import Recovery
-from processor.kafka.group.streams import PartitionIndex
 from processor.model.facts import StateSpec
 from processor.obs.metrics import Metrics
 from processor.state.cache import StateCache, StreamState
@@ -92,11 +93,6 @@ def test_load_rows_puts_states_in_the_host_tiers_and_checks_shapes() -> None:
         cache.close()
 
 
-class _Engine:
-    def __init__(self, cache: StateCache) -> None:
-        self.cache = cache
-
-
 @pytest.mark.parametrize("reset", [False, True])
 def test_a_restored_chunk_last_record_wins_and_reports_each_streams_checkpoint_offset(
     reset: bool,
@@ -104,13 +100,18 @@ def test_a_restored_chunk_last_record_wins_and_reports_each_streams_checkpoint_o
     codec = StateRecordCodec(SPEC, "float32")
     other = StateRecordCodec(OTHER, "float32")
     cache = StateCache(SPEC, 4, spill_capacity=8)
-    index = PartitionIndex(track_changes=True)
+    index = SourceIndex(track_changes=True)
     metrics = Metrics(CollectorRegistry())
+
+    def no_engine() -> Any:
+        raise AssertionError("decoding needs no engine")
+
     recovery = Recovery(
         consumer_kw={"bootstrap_servers": "unused:9092"},
         state_topics={"in": "in-state"},
-        pipeline=None,  # type: ignore[arg-type]  # _load runs on the caller's thread here
-        index=index,
+        # Never started: decode runs on the caller's thread here, and the index loads what
+        # it returns into the cache as the pipeline's engine thread does.
+        pipeline=Pipeline(no_engine, stale=StalePolicy.SKIP),
         codec=codec,
         reset_on_mismatch=reset,
         metrics=metrics,
@@ -133,10 +134,11 @@ def test_a_restored_chunk_last_record_wins_and_reports_each_streams_checkpoint_o
     try:
         if not reset:
             with pytest.raises(StateMismatchError, match="--on-state-mismatch reset"):
-                recovery._load(_Engine(cache), TP, records)  # type: ignore[arg-type]
+                recovery.decode(TP, records)
             return
-        applied = recovery._load(_Engine(cache), TP, records)  # type: ignore[arg-type]
-        assert applied == {"a": 40, "b": 40, "c": -1, "d": -1}
+        loaded = recovery.decode(TP, records)
+        index.load(cache, TP, loaded)
+        assert loaded.positions == {"a": 40, "b": 40, "c": -1, "d": -1}
         assert cache.last_seq("a") == 7
         np.testing.assert_allclose(cache.snapshot(["a"])["a"].arrays[0], 0.3)
         # b ended; c's newest record is of another model (reset: from the initial state);

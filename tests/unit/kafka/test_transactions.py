@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, ProducerFenced
-from test_kafka_stages import (  # type: ignore[import-not-found]
+from kafka_fakes import (
     IN,
     STATE,
     TP0,
@@ -23,12 +23,13 @@ from test_kafka_stages import (  # type: ignore[import-not-found]
     FakeBatch,
     FakeProducer,
     Harness,
-    _until,
-    _value,
+    input_value,
+    until,
 )
 
 from processor.codec import decode_output
-from processor.kafka.checkpoint.transactions import transactional_id
+from processor.kafka.checkpoint.transactions import TxnResult, transactional_id
+from processor.obs.metrics import TRANSACTION_RESULTS
 
 OUT, DLQ = "out", "out-dlq"
 GROUP = "lstm-stream"
@@ -166,18 +167,18 @@ class TxnHarness(Harness):
 
     async def start(self) -> None:
         await self.proc.start_with(self.consumer, self.producer, self.broker.factory)  # type: ignore[arg-type]
-        await self.proc.on_assigned({TP0, TP1})
+        await self.proc.group.on_assigned({TP0, TP1})
 
     async def rebalance(self) -> None:
         """The rebalance a rejoin leads to, with the same assignment (eager: all revoked)."""
-        await self.proc.on_revoked({TP0, TP1})
-        await self.proc.on_assigned({TP0, TP1})
+        await self.proc.group.on_revoked({TP0, TP1})
+        await self.proc.group.on_assigned({TP0, TP1})
 
 
 def _feed(h: Harness, seqs: range, streams: tuple[tuple[TopicPartition, str], ...]) -> None:
     for seq in seqs:
         for tp, stream in streams:
-            h.consumer.add(tp, stream.encode(), _value(stream, seq, seq / 50))
+            h.consumer.add(tp, stream.encode(), input_value(stream, seq, seq / 50))
 
 
 STREAMS = ((TP0, "a"), (TP1, "b"), (TP0, "c"))
@@ -223,7 +224,7 @@ def test_each_partition_commits_its_outputs_states_and_offsets_in_one_transactio
         for chunk in range(10):
             _feed(h, range(chunk * 5, chunk * 5 + 5), STREAMS)
             await asyncio.sleep(0.03)
-        await _until(lambda: len(h.broker.outputs()) == 150, "150 committed outputs")
+        await until(lambda: len(h.broker.outputs()) == 150, "150 committed outputs")
         await h.proc.drain()
         await h.proc.close()
         outs = h.broker.outputs()
@@ -251,18 +252,18 @@ def test_a_failed_send_aborts_its_partition_which_is_consumed_again_from_its_com
         h = TxnHarness(make_model, commit_interval_ms=20)
         await h.start()
         _feed(h, range(10), STREAMS)
-        await _until(lambda: len(h.broker.outputs()) == 30, "30 committed outputs")
+        await until(lambda: len(h.broker.outputs()) == 30, "30 committed outputs")
         h.broker.fail_sends.add(transactional_id(GROUP, TP0))
         _feed(h, range(10, 20), STREAMS)
-        await _until(
+        await until(
             lambda: h.proc.metrics.transactions.labels("aborted")._value.get() == 1,
             "the aborted transaction",
         )
         # TP0 stops being processed and the member asks the group for a new assignment.
-        await _until(lambda: h.coordinator.rejoins == 1, "the rejoin")
+        await until(lambda: h.coordinator.rejoins == 1, "the rejoin")
         assert not h.proc.ownership.owns(TP0) and TP0 in h.consumer.paused()
         await h.rebalance()
-        await _until(lambda: len(h.broker.outputs()) == 60, "60 committed outputs")
+        await until(lambda: len(h.broker.outputs()) == 60, "60 committed outputs")
         await h.proc.drain()
         await h.proc.close()
         outs = h.broker.outputs()
@@ -287,21 +288,21 @@ def test_a_fenced_partition_stops_being_owned_and_the_others_go_on(
         h = TxnHarness(make_model, commit_interval_ms=20)
         await h.start()
         _feed(h, range(5), STREAMS)
-        await _until(lambda: len(h.broker.outputs()) == 15, "15 committed outputs")
+        await until(lambda: len(h.broker.outputs()) == 15, "15 committed outputs")
         # Another member starts TP0's producer: this one is a zombie for TP0 now.
         usurper = h.broker.factory(transactional_id=transactional_id(GROUP, TP0))
         await usurper.start()
         _feed(h, range(5, 10), STREAMS)
-        await _until(
+        await until(
             lambda: h.proc.metrics.transactions.labels("fenced")._value.get() == 1,
             "the fenced transaction",
         )
-        await _until(lambda: len(h.broker.outputs()) == 20, "TP1's outputs committed")
-        await _until(lambda: h.coordinator.rejoins == 1, "the rejoin")
+        await until(lambda: len(h.broker.outputs()) == 20, "TP1's outputs committed")
+        await until(lambda: h.coordinator.rejoins == 1, "the rejoin")
         assert not h.proc.ownership.owns(TP0) and h.proc.ownership.owns(TP1)
         assert TP0 in h.consumer.paused()
         _feed(h, range(10, 12), ((TP1, "b"),))
-        await _until(lambda: len(h.broker.outputs()) == 22, "TP1 goes on")
+        await until(lambda: len(h.broker.outputs()) == 22, "TP1 goes on")
         await h.proc.drain()
         await h.proc.close()
         outs = h.broker.outputs()
@@ -353,6 +354,7 @@ def test_emit_routes_each_record_through_its_partitions_transaction_and_drops_st
     from processor.kafka.stages.items import BadInput, Batch, Item
     from processor.obs.metrics import Metrics
     from processor.records import Output, Record
+    from processor.state.stats import CacheStats
 
     tp2 = TopicPartition(IN, 2)
 
@@ -398,7 +400,7 @@ def test_emit_routes_each_record_through_its_partitions_transaction_and_drops_st
         assert pp2 is not None
         pp2.failure = KafkaConnectionError("earlier send failed")
         outs = [Output(s, 0, np.zeros(1)) for s in "abc"]
-        stepped = Stepped(outs, [], [], 0, 0, 0.001, CacheSnapshot(3, 8, 0, {}))
+        stepped = Stepped(outs, [], [], 0, 0, 0.001, CacheSnapshot(3, 8, 0, CacheStats()))
         emitted = await emitter.emit(batch, stepped)
         await asyncio.gather(*emitted.futures)
         assert not shared.sent, "a send bypassed the partitions' transactions"
@@ -414,20 +416,13 @@ def test_emit_routes_each_record_through_its_partitions_transaction_and_drops_st
 
 
 class _FailingPipeline:
-    """Steps fail (as an engine error would); calls run at once."""
+    """Steps fail (as an engine error would)."""
 
-    def step(self, records: Any, then: Any = None) -> Any:
+    def step(self, records: Any, sources: Any = None) -> Any:
         from concurrent.futures import Future
 
         fut: Future[Any] = Future()
         fut.set_exception(RuntimeError("engine failed"))
-        return fut
-
-    def call(self, fn: Any) -> Any:
-        from concurrent.futures import Future
-
-        fut: Future[Any] = Future()
-        fut.set_result(fn(None))
         return fut
 
 
@@ -452,7 +447,6 @@ def test_checkpoint_requests_are_answered_even_when_the_dispatcher_fails() -> No
     leaving its caller -- a rebalance callback -- waiting forever; while the dispatcher is not
     running, a request is served at once."""
     from processor.kafka.checkpoint.ledger import OffsetLedger
-    from processor.kafka.group.streams import PartitionIndex
     from processor.kafka.stages.batcher import Batcher
     from processor.kafka.stages.dispatch import Dispatcher
     from processor.kafka.stages.items import Item
@@ -465,13 +459,14 @@ def test_checkpoint_requests_are_answered_even_when_the_dispatcher_fails() -> No
         async def emit(batch: Any, stepped: Any) -> Any:
             raise AssertionError("nothing is emitted: the step fails")
 
+        wakeup = asyncio.Event()
         dispatcher = Dispatcher(
             _FailingPipeline(),  # type: ignore[arg-type]
             batcher,
             OffsetLedger(),
-            PartitionIndex(),
             emit,
             lambda emitted: None,
+            wakeup,
             pipeline_depth=2,
             checkpoint=checkpoint,  # type: ignore[arg-type]
         )
@@ -481,7 +476,7 @@ def test_checkpoint_requests_are_answered_even_when_the_dispatcher_fails() -> No
         request = asyncio.create_task(dispatcher.checkpoint([TP0]))
         await asyncio.sleep(0)  # the request is queued before the batch is submitted
         batcher.add([Item(TP0, 0, 0.0, None, Record("a", 0, np.zeros(2)))])
-        dispatcher.notify()
+        wakeup.set()  # as the fetch stage does after adding items
         with pytest.raises(RuntimeError, match="engine failed"):
             await run
         assert checkpoint.armed == 2, "the request did not ride on the failing batch"
@@ -489,3 +484,11 @@ def test_checkpoint_requests_are_answered_even_when_the_dispatcher_fails() -> No
         assert checkpoint.finished == 1
 
     asyncio.run(go())
+
+
+def test_the_transaction_results_counted_are_the_metrics_label_values() -> None:
+    """The transactions metric's ``result`` label values (declared in the metrics, which
+    import nothing of Kafka) are exactly the results a transaction can end with, IDLE
+    aside; the kept results are COMMITTED and IDLE."""
+    assert TxnResult.counted() == TRANSACTION_RESULTS
+    assert {r for r in TxnResult if r.kept} == {TxnResult.COMMITTED, TxnResult.IDLE}
