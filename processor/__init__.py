@@ -1,8 +1,11 @@
 """lstm-stream: a trained recurrent model stepped over many live streams.
 
-Components (docs/architecture.md describes how they fit together): :mod:`processor.model.protocol`
-(StepModel), :mod:`processor.state.cache` (StateCache), :mod:`processor.engine.engine` (Engine),
-:mod:`processor.codec` (wire format), :mod:`processor.cli` (composition root).
+One subpackage per layer (docs/architecture.md gives each one's responsibility and what it may
+import): :mod:`processor.model` (StepModel), :mod:`processor.state` (StateCache),
+:mod:`processor.engine` (planning, the Engine, the Pipeline), :mod:`processor.codec` (wire
+format), :mod:`processor.config` and :mod:`processor.obs`; the transports
+:mod:`processor.kafka`, :mod:`processor.replay` and :mod:`processor.demo`;
+:mod:`processor.bench`; :mod:`processor.cli` (composition root).
 """
 
 import os

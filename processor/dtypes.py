@@ -1,6 +1,6 @@
 """Tensor element types lstm-stream carries (no I/O, no TensorFlow).
 
-A neutral table shared by the model loader (:mod:`processor.model.protocol` refuses a model whose
+A neutral table shared by the model loader (:mod:`processor.model.facts` refuses a model whose
 input dtype is not listed, since no record could feed it) and the wire format
 (:mod:`processor.codec` accepts exactly these ``dtype`` names), so that neither depends on
 the other.

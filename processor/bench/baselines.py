@@ -32,7 +32,7 @@ import tensorflow as tf
 import processor  # noqa: F401  (TF environment defaults)
 from processor.bench.models import BenchModel
 from processor.engine.engine import Engine
-from processor.model.protocol import StepModel
+from processor.model import StepModel
 from processor.records import Output, Record
 
 

@@ -208,7 +208,7 @@ async def bench_visible_latency(
     from processor.kafka.io.output import OutputWriter
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
-    from processor.model.protocol import load_step_model
+    from processor.model import load_step_model
 
     if options.model is None:
         raise ValueError("bench_visible_latency needs options.model")

@@ -131,7 +131,7 @@ async def bench_end_to_end(
 
     from processor.kafka.runtime import Processor
     from processor.kafka.settings import Settings
-    from processor.model.protocol import load_step_model
+    from processor.model import load_step_model
 
     if options.model is None:
         raise ValueError("bench_end_to_end needs options.model")

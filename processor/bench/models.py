@@ -1,9 +1,9 @@
 """The benchmark's models: Keras builders (plain and stateful twin) and their inputs.
 
 Every model is built twice from the same layer recipe: once as the ordinary sequence model
-the processor steps (:class:`~processor.model.protocol.KerasStepModel`), once as a ``stateful=True``
-twin with ``batch_size=1`` for the naive baseline (B0), with the weights copied across, so
-that every method computes the same function. Weights are random (seeded): speed does not
+the processor steps (:class:`~processor.model.keras_step.KerasStepModel`), once as a
+``stateful=True`` twin with ``batch_size=1`` for the naive baseline (B0), with the weights
+copied across, so that every method computes the same function. Weights are random (seeded): speed does not
 depend on what the weights are.
 """
 
@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 import processor  # noqa: F401  (TF/Keras environment defaults before the import below)
-from processor.model.protocol import KerasStepModel
+from processor.model import KerasStepModel
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from processor.config.engine_options import EngineOptions
 from processor.demo.meter import History, mse
 from processor.demo.report import ForecastErrors
 from processor.engine.build import build_engine
-from processor.model.protocol import StepModel
+from processor.model import StepModel
 
 import tensorflow as tf  # isort: skip  (after processor: TF environment defaults)
 

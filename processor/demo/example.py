@@ -41,7 +41,7 @@ __all__ = [
 def build_example_model(channels: int = 4, units: int = 64, layers: int = 1) -> Any:
     """``Input((None, channels)) -> LSTM(units, return_sequences=True) x layers ->
     Dense(channels)``: per step, the predicted next sample. Steppable by
-    :class:`processor.model.protocol.KerasStepModel` (a linear chain, per-step head)."""
+    :class:`processor.model.keras_step.KerasStepModel` (a linear chain, per-step head)."""
     if layers < 1 or units < 1:
         raise ValueError(f"need layers >= 1 and units >= 1, got {layers}, {units}")
     stack: list[Any] = [keras.Input((None, channels), name="samples")]

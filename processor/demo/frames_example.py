@@ -61,7 +61,7 @@ def build_frames_model(units: int = 64, filters: int = 16, features: int = 64) -
     frame, the velocity.
 
     A linear chain of per-frame layers (TimeDistributed, or acting on the last axis),
-    steppable by :class:`processor.model.protocol.KerasStepModel`; its state is ``lstm_0/h,
+    steppable by :class:`processor.model.keras_step.KerasStepModel`; its state is ``lstm_0/h,
     lstm_0/c, lstm_1/h, lstm_1/c``, each ``[units]``. The flattened 10x10 map keeps where
     the object is, which the dense layer can read out linearly (no pooling over the frame:
     a velocity is a change of position)."""
@@ -194,7 +194,7 @@ def train_frames_model(
     jointly) on fresh FrameClips; return ``(model, init_model or None, metrics)``.
 
     Both models are ready to save and to load with
-    :func:`processor.model.protocol.load_step_model`. Deterministic for a given config up to
+    :func:`processor.model.load.load_step_model`. Deterministic for a given config up to
     TensorFlow's thread scheduling."""
     cfg = config or FramesTrainConfig()
     if min(cfg.streams, cfg.steps, cfg.epochs, cfg.batch_size, cfg.val_streams) < 1:

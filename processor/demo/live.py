@@ -28,7 +28,7 @@ from processor.demo.signals import FEED_SALT, FrameClips
 from processor.engine.build import build_engine
 from processor.engine.engine import Engine
 from processor.engine.pipeline import Pipeline, StalePolicy
-from processor.model.protocol import StepModel
+from processor.model import StepModel
 from processor.records import Record
 
 __all__ = ["BATCH_DEADLINE_S", "PROGRESS_INTERVAL_S", "LiveRun", "StopWhen", "progress_line"]

@@ -25,8 +25,7 @@ from processor.demo.frames_example import (
 )
 from processor.demo.signals import FRAME_SHAPE
 from processor.errors import ConfigError
-from processor.model.keras_step import KerasStepModel
-from processor.model.protocol import StepModel, load_step_model
+from processor.model import KerasStepModel, StepModel, load_step_model
 
 __all__ = ["Trainers", "check_model", "prepare_model"]
 
@@ -82,7 +81,7 @@ def prepare_model(
     one, the example model of ``config.kind`` trained now by ``trainers`` (default:
     :class:`Trainers`) with ``train`` settings, of the kind's type (default: the kind's
     defaults with seed ``config.seed``). ``load_model`` loads a model path with its init
-    model path (default: :func:`~processor.model.protocol.load_step_model`). Returns the
+    model path (default: :func:`~processor.model.load.load_step_model`). Returns the
     model with the training summary, if any.
     Raises ConfigError for ``--init-model`` without ``--model`` or ``train`` settings of
     the other kind. Notes go to ``log`` (default: ``sys.stderr`` at the time of the call)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.demo.config import DemoKind
-from processor.model.protocol import StepModel
+from processor.model import StepModel
 
 __all__ = [
     "ERROR_TERMS",

@@ -22,7 +22,7 @@ from processor.demo.live import LiveRun, StopWhen
 from processor.demo.meter import mse
 from processor.demo.prepare import Trainers, check_model, prepare_model
 from processor.demo.report import DemoSummary, ForecastErrors, describe_model
-from processor.model.protocol import StepModel
+from processor.model import StepModel
 
 __all__ = ["run_demo"]
 

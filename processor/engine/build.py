@@ -9,7 +9,7 @@ from processor.config.engine_options import EngineOptions
 from processor.engine.device import resolve_device
 from processor.engine.engine import Engine
 from processor.engine.threads import configure_threads
-from processor.model.protocol import StepModel, load_step_model
+from processor.model import StepModel, load_step_model
 from processor.state.cache import StateCache
 
 __all__ = ["build_engine"]
@@ -28,7 +28,7 @@ def build_engine(
     the device (by default :func:`~processor.engine.threads.configure_threads` and
     :func:`~processor.engine.device.resolve_device`; a caller that must see the requests
     passes its own). Raises :class:`ConfigError` for a device TensorFlow does not have, and
-    what :func:`processor.model.protocol.load_step_model` raises for a model it cannot
+    what :func:`processor.model.load.load_step_model` raises for a model it cannot
     load."""
     if options.threads:
         configure(options.threads, 1)

@@ -33,7 +33,7 @@ import processor  # noqa: F401  (TF environment defaults)
 from processor.engine.buckets import bucket_for, bucket_sizes, scan_step_buckets
 from processor.engine.plan import ScanChunk, StepPlan, Wave, group_streams, plan_group
 from processor.errors import ConfigError
-from processor.model.protocol import StepModel
+from processor.model import StepModel
 from processor.records import Output, Record
 from processor.state.cache import StateCache
 

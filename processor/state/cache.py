@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from processor.errors import CapacityError, ConfigError
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.convert import HOST_DTYPES, check_storage_dtype
 from processor.state.device import DeviceTable
 from processor.state.disk import DiskStore, RecordLayout

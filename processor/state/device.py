@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from processor.dtypes import STATE_DTYPES
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.rows import MAX_ROWS_PER_CALL
 
 __all__ = ["STORAGE_DTYPES", "DeviceTable", "pow2"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.rows import Rows
 
 __all__ = ["HostTable"]

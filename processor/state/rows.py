@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 
 __all__ = ["MAX_ROWS_PER_CALL", "Rows", "check_rows", "check_state"]
 

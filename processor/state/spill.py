@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.convert import from_host, to_host
 from processor.state.disk_tier import DiskTier
 from processor.state.host import HostTable

@@ -476,7 +476,7 @@ def test_replay_outputs_and_dead_letters_validate_against_the_referenced_schemas
 def test_state_records_and_tombstones_match_the_state_channel(contract: AsyncApiContract) -> None:
     from processor.kafka.checkpoint.states import state_batch
     from processor.kafka.durable.record import StateRecordCodec
-    from processor.model.facts import StateSpec
+    from processor.model import StateSpec
     from processor.state.cache import StreamState
 
     spec = [StateSpec("lstm/h", (8,)), StateSpec("lstm/c", (8,))]

@@ -403,4 +403,3 @@ def lstm_step_module(rng: np.random.Generator) -> Callable[..., LstmStepModule]:
         return LstmStepModule(features, units, outputs, rng, with_init=with_init)
 
     return make
-

@@ -13,7 +13,7 @@ import pytest
 from processor.cli import main as cli_main
 from processor.codec import decode_dead_letter, decode_output, encode_input
 from processor.errors import ModelLoadError
-from processor.model.protocol import load_step_model
+from processor.model import load_step_model
 
 FEATURES = 3
 

@@ -41,7 +41,7 @@ import msgpack
 import numpy as np
 
 from processor.errors import LstmStreamError
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.cache import StreamState
 
 __all__ = [

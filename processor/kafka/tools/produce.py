@@ -39,7 +39,7 @@ from processor.kafka.tools.client_logs import quiet_client_logs
 from processor.kafka.tools.flags import add_kafka_arguments, kafka_options_from
 
 if TYPE_CHECKING:
-    from processor.model.protocol import StepModel
+    from processor.model import StepModel
 
 __all__ = ["ProduceStats", "add_arguments", "main", "produce"]
 
@@ -251,7 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_step_model(path: str) -> StepModel:
-    from processor.model.protocol import load_step_model  # TensorFlow: only for --model
+    from processor.model import load_step_model  # TensorFlow: only for --model
 
     return load_step_model(path)
 

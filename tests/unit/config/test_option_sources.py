@@ -56,7 +56,7 @@ from processor.kafka.settings import (
     run_options,
     settings_from_args,
 )
-from processor.model.protocol import KerasStepModel, StepModel
+from processor.model import KerasStepModel, StepModel
 
 import keras  # isort: skip
 

@@ -28,8 +28,7 @@ from processor.demo.prepare import Trainers, prepare_model
 from processor.demo.report import format_summary, summary_record
 from processor.demo.run import run_demo
 from processor.errors import ConfigError
-from processor.model.keras_step import KerasStepModel
-from processor.model.protocol import StepModel
+from processor.model import KerasStepModel, StepModel
 
 
 def _tiny_frames_model() -> Any:

@@ -30,7 +30,7 @@ from processor.demo.meter import LatencyHistogram
 from processor.demo.report import DemoSummary, format_summary, write_summary_json
 from processor.demo.run import run_demo
 from processor.demo.signals import FEED_SALT, SignalBank
-from processor.model.protocol import StepModel, load_step_model
+from processor.model import StepModel, load_step_model
 
 # ~2 s of training on this machine; over seeds 0-2 the held-out MSE was 0.36-0.41 of the
 # naive baseline's and 3.8-5.3x below the stateless model's.

@@ -28,7 +28,7 @@ from processor.demo.frames_example import (
 )
 from processor.demo.signals import FEED_SALT, FRAME_SHAPE, FrameClips
 from processor.engine.build import build_engine
-from processor.model.protocol import load_step_model
+from processor.model import load_step_model
 from processor.records import Output, Record
 
 import keras  # isort: skip

@@ -11,7 +11,7 @@ import pytest
 
 from processor.engine.engine import Engine
 from processor.errors import ConfigError
-from processor.model.protocol import KerasStepModel
+from processor.model import KerasStepModel
 from processor.records import Output, Record
 from processor.state.cache import StateCache
 

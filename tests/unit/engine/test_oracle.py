@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from processor.engine.engine import Engine
-from processor.model.protocol import KerasStepModel, StepModel, load_step_model
+from processor.model import KerasStepModel, StepModel, load_step_model
 from processor.records import Output, Record
 from processor.state.cache import StateCache
 

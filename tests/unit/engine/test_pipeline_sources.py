@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from processor.engine.sources import Loaded, SourceIndex
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.records import Record
 from processor.state.cache import StateCache, StreamState
 

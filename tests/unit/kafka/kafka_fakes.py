@@ -25,7 +25,7 @@ from processor.config.engine_options import EngineOptions
 from processor.engine.build import build_engine
 from processor.kafka.runtime import Processor
 from processor.kafka.settings import Settings
-from processor.model.protocol import KerasStepModel
+from processor.model import KerasStepModel
 
 IN = "in"
 TP0, TP1 = TopicPartition(IN, 0), TopicPartition(IN, 1)

@@ -21,7 +21,7 @@ from processor.kafka.durable.record import (
     StateRecordCodec,
 )
 from processor.kafka.durable.recovery import Recovery
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.obs.metrics import Metrics
 from processor.state.cache import StateCache, StreamState
 

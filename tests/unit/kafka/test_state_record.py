@@ -21,7 +21,7 @@ from processor.kafka.durable.record import (
     StateRecordCodec,
     state_fingerprint,
 )
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.cache import StreamState
 
 SCHEMA = Path(__file__).resolve().parents[3] / "schemas" / "state-record.schema.json"

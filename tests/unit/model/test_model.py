@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from processor.errors import ModelLoadError
-from processor.model.protocol import KerasStepModel, SavedModelStep, StateSpec, load_step_model
+from processor.model import KerasStepModel, SavedModelStep, StateSpec, load_step_model
 
 import keras  # isort: skip
 import tensorflow as tf  # isort: skip

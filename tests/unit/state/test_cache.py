@@ -13,7 +13,7 @@ import pytest
 
 from processor.engine.device import resolve_device
 from processor.errors import CapacityError, ConfigError
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.cache import StateCache, StreamState
 
 SPEC = (StateSpec("l/h", (3,)), StateSpec("l/c", (3,)))

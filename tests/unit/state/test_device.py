@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.device import DeviceTable, pow2
 from processor.state.rows import MAX_ROWS_PER_CALL
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.host import HostTable
 from processor.state.rows import Rows
 

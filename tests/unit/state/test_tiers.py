@@ -15,7 +15,7 @@ import pytest
 import rocksdict
 import tensorflow as tf
 
-from processor.model.facts import StateSpec
+from processor.model import StateSpec
 from processor.state.cache import StateCache, StreamState
 from processor.state.disk import DiskStore
 from processor.state.stats import Tier
