@@ -13,7 +13,10 @@ class Phase(enum.Enum):
 
     CREATED --start--> STARTING (building the engine, preparing topics, joining the group)
     --first assignment--> RUNNING; RUNNING --revocation--> REBALANCING --assignment-->
-    RUNNING; any phase --drain or close--> STOPPING, which no rebalance leaves.
+    RUNNING; any phase --drain--> STOPPING, which no rebalance leaves; any phase
+    --close--> CLOSED, the end: the stages are detached from the processor, and a rebalance
+    callback that aiokafka still runs while the consumer stops does nothing (no checkpoint, no
+    producer started, no recovery, no rejoin).
     """
 
     CREATED = "created"
@@ -21,6 +24,7 @@ class Phase(enum.Enum):
     RUNNING = "running"
     REBALANCING = "rebalancing"
     STOPPING = "stopping"
+    CLOSED = "closed"
 
 
 class Lifecycle:
@@ -32,15 +36,25 @@ class Lifecycle:
     @property
     def stopping(self) -> bool:
         """Draining or closed: a rebalance no longer changes the phase."""
-        return self.phase is Phase.STOPPING
+        return self.phase in (Phase.STOPPING, Phase.CLOSED)
+
+    @property
+    def closed(self) -> bool:
+        """The close began: rebalance callbacks must do nothing."""
+        return self.phase is Phase.CLOSED
 
     def starting(self) -> None:
         """The start began."""
         self.phase = Phase.STARTING
 
     def stop(self) -> None:
-        """The drain or the close began."""
-        self.phase = Phase.STOPPING
+        """The drain began (ignored once closed)."""
+        if not self.closed:
+            self.phase = Phase.STOPPING
+
+    def close(self) -> None:
+        """The close began."""
+        self.phase = Phase.CLOSED
 
     def rebalancing(self) -> None:
         """Partitions are being revoked (ignored while stopping)."""

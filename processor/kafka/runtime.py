@@ -319,7 +319,7 @@ class Processor:
     async def close(self) -> None:
         """Cancel the loops, stop every client and the engine thread; idempotent. Does not
         commit."""
-        self._lifecycle.stop()
+        self._lifecycle.close()
         await self._loops.cancel()
         stages, self._stages = self._stages, None
         if self.producers is not None:

@@ -94,7 +94,10 @@ class PartitionDrop:
         another member now; restarting its producer here would fence that member in turn. An
         aborted one may be in the middle of moving. The rebalance settles who owns what, and
         the owner recovers each partition from its state topic under a freshly started
-        producer (which fences any producer of the partition still around)."""
+        producer (which fences any producer of the partition still around). Does nothing
+        once the processor is closing."""
+        if self._lifecycle.closed:
+            return
         parts = set(lost)
         for tp, result in sorted(lost.items()):
             if result is TxnResult.FENCED:

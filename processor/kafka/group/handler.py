@@ -93,9 +93,11 @@ class GroupHandler:
         self._recovery = recovery
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        """Drop queued records of ``partitions``, let in-flight batches finish, commit."""
+        """Drop queued records of ``partitions``, let in-flight batches finish, commit.
+        Does nothing once the processor is closing (aiokafka may still run a rebalance while
+        its consumer stops)."""
         self._lifecycle.rebalancing()
-        if not partitions:
+        if not partitions or self._lifecycle.closed:
             return
         dropped = self._drop.detach(partitions)
         if dropped:
@@ -131,7 +133,10 @@ class GroupHandler:
         """Own the new assignment. Cached streams of a partition are kept only when it was
         revoked cleanly from this member and (with durable state) its committed offset is
         still the one committed then; every other partition's streams are forgotten and,
-        with durable state, recovered from the state topic before it is consumed."""
+        with durable state, recovered from the state topic before it is consumed. Does
+        nothing once the processor is closing: no producer is started, nothing recovered."""
+        if self._lifecycle.closed:
+            return
         candidates = self._ownership.assign(partitions)
         consumer = self._consumer
         if self._durable:

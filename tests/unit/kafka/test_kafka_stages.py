@@ -301,6 +301,33 @@ def test_revocation_drops_queued_records_finishes_in_flight_ones_and_commits_the
     asyncio.run(go())
 
 
+def test_a_rebalance_that_aiokafka_runs_while_the_consumer_stops_does_nothing(
+    make_model: Any,
+) -> None:
+    """aiokafka's consumer.stop() waits for its group coordinator, which may still run a
+    rebalance's callbacks after close() began: they must neither checkpoint nor pause,
+    start producers or recover."""
+
+    async def go() -> None:
+        h = Harness(make_model)
+        await h.start()
+        h.consumer.add(TP0, b"a", input_value("a", 1))
+        await until(lambda: h.outputs() == [("a", 1)], "one output")
+        await h.proc.drain()
+        committed = dict(h.consumer.offsets)
+        group = h.proc.group  # what the rebalance listener holds
+        await h.proc.close()
+        h.consumer.add(TP0, b"a", input_value("a", 2))
+        await group.on_revoked({TP0, TP1})
+        await group.on_assigned({TP0})
+        assert h.consumer.offsets == committed  # no checkpoint of its own
+        assert h.consumer.paused() == set()  # nothing held back
+        assert h.proc.stats.dropped_on_revoke == 0
+        assert h.outputs() == [("a", 1)]
+
+    asyncio.run(go())
+
+
 def test_the_lag_of_a_partition_read_up_to_a_commit_marker_is_zero(make_model: Any) -> None:
     """A transactional producer's commit marker takes the last offset of an idle partition;
     once every record before it is acknowledged and the consumer has read past it, the lag
