@@ -3,8 +3,8 @@
 Every model is built twice from the same layer recipe: once as the ordinary sequence model
 the processor steps (:class:`~processor.model.keras_step.KerasStepModel`), once as a
 ``stateful=True`` twin with ``batch_size=1`` for the naive baseline (B0), with the weights
-copied across, so that every method computes the same function. Weights are random (seeded): speed does not
-depend on what the weights are.
+copied across, so that every method computes the same function. Weights are random
+(seeded): speed does not depend on what the weights are.
 """
 
 from __future__ import annotations
