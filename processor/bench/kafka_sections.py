@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from processor.bench.config import Config, Progress
 from processor.bench.models import BenchModel
 from processor.bench.results import SectionStatus
+from processor.kafka.tools.client_logs import quiet_loggers
 
 
-@contextlib.contextmanager
-def kafka_logs_quiet() -> Iterator[None]:
+def kafka_logs_quiet() -> contextlib.AbstractContextManager[None]:
     """The Kafka runtime logs every group event at INFO; the benchmark's own progress lines
     suffice while it runs."""
-    quiet = [logging.getLogger(n) for n in ("aiokafka", "processor.kafka")]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for q, level in zip(quiet, levels, strict=True):
-            q.setLevel(level)
+    return quiet_loggers(("aiokafka", "processor.kafka"))
 
 
 def kafka_end_to_end(bm: BenchModel, cfg: Config, progress: Progress) -> dict[str, Any]:

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Final
 
-__all__ = ["CLIENT_LOGGERS", "quiet_client_logs"]
+__all__ = ["CLIENT_LOGGERS", "quiet_client_logs", "quiet_loggers"]
 
 #: The loggers of the Kafka client libraries (aiokafka's, and kafka-python's it grew from).
 CLIENT_LOGGERS: Final = ("aiokafka", "kafka")
 
 
 @contextlib.contextmanager
-def quiet_client_logs(show: bool = False) -> Iterator[None]:
-    """Within the block, :data:`CLIENT_LOGGERS` log WARNING and above only (a logger already
+def quiet_loggers(names: Iterable[str], *, show: bool = False) -> Iterator[None]:
+    """Within the block, the loggers ``names`` log WARNING and above only (a logger already
     set to a higher level keeps it); ``show`` leaves them as they are. Their levels are
     restored afterwards."""
-    loggers = [logging.getLogger(name) for name in CLIENT_LOGGERS]
+    loggers = [logging.getLogger(name) for name in names]
     before = [logger.level for logger in loggers]
     if not show:
         for logger in loggers:
@@ -35,3 +35,8 @@ def quiet_client_logs(show: bool = False) -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, before, strict=True):
             logger.setLevel(level)
+
+
+def quiet_client_logs(show: bool = False) -> contextlib.AbstractContextManager[None]:
+    """:func:`quiet_loggers` of :data:`CLIENT_LOGGERS`."""
+    return quiet_loggers(CLIENT_LOGGERS, show=show)
