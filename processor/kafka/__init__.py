@@ -10,6 +10,8 @@ Modules:
 * :mod:`.loops` -- the processor's loop tasks and the first failure among them.
 * :mod:`.phase` -- where a processor is in its life (``Phase``, only RUNNING is ready).
 * :mod:`.wiring` -- builds the stages and their collaborators for the runtime.
+* :mod:`.network` -- :class:`~.network.Network`: how the runtime makes its Kafka clients,
+  prepares its topics and makes its metrics server.
 
 Subpackages:
 

@@ -47,7 +47,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from processor.config.engine_options import EngineOptions
@@ -59,22 +58,20 @@ from processor.kafka.checkpoint.ledger import OffsetLedger
 from processor.kafka.checkpoint.transactions import PartitionProducers
 from processor.kafka.durable.record import StateRecordCodec
 from processor.kafka.durable.recovery import Recovery
-from processor.kafka.durable.topic import prepare_state_topics
 from processor.kafka.group.handler import GroupHandler
 from processor.kafka.group.ownership import Ownership
 from processor.kafka.group.rebalance import RebalanceListener
 from processor.kafka.io.bootstrap import start_client
 from processor.kafka.io.clients import admin_kwargs, client_kwargs
 from processor.kafka.io.metadata import TopicWaitStopped
-from processor.kafka.io.topics import prepare_topics_with
 from processor.kafka.loops import KafkaRuntimeError, Loops
+from processor.kafka.network import MetricsEndpoint, Network
 from processor.kafka.phase import Lifecycle, Phase
 from processor.kafka.settings import Settings
 from processor.kafka.stages.batcher import Batcher, FlowControl
 from processor.kafka.stages.items import Item
 from processor.kafka.wiring import Stages, build_producers, build_recovery
 from processor.obs.metrics import Metrics
-from processor.obs.server import MetricsServer
 from processor.obs.stats import RunStats
 
 __all__ = ["KafkaRuntimeError", "Processor", "RunStats", "run_processor"]
@@ -92,6 +89,8 @@ class Processor:
             model path); tests pass a prepared model this way.
         metrics_server: serve /metrics, /healthz, /readyz when ``settings.metrics_port`` is
             set.
+        network: makes the Kafka clients, prepares the topics and makes the metrics server
+            (default: the real ones; see :class:`~processor.kafka.network.Network`).
     """
 
     def __init__(
@@ -101,8 +100,10 @@ class Processor:
         registry: CollectorRegistry | None = None,
         engine_factory: Callable[[EngineOptions], Engine] | None = None,
         metrics_server: bool = True,
+        network: Network | None = None,
     ) -> None:
         self.settings = settings
+        self._network = network if network is not None else Network()
         self._registry = registry if registry is not None else REGISTRY
         self.metrics = Metrics(self._registry)
         factory = engine_factory or build_engine
@@ -125,9 +126,9 @@ class Processor:
         # Exactly-once: the owned partitions' transactional producers (built at start).
         self.producers: PartitionProducers | None = None
         self._offset_reset = "earliest"  # the consumer's auto_offset_reset
-        self._server: MetricsServer | None = None
+        self._server: MetricsEndpoint | None = None
         if metrics_server and settings.metrics_port > 0:
-            self._server = MetricsServer(
+            self._server = self._network.metrics_server(
                 self._registry,
                 host=settings.metrics_host,
                 port=settings.metrics_port,
@@ -211,7 +212,7 @@ class Processor:
         log.info("building the engine (model %s)", s.engine.model)
         await self._start_pipeline()
         try:
-            ready = await prepare_topics_with(
+            ready = await self._network.prepare_topics(
                 admin_kwargs(consumer_kw),
                 input_topics=s.input_topics,
                 output_topics=(s.output_topic, s.dlq_topic),
@@ -222,7 +223,7 @@ class Processor:
             )
             log.info("topics ready (partitions): %s", dict(ready.partitions))
             if s.durable:
-                await prepare_state_topics(
+                await self._network.prepare_state_topics(
                     admin_kwargs(consumer_kw),
                     s.state_topics(),
                     {t: ready.partitions[t] for t in s.input_topics},
@@ -235,9 +236,10 @@ class Processor:
         self._offset_reset = str(consumer_kw.get("auto_offset_reset", "earliest"))
         if self.codec is not None:
             self.recovery = build_recovery(s, consumer_kw, self.pipeline, self.codec, self.metrics)
-        self.producers = build_producers(s, producer_kw, AIOKafkaProducer, self.metrics)
-        consumer = AIOKafkaConsumer(**consumer_kw)
-        producer = AIOKafkaProducer(**producer_kw)
+        network = self._network
+        self.producers = build_producers(s, producer_kw, network.producer, self.metrics)
+        consumer = network.consumer(**consumer_kw)
+        producer = network.producer(**producer_kw)
         self._attach(consumer, producer)  # from here on close() stops both stages
         await producer.start()
         await consumer.start()
@@ -274,7 +276,7 @@ class Processor:
         wrong password, an untrusted certificate or an unreachable cluster is reported in
         seconds, as one :class:`~processor.errors.KafkaAccessError`, instead of after the
         engine's build and warm-up."""
-        admin = AIOKafkaAdminClient(**admin_kwargs(client_kw))
+        admin = self._network.admin(**admin_kwargs(client_kw))
         await start_client(admin, client_kw, self.settings.kafka)
         await admin.close()
 

@@ -20,7 +20,12 @@ from processor.codec import encode_outputs
 from processor.engine.pipeline import Pipeline
 from processor.errors import ConfigError
 from processor.kafka.checkpoint.commit import CommitLoop, OffsetCommitter, RunCheckpoint
-from processor.kafka.checkpoint.cycle import Checkpoint, CheckpointParts, TransactionalCheckpoint
+from processor.kafka.checkpoint.cycle import (
+    Checkpoint,
+    CheckpointCycle,
+    CheckpointParts,
+    TransactionalCheckpoint,
+)
 from processor.kafka.checkpoint.ledger import OffsetLedger
 from processor.kafka.checkpoint.states import StateWriter
 from processor.kafka.checkpoint.transactions import PartitionProducers
@@ -50,8 +55,9 @@ log = logging.getLogger(__name__)
 
 
 class Stages:
-    """The stages of one run; attributes are the clients, the stage objects and the group
-    handler.
+    """The stages of one run; attributes are the clients, the stage objects, the writers
+    of outputs and dead letters, the checkpoint cycle (``cycle``: None without durable
+    state) and the group handler.
 
     Args:
         consumer, producer: the clients (started by the caller, before or after).
@@ -101,11 +107,13 @@ class Stages:
         )
         self.acker = Acker(ledger, self.fetcher.release, metrics, s.output_topic)
         transactional = producers if codec is not None else None
+        self.outputs = OutputWriter(producer, s.output_topic)
+        self.dead_letters = DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes)
         # The codec's encoder directly (the decoder is the pipeline's): a record then enters
         # each module of its path once (docs/architecture.md).
         emitter = Emitter(
-            OutputWriter(producer, s.output_topic),
-            DeadLetterWriter(producer, s.dlq_topic, s.dlq_max_value_bytes),
+            self.outputs,
+            self.dead_letters,
             encode_outputs,
             metrics,
             transactional,
@@ -117,6 +125,7 @@ class Stages:
         )
         self.offsets = OffsetCommitter(consumer, ledger, lambda: ownership.owned, metrics)
         barrier: TransactionalCheckpoint | None = None
+        self.cycle: CheckpointCycle | None = None
         checkpoint: RunCheckpoint = self.offsets.commit_acked
         if codec is not None:
             parts = CheckpointParts(
@@ -129,11 +138,11 @@ class Stages:
                 barrier_timeout_s=s.drain_timeout,
             )
             if transactional is not None:
-                barrier = TransactionalCheckpoint(
+                self.cycle = barrier = TransactionalCheckpoint(
                     parts, producers=transactional, on_lost=self.drop.lost
                 )
             else:
-                checkpoint = Checkpoint(
+                self.cycle = checkpoint = Checkpoint(
                     parts,
                     writer=StateWriter(producer, s.state_topics()),
                     commit=self.offsets.commit_offsets,

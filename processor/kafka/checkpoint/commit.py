@@ -129,6 +129,11 @@ class CommitLoop:
         self._interval_s = interval_s
         self._on_tick = on_tick
 
+    @property
+    def interval_s(self) -> float:
+        """Seconds between periodic checkpoints."""
+        return self._interval_s
+
     async def commit_now(self, partitions: Collection[Hashable] | None = None) -> bool:
         """Checkpoint now; ``partitions`` are being revoked. True when nothing was left
         uncommitted."""

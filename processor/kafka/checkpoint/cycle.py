@@ -196,6 +196,11 @@ class Checkpoint(CheckpointCycle):
         self._commit = commit
         self._assigned = assigned
 
+    @property
+    def writer(self) -> StateWriter:
+        """What produces the state records."""
+        return self._writer
+
     def _committable(self, barrier: Barrier, scope: set[Hashable]) -> dict[Hashable, int]:
         """The barrier's offsets that may be committed: partitions in ``scope``, still
         assigned, not forgotten since the barrier, not committed already."""

@@ -53,6 +53,11 @@ class StateWriter:
     def __init__(self, producer: AIOKafkaProducer, state_topics: Mapping[str, str]) -> None:
         self._writers = {t: OutputWriter(producer, s) for t, s in state_topics.items()}
 
+    @property
+    def state_topics(self) -> dict[str, str]:
+        """Input topic -> the state topic its states are written to (a copy)."""
+        return {t: w.topic for t, w in self._writers.items()}
+
     async def write(
         self,
         records: Mapping[Hashable, list[tuple[str, bytes | None]]],

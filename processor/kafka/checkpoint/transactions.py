@@ -213,6 +213,11 @@ class PartitionProducers:
         self._metrics = metrics
         self._live: dict[TopicPartition, PartitionProducer] = {}
 
+    @property
+    def transaction_timeout_ms(self) -> int:
+        """How long the broker lets one of these transactions stay open."""
+        return self._txn_timeout_ms
+
     def get(self, tp: TopicPartition) -> PartitionProducer | None:
         """The live producer of ``tp`` (None: not started, or discarded after a failure)."""
         return self._live.get(tp)

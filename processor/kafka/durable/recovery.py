@@ -82,6 +82,11 @@ class Recovery:
         self._reset = reset_on_mismatch
         self._metrics = metrics
 
+    @property
+    def reset_on_mismatch(self) -> bool:
+        """Whether records of another model are skipped (True) or refused."""
+        return self._reset
+
     async def recover(
         self, partitions: Collection[TopicPartition]
     ) -> dict[TopicPartition, dict[str, int]]:

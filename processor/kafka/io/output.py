@@ -73,6 +73,11 @@ class OutputWriter:
         self._partitions = 0
         self._memo: dict[str, int] = {}
 
+    @property
+    def topic(self) -> str:
+        """The topic written to."""
+        return self._topic
+
     async def _partition_count(self) -> int:
         parts = await self._producer.partitions_for(self._topic)
         n = len(parts)
@@ -140,6 +145,16 @@ class DeadLetterWriter:
         self._producer = producer
         self._topic = topic
         self._max_value = max_value_bytes
+
+    @property
+    def topic(self) -> str:
+        """The dead-letter topic."""
+        return self._topic
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The most bytes of the original value a dead letter carries."""
+        return self._max_value
 
     async def write(
         self,
