@@ -13,9 +13,10 @@ A second table (``RUNTIME_ROWS``) follows every ``run`` option one step further,
 the real command line (the parser and ``main`` of ``lstm-stream run``, which serves the
 settings with the real signal handling), the environment or a TOML file into a started
 :class:`processor.kafka.runtime.Processor`: the Batcher, the FlowControl, the Pipeline's
-decoder, the Kafka clients, topic preparation, the writers, the commit loop, the metrics
-server, the EngineOptions the engine is built from and the root log level. Only the network
-is replaced (clients, admin, topic preparation and metrics server record what they were
+decoder, the Kafka clients, topic preparation, the writers, the checkpoint cycle, the
+recovery, the commit loop, the metrics server, the EngineOptions the engine is built from
+and the root log level. Only the Processor's :class:`~processor.kafka.network.Network` is
+stood in for (clients, admin, topic preparation and metrics server record what they were
 given) and the engine is a stand-in, so a start costs milliseconds.
 """
 
@@ -23,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,13 +48,18 @@ from processor.engine.device import resolve_device
 from processor.engine.engine import Engine
 from processor.engine.pipeline import gc_tuned
 from processor.kafka import command, runtime
+from processor.kafka.checkpoint.cycle import Checkpoint, TransactionalCheckpoint
+from processor.kafka.checkpoint.transactions import PartitionProducers
+from processor.kafka.durable.recovery import Recovery
 from processor.kafka.io.clients import REBALANCE_MARGIN_MS, client_kwargs
+from processor.kafka.network import Network
 from processor.kafka.settings import (
     Settings,
     add_settings_arguments,
     run_options,
     settings_from_args,
 )
+from processor.kafka.wiring import Stages
 from processor.model import KerasStepModel, StepModel
 
 import keras  # isort: skip
@@ -354,9 +358,9 @@ STANDIN_SHAPE = (3,)
 class Started:
     """What ``lstm-stream run`` configured, recorded while its Processor started: keyword
     arguments of the (stand-in) Kafka clients, admin client, topic preparation and metrics
-    server, the arguments of the real writers and commit loop, the EngineOptions the
-    engine was built from, and the Processor itself (its batcher, flow control and
-    pipeline are the real ones)."""
+    server, the EngineOptions the engine was built from, the Processor itself (its batcher,
+    flow control, pipeline, recovery and transactional producers are the real ones) and its
+    started stages (real too: writers, checkpoint cycle, commit loop)."""
 
     processor: runtime.Processor | None = None
     engine_options: list[EngineOptions] = field(default_factory=list)
@@ -366,7 +370,7 @@ class Started:
     subscribed: list[str] = field(default_factory=list)
     topics: dict[str, Any] = field(default_factory=dict)
     state_topics: dict[str, str] = field(default_factory=dict)
-    built: dict[str, dict[str, Any]] = field(default_factory=dict)
+    built: Stages | None = None
     server: dict[str, Any] | None = None
     root_level: int = logging.NOTSET
     #: How ``run``'s main serves the settings: the real signal handling around the Processor
@@ -377,6 +381,11 @@ class Started:
     def proc(self) -> runtime.Processor:
         assert self.processor is not None, "run did not build a Processor"
         return self.processor
+
+    @property
+    def stages(self) -> Stages:
+        assert self.built is not None, "run did not start the stages"
+        return self.built
 
     @property
     def engine(self) -> EngineOptions:
@@ -443,8 +452,21 @@ def _engine_row(name: str) -> RuntimeRow:
     return RuntimeRow(text, lambda s: getattr(s.engine, name), ENGINE[name].parse(text))
 
 
-def _arg(s: Started, component: str, name: str) -> Any:
-    return s.built[component][name]
+def _state_writer_topics(s: Started) -> dict[str, str]:
+    """Where the at-least-once checkpoint cycle writes the state records."""
+    cycle = s.stages.cycle
+    assert isinstance(cycle, Checkpoint), f"not the at-least-once cycle: {cycle!r}"
+    return cycle.writer.state_topics
+
+
+def _producers(s: Started) -> PartitionProducers:
+    assert s.proc.producers is not None, "no transactional producers"
+    return s.proc.producers
+
+
+def _recovery(s: Started) -> Recovery:
+    assert s.proc.recovery is not None, "no recovery (durable state is off)"
+    return s.proc.recovery
 
 
 RUNTIME_ROWS: dict[str, RuntimeRow] = {
@@ -471,15 +493,15 @@ RUNTIME_ROWS: dict[str, RuntimeRow] = {
     "output_topic": RuntimeRow(
         "results",
         lambda s: (
-            _arg(s, "OutputWriter", "topic"),
-            _arg(s, "DeadLetterWriter", "topic"),
+            s.stages.outputs.topic,
+            s.stages.dead_letters.topic,
             tuple(s.topics["output_topics"]),
         ),
         ("results", "results-dlq", ("results", "results-dlq")),
     ),
     "dlq_topic": RuntimeRow(
         "bad",
-        lambda s: (_arg(s, "DeadLetterWriter", "topic"), tuple(s.topics["output_topics"])[1]),
+        lambda s: (s.stages.dead_letters.topic, tuple(s.topics["output_topics"])[1]),
         ("bad", "bad"),
     ),
     "topic_partitions": RuntimeRow("6", lambda s: s.topics["partitions"], 6),
@@ -498,26 +520,27 @@ RUNTIME_ROWS: dict[str, RuntimeRow] = {
     # Durable state: the state topics prepared and written, and the restore's policy.
     "state_topic": RuntimeRow(
         "states",
-        lambda s: (s.state_topics, _arg(s, "StateWriter", "state_topics")),
+        lambda s: (s.state_topics, _state_writer_topics(s)),
         ({"in": "states"}, {"in": "states"}),
     ),
-    "on_state_mismatch": RuntimeRow(
-        "reset", lambda s: _arg(s, "Recovery", "reset_on_mismatch"), True
-    ),
+    "on_state_mismatch": RuntimeRow("reset", lambda s: _recovery(s).reset_on_mismatch, True),
     # Exactly-once: per-partition transactional producers and the transactional cycle.
     "processing_guarantee": RuntimeRow(
         "exactly-once",
-        lambda s: ("PartitionProducers" in s.built, "TransactionalCheckpoint" in s.built),
+        lambda s: (
+            s.proc.producers is not None,
+            isinstance(s.stages.cycle, TransactionalCheckpoint),
+        ),
         (True, True),
     ),
     "transaction_timeout_ms": RuntimeRow(
         "45000",
-        lambda s: _arg(s, "PartitionProducers", "transaction_timeout_ms"),
+        lambda s: _producers(s).transaction_timeout_ms,
         45_000,
         extra=("--processing-guarantee", "exactly-once"),
     ),
     "commit_interval_ms": RuntimeRow(
-        "250", lambda s: _arg(s, "CommitLoop", "interval_s"), pytest.approx(0.25)
+        "250", lambda s: s.stages.committer.interval_s, pytest.approx(0.25)
     ),
     # The consumer may take this long to rejoin while in-flight work drains.
     "drain_timeout": RuntimeRow(
@@ -528,9 +551,7 @@ RUNTIME_ROWS: dict[str, RuntimeRow] = {
     "max_record_bytes": RuntimeRow(
         "2048", lambda s: (s.oversize(2048), s.oversize(2049)), (False, True)
     ),
-    "dlq_max_value_bytes": RuntimeRow(
-        "100", lambda s: _arg(s, "DeadLetterWriter", "max_value_bytes"), 100
-    ),
+    "dlq_max_value_bytes": RuntimeRow("100", lambda s: s.stages.dead_letters.max_value_bytes, 100),
     "metrics_port": RuntimeRow("9100", lambda s: s.server and s.server["port"], 9100),
     "metrics_host": RuntimeRow(
         "127.0.0.1",
@@ -551,20 +572,6 @@ RUNTIME_ROWS: dict[str, RuntimeRow] = {
 }
 
 RUNTIME_CASES = [(name, source) for name in RUN for source in ("flag", "env", "toml")]
-
-
-def _runtime_modules() -> list[Any]:
-    """The modules of the Kafka runtime that create its clients and stages."""
-    return [
-        sys.modules[name]
-        for name in sorted(sys.modules)
-        if name == "processor.kafka.runtime"
-        or (name.startswith("processor.kafka.") and name.rpartition(".")[2] in _COMPOSERS)
-    ]
-
-
-#: Modules (besides the runtime) that construct the clients, the stages or the topics.
-_COMPOSERS = ("wiring", "topics", "topic")
 
 
 class _Recorder:
@@ -598,22 +605,26 @@ def tuned_gc() -> Iterator[None]:
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch, tuned_gc: None) -> Iterator[Started]:
-    """Make ``lstm-stream run`` start its real Processor without a network: the clients,
-    admin, topic preparation and metrics server record their arguments, the Processor's
-    engine factory records its EngineOptions, the writers and the commit loop are the real
-    classes with their arguments recorded, and ``run`` returns right after the start. The
-    root logger's level is restored afterwards (``--log-level`` sets it)."""
+    """Make ``lstm-stream run`` start its real Processor without a network: the
+    Processor's :class:`Network` makes clients, admin and metrics server that record their
+    arguments and prepares no topic but records what it was asked, its engine factory
+    records its EngineOptions, and ``run`` keeps the started stages and returns right after
+    the start. The root logger's level is restored afterwards (``--log-level`` sets it)."""
     seen = Started()
 
     class StartOnly(runtime.Processor):
         def __init__(self, settings: Settings) -> None:
-            # A registry of its own (not the process-wide one), the recording engine builder.
-            super().__init__(settings, registry=CollectorRegistry(), engine_factory=build)
+            # A registry of its own (not the process-wide one), the recording engine builder
+            # and the recording network.
+            super().__init__(
+                settings, registry=CollectorRegistry(), engine_factory=build, network=network
+            )
             seen.processor = self
 
         async def run(self, stop_event: asyncio.Event | None = None) -> Any:
             try:
                 await self.start(stop_event)
+                seen.built = self.stages  # the close drops them
             finally:
                 await self.close()
             return self.stats
@@ -643,7 +654,7 @@ def started(monkeypatch: pytest.MonkeyPatch, tuned_gc: None) -> Iterator[Started
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(seen.admin, **kwargs)
 
-    async def prepare_topics(admin: Any, **kwargs: Any) -> Any:
+    async def prepare_topics(admin_kw: Any, **kwargs: Any) -> Any:
         seen.topics.update(kwargs)
         names = [*kwargs["input_topics"], *kwargs["output_topics"]]
         return SimpleNamespace(partitions=dict.fromkeys(names, 1))
@@ -652,6 +663,8 @@ def started(monkeypatch: pytest.MonkeyPatch, tuned_gc: None) -> Iterator[Started
         seen.state_topics.update(state_topics)
 
     class Server:
+        port = 0  # never bound
+
         def __init__(self, registry: Any, **kwargs: Any) -> None:
             seen.server = kwargs
 
@@ -665,40 +678,15 @@ def started(monkeypatch: pytest.MonkeyPatch, tuned_gc: None) -> Iterator[Started
         seen.engine_options.append(options)
         return _StandinEngine()
 
-    def recorded(cls: type) -> Callable[..., Any]:
-        def make(*args: Any, **kwargs: Any) -> Any:
-            bound = inspect.signature(cls).bind(*args, **kwargs)
-            seen.built[cls.__name__] = dict(bound.arguments)
-            return cls(*args, **kwargs)
-
-        return make
-
-    def replace(name: str, value: Callable[[Any], Any]) -> None:
-        """Replace ``name`` in every runtime module that uses it (the runtime composes
-        modules that import these names themselves); at least one must."""
-        users = [m for m in _runtime_modules() if name in vars(m)]
-        assert users, f"no runtime module uses {name}"
-        for module in users:
-            monkeypatch.setattr(module, name, value(getattr(module, name)))
-
+    network = Network(
+        consumer=Consumer,
+        producer=Producer,
+        admin=Admin,
+        prepare_topics=prepare_topics,
+        prepare_state_topics=prepare_state_topics,
+        metrics_server=Server,
+    )
     seen.serve = lambda settings: command.run_until_signalled(settings, StartOnly)
-    replace("AIOKafkaConsumer", lambda _: Consumer)
-    replace("AIOKafkaProducer", lambda _: Producer)
-    replace("AIOKafkaAdminClient", lambda _: Admin)
-    replace("prepare_topics", lambda _: prepare_topics)
-    replace("prepare_state_topics", lambda _: prepare_state_topics)
-    replace("MetricsServer", lambda _: Server)
-    for name in (
-        "OutputWriter",
-        "DeadLetterWriter",
-        "CommitLoop",
-        "StateWriter",
-        "Checkpoint",
-        "Recovery",
-        "PartitionProducers",
-        "TransactionalCheckpoint",
-    ):
-        replace(name, recorded)
     for name in list(os.environ):
         if name.startswith("LSTM_STREAM_"):
             monkeypatch.delenv(name)  # only the case's own variables
