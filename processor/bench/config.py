@@ -58,6 +58,13 @@ class Config:
     # Camera frames through Kafka (cnn_lstm, raw and JPEG records); 0 records = not run.
     frames_kafka_records: int = 20_000
     frames_kafka_streams: int = 256
+    # The host-path sections (free model): streams of the engine and replay points (one
+    # record per stream per Engine.process call), records per stream of a replay file, and
+    # the end-to-end Kafka run's records and streams.
+    host_streams: int = 1024
+    host_replay_steps: int = 16
+    host_kafka_records: int = 200_000
+    host_kafka_streams: int = 2048
     agreement_streams: int = 3
     agreement_steps: int = 5
     pool_size: int = 4096
@@ -135,11 +142,17 @@ def quick_config(models: Sequence[str], min_time: float | None = None) -> Config
         eos_latency_intervals_ms=(),
         restore_streams=10_000,
         state_volume_streams=(1_000,),
+        host_streams=128,
+        host_replay_steps=4,
+        host_kafka_records=10_000,
+        host_kafka_streams=512,
         quick=True,
         skipped=(
             "--quick: one model, batches 1/64/1024, cached streams 1k/16k (not 1M), catch-up "
             "over 64 streams, no XLA variant, ~0.1 s per point, exactly-once at a 1 s commit "
             "interval only and no latency runs: figures are indicative only",
             "--quick: the frames section (seed frame model, seed's way vs engine) is not run",
+            "--quick: the host-path sections run at 128 streams (Kafka: 10,000 records of 512 "
+            "streams), below their goals' sizes",
         ),
     )

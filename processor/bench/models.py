@@ -93,6 +93,15 @@ MODELS: dict[str, ModelSpec] = {
             _cnn_lstm,
             extra_flops=_CNN_CONV_FLOPS,
         ),
+        # Almost no arithmetic: a step costs what the host path around it costs (records,
+        # codec, Kafka). The host-path sections run it; not part of the default set.
+        ModelSpec(
+            "free",
+            "LSTM(4) on 32 features, Dense(8) head (host-path benchmarks)",
+            (32,),
+            "float32",
+            _lstm_stack(4, 1, 8),
+        ),
         # Small enough for smoke tests and the agreement check; not part of the default set.
         ModelSpec(
             "tiny",
