@@ -17,17 +17,22 @@ Modules:
 * sections: :mod:`~processor.bench.agreement`, :mod:`~processor.bench.sweeps` (batch sizes,
   cached streams, state dtype, catch-up), :mod:`~processor.bench.replay_bench`,
   :mod:`~processor.bench.gc_impact`, :mod:`~processor.bench.breakdown`,
-  :mod:`~processor.bench.tiers`, :mod:`~processor.bench.frames` (the seed frame model) and
-  :mod:`~processor.bench.kafka_sections` (the ones through a broker);
+  :mod:`~processor.bench.tiers`, :mod:`~processor.bench.frames` (the seed frame model),
+  :mod:`~processor.bench.host` (the host path on the free model against its floors: engine
+  and replay), :mod:`~processor.bench.host_kafka` (its Kafka twin, against Kafka's
+  ProducerPerformance and aiokafka's own floors) and :mod:`~processor.bench.kafka_sections`
+  (the ones through a broker);
 * through a broker, each also runnable alone (``python -m processor.bench.<name>``):
   :mod:`~processor.bench.kafka` (end to end against engine-only, on
   :mod:`~processor.bench.kafka_setup`), :mod:`~processor.bench.eos` (exactly-once against
   at-least-once, on :mod:`~processor.bench.guarantees`), :mod:`~processor.bench.durable`
   (restore, state volume), :mod:`~processor.bench.frames_kafka` (camera frames);
-* reporting: :mod:`~processor.bench.goals` (the performance goals), :mod:`~processor.bench.verdicts`
-  and :mod:`~processor.bench.kafka_verdicts` (judging them), :mod:`~processor.bench.results`
+* reporting: :mod:`~processor.bench.goals` (the performance goals),
+  :mod:`~processor.bench.verdicts`, :mod:`~processor.bench.kafka_verdicts` and
+  :mod:`~processor.bench.host_verdicts` (judging them), :mod:`~processor.bench.results`
   (reading the results dict), :mod:`~processor.bench.markdown` (with
-  :mod:`~processor.bench.markdown_engine`, :mod:`~processor.bench.markdown_kafka`),
+  :mod:`~processor.bench.markdown_engine`, :mod:`~processor.bench.markdown_kafka`,
+  :mod:`~processor.bench.markdown_host`),
   :mod:`~processor.bench.plots` and :mod:`~processor.bench.report` (verdicts in order, the
   writers).
 """

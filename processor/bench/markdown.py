@@ -1,6 +1,7 @@
 """results.md: the run's header (command, machine, reference matmul rate), the goals
 table, agreement and models, then every section's markdown
-(:mod:`processor.bench.markdown_engine`, :mod:`processor.bench.markdown_kafka`), the
+(:mod:`processor.bench.markdown_engine`, :mod:`processor.bench.markdown_kafka`,
+:mod:`processor.bench.markdown_host`), the
 errors and the notes. A pure function of the results dict."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from processor.bench import markdown_engine as me
+from processor.bench import markdown_host as mh
 from processor.bench import markdown_kafka as mk
 from processor.bench.goals import GOALS_DOC
 from processor.bench.results import markdown_table
@@ -117,6 +119,7 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("frames_kafka"):
         lines += mk.frames_kafka_lines(results["frames_kafka"])
     lines += me.breakdown_lines(results)
+    lines += mh.host_lines(results)
     errors = results.get("errors", [])
     if errors:
         lines += ["## Errors (sections that failed; the rest of the run went on)", ""]

@@ -1,8 +1,9 @@
 """The benchmark's results into verdicts and files: :func:`evaluate_goals` judges every goal
 of :data:`processor.bench.goals.GOALS` in order (:mod:`processor.bench.verdicts`,
-:mod:`processor.bench.kafka_verdicts`), and the writers put results.json, results.md
-(:mod:`processor.bench.markdown`) and the PNG plots (:mod:`processor.bench.plots`) into a
-directory. Pure functions of the results dict, except the writers."""
+:mod:`processor.bench.kafka_verdicts`, :mod:`processor.bench.host_verdicts`), and the
+writers put results.json, results.md (:mod:`processor.bench.markdown`) and the PNG plots
+(:mod:`processor.bench.plots`) into a directory. Pure functions of the results dict,
+except the writers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from processor.bench import kafka_verdicts, verdicts
+from processor.bench import host_verdicts, kafka_verdicts, verdicts
 from processor.bench.markdown import markdown
 from processor.bench.plots import plots
 
@@ -34,6 +35,9 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         verdicts.catchup(results),
         verdicts.seed_frames(results.get("frames", {})),
         kafka_verdicts.frames_kafka(results.get("frames_kafka", {})),
+        host_verdicts.host_engine(results.get("host_engine", {})),
+        host_verdicts.host_replay(results.get("host_replay", {})),
+        host_verdicts.host_kafka(results.get("host_kafka", {})),
         verdicts.no_retrace(results),
     ]
 

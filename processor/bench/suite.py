@@ -1,8 +1,9 @@
 """One whole benchmark run: :func:`run` measures every section a
 :class:`~processor.bench.config.Config` sizes (matmul reference, per model agreement and
 throughput, GC cost, cached streams, state dtypes, catch-up, replay, GC impact, the Kafka
-sections, state tiers, frames, breakdowns, matmul again) and returns the results dict with
-the goals judged. A section that raises is recorded in ``errors`` and the run goes on."""
+sections, state tiers, frames, breakdowns, the host path on the free model, matmul again)
+and returns the results dict with the goals judged. A section that raises is recorded in
+``errors`` and the run goes on."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from processor.bench import (
     frames,
     gc_impact,
     harness,
+    host,
+    host_kafka,
     kafka_sections,
     replay_bench,
     report,
@@ -76,6 +79,9 @@ def run(
         "frames_kafka": {},
         "breakdown": {},
         "gc_impact": [],
+        "host_engine": {},
+        "host_replay": {},
+        "host_kafka": {},
         "latency_samples_ms": {},
         "errors": [],
         "notes": [
@@ -214,6 +220,13 @@ def run(
                     results["breakdown"][name] = breakdown.breakdown(loaded[name], cfg, say)
 
                 section(f"breakdown:{name}", parts)
+
+    # The host path, on the free model whatever models were asked for.
+    section("host_engine", lambda: results.__setitem__("host_engine", host.host_engine(cfg, say)))
+    section("host_replay", lambda: results.__setitem__("host_replay", host.host_replay(cfg, say)))
+    section(
+        "host_kafka", lambda: results.__setitem__("host_kafka", host_kafka.host_kafka(cfg, say))
+    )
 
     def matmul_end() -> None:
         mm = results.setdefault("matmul", {})

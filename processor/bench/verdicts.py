@@ -235,7 +235,7 @@ def seed_frames(fr: dict[str, Any]) -> dict[str, Any]:
 
 def no_retrace(results: dict[str, Any]) -> dict[str, Any]:
     """The ``no_retrace`` goal: how many timed regions retraced (the sweeps', the frames
-    section's engine points and replay's)."""
+    section's engine points, replay's and the host path's)."""
     rp = results.get("replay", {})
     checked, offenders = 0, []
     timed = [
@@ -249,11 +249,17 @@ def no_retrace(results: dict[str, Any]) -> dict[str, Any]:
                 checked += 1
                 if r["retraces_in_timed_region"]:
                     offenders.append(f"{section}:{r.get('model')}:{r.get('batch', '')}")
-    for extra in (rp, rp.get("engine_same_groups", {})):
+    host = [
+        ("replay", rp),
+        ("replay", rp.get("engine_same_groups", {})),
+        ("host_engine", results.get("host_engine", {}).get("process", {})),
+        ("host_replay", results.get("host_replay", {}).get("replay", {})),
+    ]
+    for name, extra in host:
         if "retraces_in_timed_region" in extra:
             checked += 1
             if extra["retraces_in_timed_region"]:
-                offenders.append("replay")
+                offenders.append(name)
     return verdict(
         "no_retrace",
         len(offenders),

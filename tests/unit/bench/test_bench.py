@@ -45,6 +45,8 @@ def tiny_config() -> config.Config:
         catchup_streams=(4,),
         replay_streams=8,
         replay_steps_per_file=3,
+        host_streams=8,
+        host_replay_steps=2,
         pool_size=64,
         xla=False,
         gc_seconds=0.05,
@@ -164,7 +166,8 @@ def test_bench_run_writes_complete_results(tmp_path: Path) -> None:
     ids = {g["id"]: g["status"] for g in results["goals"]}
     assert list(ids) == [g.id for g in GOALS]
     assert set(ids.values()) <= {"PASS", "MISS", "NOT RUN"}
-    assert ids["kafka"] == "NOT RUN"  # no broker given
+    assert ids["kafka"] == ids["host_kafka"] == "NOT RUN"  # no broker given
+    assert results["host_engine"]["status"] == results["host_replay"]["status"] == "ran"
     assert ids["cached_1m"] == "NOT RUN"  # 64 cached streams are not 1M
     assert "targets" not in results
 
@@ -179,6 +182,7 @@ def test_bench_run_writes_complete_results(tmp_path: Path) -> None:
         "## Python GC",
         "## Kafka end to end",
         "## Where an engine step goes",
+        "## Host path",
     ):
         assert heading in md, heading
     for g in results["goals"]:
