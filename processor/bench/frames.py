@@ -16,7 +16,7 @@ Two ways of running it, measured side by side in this process, in alternating ti
   a stream's first frame runs the init model first. Two variants: a direct Keras call
   (``model(inputs)``, eager) and the same step wrapped in a ``tf.function``; the goal uses the
   faster one (the one least favourable to the engine).
-* **the engine**: :func:`processor.config.engine_options.build_engine` on the model and init model
+* **the engine**: :func:`processor.engine.build.build_engine` on the model and init model
   saved as ``.keras`` files (the sequence model has a ``TimeDistributed`` encoder and two ``LSTM``
   layers, as :mod:`processor.model.keras_step` loads them), one record per stream per
   ``Engine.process`` call, at several batch sizes;

@@ -4,7 +4,7 @@ The model's input is ``[batch, time, *features]``: a linear chain of per-time-st
 (the encoder), one or more LSTM/GRU/SimpleRNN layers, and per-time-step layers after them
 (the head). :mod:`processor.model.keras_chain` refuses, at load time, anything that mixes time
 steps; this module turns the accepted chain into stages and steps them one time step at a
-time. Load a model file with :func:`processor.model.protocol.load_step_model`.
+time. Load a model file with :func:`processor.model.load.load_step_model`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SavedModelStep: a TensorFlow SavedModel that exports its own ``step`` signature with
 explicit state tensors (see :class:`SavedModelStep` for the contract, checked at load time).
 
-Load a SavedModel directory with :func:`processor.model.protocol.load_step_model`.
+Load a SavedModel directory with :func:`processor.model.load.load_step_model`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@
   this one on modules);
 * no module of the product is longer than 450 lines, 600 in ``processor/bench``;
 * at most 8 modules at the package's top level; no ``# type: ignore`` in the product;
+* every cross-reference to the package in a docstring, the README or docs/architecture.md
+  (``:mod:``, ``:class:``, ``:func:``... with a full ``processor.`` path) names something that
+  exists;
 * the unit tests mirror the packages (``tests/unit/<package>/``), and they use the product's
   public surface: no private attribute of a product object read or set, no module global of
   the product monkeypatched.
@@ -17,6 +20,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -278,3 +284,44 @@ def test_unit_tests_monkeypatch_no_module_global_of_the_product() -> None:
             ):
                 patched.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not patched, patched
+
+
+_REFERENCE = re.compile(r":(?:mod|class|func|meth|data|attr|exc):`~?(processor(?:\.\w+)+)`")
+
+
+def _resolves(reference: str) -> bool:
+    """Whether a dotted reference names a module of the package or something in one (a
+    dataclass field counts as an attribute of its class)."""
+    parts = reference.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:k]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[k:]:
+            fields = (
+                {f.name for f in dataclasses.fields(obj)}
+                if dataclasses.is_dataclass(obj)
+                else set()
+            )
+            if name in fields:
+                return True
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_cross_references_to_the_package_name_what_exists() -> None:
+    texts = [*_modules().values(), ROOT / "README.md", ROOT / "docs" / "architecture.md"]
+    stale = [
+        f"{path.relative_to(ROOT)}:{number} {reference}"
+        for path in texts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for reference in _REFERENCE.findall(line)
+        if not _resolves(reference)
+    ]
+    assert not stale, stale
+    assert _resolves("processor.engine.plan.StepPlan")
+    assert not _resolves("processor.engine.plan.NoSuchThing")
