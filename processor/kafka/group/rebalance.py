@@ -14,7 +14,7 @@ stops the consumer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiokafka.abc import ConsumerRebalanceListener
@@ -50,21 +50,23 @@ class RebalanceListener(ConsumerRebalanceListener):
         self._on_error = on_error
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
-        try:
-            await self._handler.on_revoked(set(revoked))
-        except LstmStreamError as exc:  # says what went wrong; the runtime reports it once
-            log.debug("handling the revocation of %s failed: %s", sorted(map(str, revoked)), exc)
-            self._on_error(exc)
-        except Exception as exc:
-            log.exception("handling the revocation of %s failed", sorted(map(str, revoked)))
-            self._on_error(exc)
+        await self._forward("revocation", self._handler.on_revoked, revoked)
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        await self._forward("assignment", self._handler.on_assigned, assigned)
+
+    async def _forward(
+        self,
+        what: str,
+        call: Callable[[set[Any]], Awaitable[None]],
+        partitions: set[Any],
+    ) -> None:
+        """Await ``call(partitions)``; a failure goes to ``on_error``, never to aiokafka."""
         try:
-            await self._handler.on_assigned(set(assigned))
+            await call(set(partitions))
         except LstmStreamError as exc:  # says what went wrong; the runtime reports it once
-            log.debug("handling the assignment of %s failed: %s", sorted(map(str, assigned)), exc)
+            log.debug("handling the %s of %s failed: %s", what, sorted(map(str, partitions)), exc)
             self._on_error(exc)
         except Exception as exc:
-            log.exception("handling the assignment of %s failed", sorted(map(str, assigned)))
+            log.exception("handling the %s of %s failed", what, sorted(map(str, partitions)))
             self._on_error(exc)

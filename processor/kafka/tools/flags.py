@@ -1,16 +1,19 @@
-"""The Kafka client flags ``produce`` and ``tail`` share, and where their values come from.
+"""The Kafka client flags ``produce`` and ``tail`` share, where their values come from, and
+how a failure ends either tool.
 
 Both tools take the Kafka client options ``run`` takes, from the same sources with the same
 precedence (:func:`kafka_options_from`): ``--kafka-option KEY=VALUE`` flags over
 ``LSTM_STREAM_KAFKA_<KEY>`` variables over the ``[kafka]`` table of a TOML file
 (``--config`` or ``LSTM_STREAM_CONFIG``; the file ``run`` reads works, its other keys are
-``run``'s and ignored here).
+``run``'s and ignored here). :func:`report_failure` prints a failure as one line and gives the
+exit code: 2 for invalid options, 3 when the cluster refused the client, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +21,15 @@ from typing import Any
 from processor.config.declare import option, options_of
 from processor.config.flags import add_arguments
 from processor.config.sources import CONFIG_ENV, load_toml, resolve
+from processor.errors import ConfigError, KafkaAccessError, LstmStreamError
 
-__all__ = ["CONFIG_ENV", "KafkaSources", "add_kafka_arguments", "kafka_options_from"]
+__all__ = [
+    "CONFIG_ENV",
+    "KafkaSources",
+    "add_kafka_arguments",
+    "kafka_options_from",
+    "report_failure",
+]
 
 
 @dataclass(frozen=True)
@@ -72,3 +82,15 @@ def kafka_options_from(
         options_of(KafkaSources), given, env, table, table_name=f"config file {path!r}"
     )
     return dict(values.get("kafka", {}))
+
+
+def report_failure(tool: str, exc: LstmStreamError) -> int:
+    """Print ``lstm-stream TOOL: <exc>`` on stderr; the exit code for it: 2 for invalid
+    options (:class:`ConfigError`), :attr:`KafkaAccessError.exit_code` when the cluster
+    refused the client, 1 for any other failure."""
+    print(f"lstm-stream {tool}: {exc}", file=sys.stderr)
+    if isinstance(exc, ConfigError):
+        return 2
+    if isinstance(exc, KafkaAccessError):
+        return KafkaAccessError.exit_code
+    return 1

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -34,9 +33,9 @@ import numpy as np
 from processor.codec import ENCODINGS, encode_image_input, encode_input
 from processor.codec.images import image_size
 from processor.demo.synthetic import SyntheticInput
-from processor.errors import ConfigError, KafkaAccessError, LstmStreamError
+from processor.errors import ConfigError, LstmStreamError
 from processor.kafka.tools.client_logs import quiet_client_logs
-from processor.kafka.tools.flags import add_kafka_arguments, kafka_options_from
+from processor.kafka.tools.flags import add_kafka_arguments, kafka_options_from, report_failure
 
 if TYPE_CHECKING:
     from processor.model import StepModel
@@ -299,15 +298,8 @@ def main(
                     partitions=args.partitions,
                 )
             )
-    except ConfigError as exc:
-        print(f"lstm-stream produce: {exc}", file=sys.stderr)
-        return 2
-    except KafkaAccessError as exc:
-        print(f"lstm-stream produce: {exc}", file=sys.stderr)
-        return KafkaAccessError.exit_code
     except LstmStreamError as exc:
-        print(f"lstm-stream produce: {exc}", file=sys.stderr)
-        return 1
+        return report_failure("produce", exc)
     print(
         f"produced {stats.records} records ({kind}, shape {list(shape)}, {args.streams} "
         f"streams) to {args.topic} in {stats.seconds:.2f}s = {stats.rate:.0f} records/s"

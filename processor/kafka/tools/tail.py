@@ -32,9 +32,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from processor.codec import decode_output
-from processor.errors import BadRecord, ConfigError, KafkaAccessError, LstmStreamError
+from processor.errors import BadRecord, ConfigError, LstmStreamError
 from processor.kafka.tools.client_logs import quiet_client_logs
-from processor.kafka.tools.flags import add_kafka_arguments, kafka_options_from
+from processor.kafka.tools.flags import add_kafka_arguments, kafka_options_from, report_failure
 
 __all__ = [
     "Decoding",
@@ -297,15 +297,8 @@ def main(
                     kafka_options=kafka_options,
                 )
             )
-    except ConfigError as exc:
-        print(f"lstm-stream tail: {exc}", file=sys.stderr)
-        return 2
-    except KafkaAccessError as exc:
-        print(f"lstm-stream tail: {exc}", file=sys.stderr)
-        return KafkaAccessError.exit_code
     except LstmStreamError as exc:
-        print(f"lstm-stream tail: {exc}", file=sys.stderr)
-        return 1
+        return report_failure("tail", exc)
     except KeyboardInterrupt:
         return 0
     return 0
